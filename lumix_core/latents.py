@@ -1,0 +1,63 @@
+"""FLUX latent conventions: VAE scaling, 2x2 patch packing, position ids, size checks."""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+#: FLUX VAE latent scaling: model space = (z - shift) * scale.
+LATENT_SCALE = 0.3611
+LATENT_SHIFT = 0.1159
+LATENT_CHANNELS = 16
+#: Pixels per latent cell (VAE downsampling) and latent cells per token (patch size).
+VAE_FACTOR = 8
+PATCH = 2
+#: Pixel sizes must be a multiple of this (VAE factor x patch size).
+SIZE_MULTIPLE = VAE_FACTOR * PATCH
+
+
+def latent_in(z: Tensor) -> Tensor:
+    """VAE latent -> model space."""
+    return (z - LATENT_SHIFT) * LATENT_SCALE
+
+
+def latent_out(x: Tensor) -> Tensor:
+    """Model space -> VAE latent."""
+    return x / LATENT_SCALE + LATENT_SHIFT
+
+
+def check_size(width: int, height: int) -> None:
+    """Raise a clear error unless both sides are positive multiples of 16 pixels."""
+    bad = [f"{name} {v}" for name, v in (("width", width), ("height", height)) if v <= 0 or v % SIZE_MULTIPLE]
+    if bad:
+        def fix(v: int) -> int:
+            return max(SIZE_MULTIPLE, round(v / SIZE_MULTIPLE) * SIZE_MULTIPLE)
+        raise ValueError(
+            f"{' and '.join(bad)} not a multiple of {SIZE_MULTIPLE} pixels: FLUX works on 2x2 patches of "
+            f"8x-downsampled latents. Use e.g. {fix(width)}x{fix(height)}.")
+
+
+def pack(x: Tensor, patch: int = PATCH) -> Tensor:
+    """``[B, C, H, W] -> [B, (H/p)(W/p), C p p]`` (FLUX token layout)."""
+    B, C, H, W = x.shape
+    if H % patch or W % patch:
+        raise ValueError(f"latent size {H}x{W} is not a multiple of the patch size {patch}")
+    x = x.reshape(B, C, H // patch, patch, W // patch, patch)
+    return x.permute(0, 2, 4, 1, 3, 5).reshape(B, (H // patch) * (W // patch), C * patch * patch)
+
+
+def unpack(x: Tensor, height: int, width: int, patch: int = PATCH) -> Tensor:
+    """Inverse of :func:`pack`; ``height``/``width`` are the latent sizes."""
+    B, L, F = x.shape
+    h, w = height // patch, width // patch
+    C = F // (patch * patch)
+    x = x.reshape(B, h, w, C, patch, patch)
+    return x.permute(0, 3, 1, 4, 2, 5).reshape(B, C, height, width)
+
+
+def image_ids(batch: int, height: int, width: int, patch: int = PATCH, device=None) -> Tensor:
+    """Position ids ``[B, L, 3]`` (0, row, col) for packed latents; identical for every map."""
+    h, w = height // patch, width // patch
+    ids = torch.zeros(h, w, 3, device=device)
+    ids[..., 1] = torch.arange(h, device=device)[:, None]
+    ids[..., 2] = torch.arange(w, device=device)[None, :]
+    return ids.reshape(1, h * w, 3).expand(batch, -1, -1)

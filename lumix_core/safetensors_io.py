@@ -1,0 +1,146 @@
+"""Safe reading and atomic writing of safetensors files.
+
+We load weights with safetensors only: a pickle (``.pt``/``.ckpt``/``.bin``/``.pth``, or a
+pickle renamed ``.safetensors``) can run arbitrary code when loaded, so it is refused with
+a message saying why and what to do. Headers are parsed by hand first so that a file can be
+checked (keys, shapes, truncation) without reading gigabytes of tensors.
+"""
+from __future__ import annotations
+
+import json
+import os
+import struct
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping, Optional
+
+import torch
+from torch import Tensor
+
+PICKLE_SUFFIXES = {".pt", ".pth", ".ckpt", ".bin", ".pkl", ".pickle"}
+_MAX_HEADER = 100 * 1024 * 1024
+_DTYPE_SIZES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1,
+                "U8": 1, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
+
+
+class CheckpointError(ValueError):
+    """A weights file that cannot be used, with a message that says what to do."""
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    dtype: str
+    shape: tuple[int, ...]
+    nbytes: int
+
+
+@dataclass(frozen=True)
+class SafetensorsHeader:
+    path: Path
+    tensors: dict[str, TensorInfo]
+    metadata: dict[str, str]
+
+    def num_params(self) -> int:
+        total = 0
+        for info in self.tensors.values():
+            n = 1
+            for s in info.shape:
+                n *= s
+            total += n
+        return total
+
+
+def _refuse_pickle(path: Path, why: str) -> CheckpointError:
+    return CheckpointError(
+        f"{path.name}: {why}. Pickled weights can execute arbitrary code when loaded, so LumiX "
+        "only reads .safetensors files. Convert it once in a trusted environment, e.g. "
+        "`safetensors.torch.save_file(torch.load(f, weights_only=True), 'out.safetensors')`."
+    )
+
+
+def read_header(path: "str | os.PathLike[str]") -> SafetensorsHeader:
+    """Parse and check a safetensors header without reading tensor data.
+
+    Raises :class:`CheckpointError` for a pickle/zip file, an unreadable or truncated file,
+    or a malformed header.
+    """
+    path = Path(path)
+    if path.suffix.lower() in PICKLE_SUFFIXES:
+        raise _refuse_pickle(path, f"'{path.suffix}' files are pickles")
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(8)
+            if head[:1] == b"\x80" or head[:2] in (b"PK",):
+                raise _refuse_pickle(path, "this file is a pickle (PyTorch torch.save format) despite its name")
+            if len(head) < 8:
+                raise CheckpointError(f"{path.name}: file is empty or truncated ({size} bytes); download it again")
+            (n,) = struct.unpack("<Q", head)
+            if n > _MAX_HEADER or 8 + n > size:
+                raise CheckpointError(
+                    f"{path.name}: not a valid safetensors file (header length {n} for a {size}-byte file); "
+                    "the file is truncated or corrupt — download it again")
+            raw = f.read(n)
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot read the file ({e.strerror or e})") from e
+    try:
+        header = json.loads(raw.decode("utf-8"))
+        if not isinstance(header, dict):
+            raise ValueError("header is not a JSON object")
+    except (UnicodeDecodeError, ValueError) as e:
+        raise CheckpointError(f"{path.name}: corrupt safetensors header ({e}); download the file again") from e
+    metadata = header.pop("__metadata__", None) or {}
+    tensors: dict[str, TensorInfo] = {}
+    data_end = 0
+    for key, entry in header.items():
+        try:
+            dtype, shape, (begin, end) = entry["dtype"], tuple(int(s) for s in entry["shape"]), entry["data_offsets"]
+        except (KeyError, TypeError, ValueError) as e:
+            raise CheckpointError(f"{path.name}: corrupt header entry for '{key}'") from e
+        n_el = 1
+        for s in shape:
+            n_el *= s
+        if dtype in _DTYPE_SIZES and end - begin != n_el * _DTYPE_SIZES[dtype]:
+            raise CheckpointError(f"{path.name}: corrupt header: '{key}' {dtype}{list(shape)} has {end - begin} bytes")
+        tensors[key] = TensorInfo(dtype, shape, end - begin)
+        data_end = max(data_end, end)
+    if 8 + n + data_end > size:
+        raise CheckpointError(
+            f"{path.name}: file is truncated: its header describes {8 + n + data_end} bytes, the file has "
+            f"{size}. Download it again.")
+    return SafetensorsHeader(path, tensors, {str(k): str(v) for k, v in metadata.items()})
+
+
+def load_tensors(header: SafetensorsHeader, device: "str | torch.device" = "cpu",
+                 keys: Optional[list[str]] = None) -> dict[str, Tensor]:
+    """Load (some of) the tensors of a file whose header was checked by :func:`read_header`."""
+    from safetensors import safe_open
+
+    out = {}
+    with safe_open(str(header.path), framework="pt", device=str(device)) as f:
+        for key in keys if keys is not None else header.tensors:
+            out[key] = f.get_tensor(key)
+    return out
+
+
+def atomic_save(tensors: Mapping[str, Tensor], path: "str | os.PathLike[str]",
+                metadata: Optional[Mapping[str, str]] = None, overwrite: bool = False) -> Path:
+    """Write a safetensors file through a temp file + rename; never replace one unless asked."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} already exists; choose another name or pass overwrite=True")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp,
+                  metadata=dict(metadata or {}))
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
