@@ -59,6 +59,11 @@ def _refuse_pickle(path: Path, why: str) -> CheckpointError:
     )
 
 
+def _looks_pickled(head: bytes) -> bool:
+    """Pickle protocol 2-5 opcodes, or the zip container of ``torch.save``."""
+    return (head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05")) or head[:4] == b"PK\x03\x04"
+
+
 def read_header(path: "str | os.PathLike[str]") -> SafetensorsHeader:
     """Parse and check a safetensors header without reading tensor data.
 
@@ -71,16 +76,18 @@ def read_header(path: "str | os.PathLike[str]") -> SafetensorsHeader:
     try:
         size = path.stat().st_size
         with open(path, "rb") as f:
-            head = f.read(8)
-            if head[:1] == b"\x80" or head[:2] in (b"PK",):
+            head = f.read(9)
+            n = struct.unpack("<Q", head[:8])[0] if len(head) >= 8 else -1
+            looks_safetensors = 0 <= n <= _MAX_HEADER and 8 + n <= size and head[8:9] == b"{"
+            if not looks_safetensors and _looks_pickled(head):
                 raise _refuse_pickle(path, "this file is a pickle (PyTorch torch.save format) despite its name")
-            if len(head) < 8:
+            if len(head) < 9:
                 raise CheckpointError(f"{path.name}: file is empty or truncated ({size} bytes); download it again")
-            (n,) = struct.unpack("<Q", head)
-            if n > _MAX_HEADER or 8 + n > size:
+            if not looks_safetensors:
                 raise CheckpointError(
                     f"{path.name}: not a valid safetensors file (header length {n} for a {size}-byte file); "
                     "the file is truncated or corrupt — download it again")
+            f.seek(8)
             raw = f.read(n)
     except OSError as e:
         raise CheckpointError(f"{path}: cannot read the file ({e.strerror or e})") from e
