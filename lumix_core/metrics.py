@@ -1,0 +1,172 @@
+"""Ground-truth metrics for predicted intrinsic maps (synthetic world or any labelled set).
+
+Why these four: each measures one map up to exactly the ambiguity its convention leaves
+open, so a model is not punished for what the map cannot know.
+
+* normals are absolute (camera space): mean angular error in degrees, no fit;
+* depth is relative (near = bright, min-max per image): an affine fit of the prediction
+  to the ground truth first, then AbsRel in metric depth;
+* albedo is defined only up to a scale shared with irradiance (``albedo * irradiance``
+  stays the same): a per-channel (or global) scale fit in *linear* space, then MSE;
+* maps of one scene must line up with the color image: edge agreement with color
+  (:func:`lumix_core.consistency.edge_agreement`, the same score the consistency report
+  uses, so the two can be compared).
+
+Inputs are ``[H, W, C]`` (or ``[H, W]`` for depth) numpy arrays or torch tensors in the
+display range [0, 1], encoded as :mod:`lumix_core.conventions` says. Masks are ``[H, W]``
+booleans of pixels to score (default: all, or all with finite ground-truth depth).
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+
+from . import conventions
+from .consistency import edge_agreement
+from .maps import QUERY_SOURCE, canonical
+from .world import encode_depth
+
+__all__ = [
+    "normal_angular_error",
+    "depth_abs_rel",
+    "albedo_si_mse",
+    "cross_map_alignment",
+    "evaluate_maps",
+]
+
+
+def _np(x: Any) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        return x.detach().cpu().double().numpy()
+    return np.asarray(x, dtype=np.float64)
+
+
+def _tensor(x: Any) -> torch.Tensor:
+    return x.detach().cpu().double() if isinstance(x, torch.Tensor) else torch.from_numpy(np.asarray(x, dtype=np.float64))
+
+
+def _mask(mask: Any, shape: tuple[int, ...]) -> np.ndarray:
+    if mask is None:
+        return np.ones(shape[:2], dtype=bool)
+    m = np.asarray(mask.cpu().numpy() if isinstance(mask, torch.Tensor) else mask, dtype=bool)
+    if m.shape != shape[:2]:
+        raise ValueError(f"mask shape {m.shape} does not match the image size {shape[:2]}")
+    if not m.any():
+        raise ValueError("mask selects no pixels")
+    return m
+
+
+def _check_pair(pred: np.ndarray, gt: np.ndarray, what: str) -> None:
+    if pred.shape[:2] != gt.shape[:2]:
+        raise ValueError(f"{what}: prediction {pred.shape} and ground truth {gt.shape} differ in size")
+
+
+def normal_angular_error(pred: Any, gt: Any, mask: Any = None) -> float:
+    """Mean angle in degrees between predicted and ground-truth normals.
+
+    Both are encoded ``(n + 1) / 2`` (OpenGL camera space); both are decoded and
+    renormalised with :func:`conventions.normals_to_vectors`, so 8-bit rounding and
+    non-unit network output do not count as error, only direction does.
+    """
+    p, g = _tensor(pred), _tensor(gt)
+    _check_pair(p.numpy(), g.numpy(), "normal")
+    m = _mask(mask, tuple(g.shape))
+    cos = (conventions.normals_to_vectors(p) * conventions.normals_to_vectors(g)).sum(dim=-1)
+    angles = np.degrees(np.arccos(np.clip(cos.numpy(), -1.0, 1.0)))
+    return float(angles[m].mean())
+
+
+def depth_abs_rel(pred: Any, gt_depth: Any, mask: Any = None) -> float:
+    """AbsRel ``mean(|z_fit - z| / z)`` of a relative depth prediction vs metric depth.
+
+    ``pred`` is a depth map in the project convention (near = bright; ``[H,W]`` or
+    ``[H,W,C]``, channels averaged); ``gt_depth`` is camera-space depth ``z > 0``. The fit
+    happens in *encoded* space: ``a * pred + b`` is least-squares fitted to the ground
+    truth's own encoding (:func:`lumix_core.world.encode_depth`), then mapped back to z
+    with the ground truth's ``z_min, z_max``. The encoding is affine in z, so this is the
+    same as a least-squares scale/shift fit in z; the result is invariant to any affine
+    change of ``pred`` (including a flipped polarity, which the fit absorbs).
+    """
+    p = _np(pred)
+    if p.ndim == 3:
+        p = p.mean(axis=-1)
+    z = _np(gt_depth)
+    _check_pair(p, z, "depth")
+    valid = np.isfinite(z) & (z > 0)
+    m = _mask(mask, z.shape) & valid
+    if not m.any():
+        raise ValueError("depth: no pixel with a finite, positive ground-truth depth")
+    target = encode_depth(z, m)
+    design = np.stack([p[m], np.ones(int(m.sum()))], axis=1)
+    (a, b), *_ = np.linalg.lstsq(design, target[m], rcond=None)
+    z_min, z_max = float(z[m].min()), float(z[m].max())
+    z_fit = z_max - (a * p[m] + b) * (z_max - z_min)
+    return float(np.mean(np.abs(z_fit - z[m]) / z[m]))
+
+
+def albedo_si_mse(pred: Any, gt: Any, mask: Any = None, per_channel: bool = True) -> float:
+    """Scale-invariant MSE of albedo, in linear space.
+
+    Both maps are sRGB-encoded; both are linearised first, because the ambiguity that
+    makes albedo scale-free is multiplicative in linear light (``albedo * irradiance``).
+    A least-squares scale ``s = sum(p g) / sum(p p)`` is fitted per channel (default: a
+    coloured light tints albedo and irradiance in opposite ways, which only a per-channel
+    scale forgives) or once for all channels, then ``mean((s p - g)^2)`` over the mask.
+    """
+    p = conventions.srgb_to_linear(_tensor(pred)[..., :3]).numpy()
+    g = conventions.srgb_to_linear(_tensor(gt)[..., :3]).numpy()
+    _check_pair(p, g, "albedo")
+    m = _mask(mask, g.shape)
+    pm, gm = p[m], g[m]  # [P, 3]
+    axis = 0 if per_channel else None
+    num, den = (pm * gm).sum(axis=axis), (pm * pm).sum(axis=axis)
+    scale = np.where(den > 0, num / np.where(den > 0, den, 1.0), 0.0)
+    return float(np.mean((scale * pm - gm) ** 2))
+
+
+def _hwc(x: Any) -> torch.Tensor:
+    t = _tensor(x)
+    return t[..., None] if t.dim() == 2 else t
+
+
+def cross_map_alignment(maps: Mapping[str, Any], reference: str = QUERY_SOURCE) -> dict[str, float]:
+    """Edge agreement in [0, 1] of every map with the ``reference`` (color) map of the same
+    scene (:func:`lumix_core.consistency.edge_agreement`; 1 = edges in the same places).
+
+    Not every color edge belongs in every map (textures are absent from depth, shadows
+    from albedo), so compare a map's score between predictions or against the ground
+    truth's own score, not against 1.
+    """
+    named = {canonical(k): v for k, v in maps.items()}
+    ref_key = canonical(reference)
+    if ref_key not in named:
+        raise KeyError(f"cross_map_alignment needs the '{ref_key}' map, got {list(named)}")
+    ref = _hwc(named[ref_key])
+    return {k: edge_agreement(_hwc(v), ref) for k, v in named.items() if k != ref_key}
+
+
+def evaluate_maps(pred: Mapping[str, Any], truth: Mapping[str, np.ndarray]) -> dict[str, float]:
+    """All ground-truth metrics for one scene.
+
+    ``pred``: encoded maps by name (any of albedo, depth, normal, plus color for alignment).
+    ``truth``: raw buffers as in a ``ground_truth/<id>.npz`` of
+    :mod:`lumix_core.world_dataset` (``depth`` z, unit ``normal``, linear ``albedo``,
+    optional ``hit``). Only metrics whose maps are present are returned.
+    """
+    named = {canonical(k): v for k, v in pred.items()}
+    mask = np.asarray(truth["hit"], dtype=bool) if "hit" in truth else None
+    out: dict[str, float] = {}
+    if "normal" in named:
+        gt_n = conventions.vectors_to_normals(_tensor(truth["normal"]))
+        out["normal_angular_error_deg"] = normal_angular_error(named["normal"], gt_n, mask)
+    if "depth" in named:
+        out["depth_abs_rel"] = depth_abs_rel(named["depth"], truth["depth"], mask)
+    if "albedo" in named:
+        gt_a = conventions.linear_to_srgb(_tensor(truth["albedo"]))
+        out["albedo_si_mse"] = albedo_si_mse(named["albedo"], gt_a, mask)
+    if QUERY_SOURCE in named and len(named) > 1:
+        for k, v in cross_map_alignment(named).items():
+            out[f"alignment_{k}"] = v
+    return out

@@ -1,0 +1,351 @@
+"""Synthetic intrinsic world, its dataset writer and the ground-truth metrics.
+
+Analytic checks compare the renderer against formulas written out here, independently of
+the ray caster (pixel-ray geometry, sphere normals, floor normal from the camera pitch).
+"""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from lumix_core import conventions
+from lumix_core.consistency import edge_agreement
+from lumix_core.maps import RELEASE, RELEASE_FOLDER_NAMES
+from lumix_core.metrics import (
+    albedo_si_mse,
+    cross_map_alignment,
+    depth_abs_rel,
+    evaluate_maps,
+    normal_angular_error,
+)
+from lumix_core.world import (
+    PALETTE,
+    Box,
+    Camera,
+    Light,
+    Material,
+    Plane,
+    SceneSpec,
+    Sphere,
+    caption_tokens,
+    caption_vocabulary,
+    describe_surface,
+    light_direction_word,
+    main_light,
+    project_to_pixels,
+    render,
+    sample_scene,
+)
+from lumix_core.world_dataset import CAPTION_FOLDER, GROUND_TRUTH_FOLDER, main, write_world_dataset
+
+SIZE = 64
+CAM = Camera(position=(0.0, 1.5, 4.0), target=(0.0, 0.5, 0.0), fov_deg=40.0)
+FLOOR = Plane((0.0, 0.0, 0.0), (0.0, 1.0, 0.0), Material(("gray",)), "floor")
+
+
+def pixel_ndc(camera: Camera, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Image-plane x, y (unit distance) of every pixel centre, written out independently."""
+    tan_half = math.tan(math.radians(camera.fov_deg) / 2)
+    c = (np.arange(size) + 0.5) / size * 2 - 1
+    return np.meshgrid(c * tan_half, -c * tan_half)
+
+
+def sphere_scene(center=(0.0, 0.5, 0.0), radius=0.5, light_dir=(0.3, 1.0, 0.5)) -> SceneSpec:
+    return SceneSpec(
+        objects=(Sphere(center, radius, Material(("red",))),),
+        floor=FLOOR,
+        lights=(Light("directional", tuple(np.asarray(light_dir) / np.linalg.norm(light_dir)), intensity=0.7),),
+        camera=CAM,
+        ambient=(0.2, 0.2, 0.2),
+        wall=Plane((0.0, 0.0, -3.0), (0.0, 0.0, 1.0), Material(("white",)), "wall"),
+    )
+
+
+def to_camera(p_world: np.ndarray, camera: Camera) -> np.ndarray:
+    """World to OpenGL camera space for a camera with zero yaw and roll (the test camera)."""
+    dy = camera.position[1] - camera.target[1]
+    dz = camera.position[2] - camera.target[2]
+    pitch = math.atan2(dy, dz)
+    q = np.asarray(p_world, dtype=np.float64) - np.asarray(camera.position)
+    c, s = math.cos(pitch), math.sin(pitch)
+    return np.stack([q[..., 0], c * q[..., 1] - s * q[..., 2], s * q[..., 1] + c * q[..., 2]], axis=-1)
+
+
+# ------------------------------------------------------------------ geometry
+
+
+def test_sphere_normals_are_unit_and_match_the_geometry():
+    spec = sphere_scene()
+    r = render(spec, SIZE)
+    on_sphere = r.object_id == 0
+    assert on_sphere.sum() > 200
+    n, p = r.normal[on_sphere].astype(np.float64), r.position[on_sphere].astype(np.float64)
+    c = to_camera(np.asarray(spec.objects[0].center), CAM)
+    # unit length, hit points on the sphere, n = (p - c) / r; tolerance 1e-5 (float32 storage)
+    assert np.abs(np.linalg.norm(n, axis=-1) - 1).max() < 1e-5
+    assert np.abs(np.linalg.norm(p - c, axis=-1) - 0.5).max() < 1e-5
+    assert np.abs(n - (p - c) / 0.5).max() < 1e-5
+    # every hit point lies on its own pixel's ray (pinhole model, pixel centres)
+    gx, gy = pixel_ndc(CAM, SIZE)
+    pos = r.position.astype(np.float64)
+    assert np.abs(pos[..., 0] / -pos[..., 2] - gx).max() < 1e-5
+    assert np.abs(pos[..., 1] / -pos[..., 2] - gy).max() < 1e-5
+    # silhouette: rays passing clearly inside the sphere hit it, clearly outside do not
+    dirs = np.stack([gx, gy, -np.ones_like(gx)], axis=-1)
+    dirs /= np.linalg.norm(dirs, axis=-1, keepdims=True)
+    miss_distance = np.linalg.norm(np.cross(dirs, c), axis=-1)
+    assert on_sphere[miss_distance < 0.49].all()
+    assert not on_sphere[miss_distance > 0.51].any()
+
+
+def test_depth_agrees_with_normals_on_the_floor():
+    spec = sphere_scene()
+    r = render(spec, SIZE)
+    assert r.hit.all()
+    assert np.array_equal(r.depth, -r.position[..., 2])
+    # camera-space points rebuilt from depth alone, normals from their finite differences
+    gx, gy = pixel_ndc(CAM, SIZE)
+    z = r.depth.astype(np.float64)
+    pts = np.stack([gx * z, gy * z, -z], axis=-1)
+    du = pts[1:-1, 2:] - pts[1:-1, :-2]
+    dv = pts[:-2, 1:-1] - pts[2:, 1:-1]
+    n_depth = np.cross(du, dv)
+    n_depth /= np.linalg.norm(n_depth, axis=-1, keepdims=True)
+    floor_id = len(spec.objects)
+    fid = r.object_id == floor_id
+    interior = fid[1:-1, 1:-1] & fid[:-2, 1:-1] & fid[2:, 1:-1] & fid[1:-1, :-2] & fid[1:-1, 2:]
+    assert interior.sum() > 1000
+    n_buf = r.normal[1:-1, 1:-1][interior].astype(np.float64)
+    angle = np.degrees(np.arccos(np.clip((n_depth[interior] * n_buf).sum(-1), -1, 1)))
+    assert angle.max() < 0.5  # degrees; a plane, so only float32 rounding separates them
+    # and both equal the analytic floor normal: world up seen from a camera pitched by theta
+    theta = math.atan2(1.0, 4.0)
+    expected = np.array([0.0, math.cos(theta), math.sin(theta)])
+    assert np.abs(n_buf - expected).max() < 1e-5
+
+
+def test_boxes_have_axis_normals_and_double_sided_planes_face_the_camera():
+    box = Box((0.0, 0.4, 0.0), (0.4, 0.4, 0.3), Material(("blue",)), yaw=0.5)
+    wall = Plane((0.0, 0.0, -2.0), (0.0, 0.0, -1.0), Material(("white",)), "wall")  # normal pointing away
+    spec = SceneSpec((box,), FLOOR, (Light("directional", (0.0, 1.0, 0.0)),), CAM, wall=wall)
+    r = render(spec, SIZE)
+    world_to_cam = to_camera(np.eye(3) + CAM.position, CAM)  # row i: world axis i in camera space
+    n_world = r.normal.astype(np.float64) @ world_to_cam.T
+    on_box = r.object_id == 0
+    c, s = math.cos(0.5), math.sin(0.5)
+    local_axes = np.array([[c, 0, -s], [0, 1, 0], [s, 0, c]])  # box axes in world coordinates
+    dots = np.abs(n_world[on_box] @ local_axes.T)
+    assert np.abs(dots.max(axis=1) - 1).max() < 1e-5  # every box normal is one of its axes
+    assert (r.normal[..., 2][r.hit] > 0).all()  # every visible surface faces the camera
+
+
+# ------------------------------------------------------------------ shading
+
+
+def test_color_is_albedo_times_irradiance_exactly():
+    for seed in range(5):
+        r = render(sample_scene(seed), 32)
+        assert r.color.dtype == np.float32
+        assert np.array_equal(r.color, r.albedo * r.irradiance)
+        enc = r.encode()
+        assert list(enc) == list(RELEASE.names)
+        assert np.array_equal(enc["color"], conventions.linear_to_srgb(
+            torch.from_numpy(np.clip(r.color.astype(np.float64), 0, 1))).numpy().astype(np.float32))
+
+
+def test_cast_shadow_under_a_sphere_lit_from_above():
+    spec = sphere_scene(center=(0.0, 1.2, 0.0), radius=0.4, light_dir=(0.0, 1.0, 0.0))
+    r = render(spec, SIZE)
+    (ri, ci), (rj, cj) = np.floor(project_to_pixels(CAM, np.array([[0.0, 0.0, 0.0], [1.2, 0.0, 0.0]]), SIZE)).astype(int)
+    floor_id = len(spec.objects)
+    assert r.object_id[ri, ci] == floor_id and r.object_id[rj, cj] == floor_id
+    shadowed, lit = r.irradiance[ri, ci], r.irradiance[rj, cj]
+    assert np.allclose(shadowed, 0.2, atol=1e-6)  # ambient only
+    assert np.allclose(lit, 0.2 + 0.7, atol=1e-6)  # ambient + light * (n . l = 1)
+    assert r.color[ri, ci].sum() < r.color[rj, cj].sum()
+
+
+# ------------------------------------------------------------------ sampling and captions
+
+
+def test_same_seed_same_scene_and_different_seeds_differ():
+    a, b, c = sample_scene(7), sample_scene(7), sample_scene(8)
+    assert a == b and a != c
+    ra, rb, rc = render(a, 32), render(b, 32), render(c, 32)
+    for name in ("albedo", "irradiance", "color", "depth", "normal", "position", "hit", "object_id"):
+        assert np.array_equal(getattr(ra, name), getattr(rb, name), equal_nan=name == "position")
+    assert not np.array_equal(ra.color, rc.color)
+    assert a.caption == b.caption
+
+
+def test_caption_names_what_is_rendered():
+    for seed in range(30):
+        spec = sample_scene(seed)
+        r = render(spec, 48)
+        text = spec.caption
+        assert r.hit.all(), f"seed {seed}: pixels without a surface"
+        assert f"on {describe_surface(spec.floor)}" in text
+        if spec.wall is not None:
+            assert f"in front of {describe_surface(spec.wall)}" in text
+        for k, obj in enumerate(spec.objects):
+            assert describe_surface(obj) in text, (seed, text)
+            pixels = r.object_id == k
+            assert pixels.sum() >= 6, f"seed {seed}: {describe_surface(obj)} is not visible"
+            if obj.material.kind == "flat":  # the named colour is the rendered albedo
+                albedo = conventions.linear_to_srgb(torch.from_numpy(r.albedo[pixels].astype(np.float64)))
+                assert np.abs(albedo.numpy() - PALETTE[obj.material.colors[0]]).max() < 1e-4
+        light = main_light(spec)
+        towards = np.asarray(light.vector) - (np.asarray(spec.camera.target) if light.kind == "point" else 0.0)
+        word = light_direction_word(towards, spec.camera)
+        assert text.endswith({"left": "the left", "right": "the right", "front": "the front"}.get(word, word))
+        assert set(caption_tokens(text)) <= set(caption_vocabulary())
+
+
+def test_side_light_word_matches_shading():
+    checked = 0
+    for seed in range(60):
+        spec = sample_scene(seed)
+        text = spec.caption
+        side = "left" if text.endswith("the left") else "right" if text.endswith("the right") else None
+        if side is None:
+            continue
+        r = render(spec, 48)
+        objects = r.object_id < len(spec.objects)
+        nx = r.normal[..., 0]
+        facing_left = r.irradiance.mean(-1)[objects & (nx < -0.3)]
+        facing_right = r.irradiance.mean(-1)[objects & (nx > 0.3)]
+        if len(facing_left) < 5 or len(facing_right) < 5:
+            continue
+        brighter_left = facing_left.mean() > facing_right.mean()
+        assert brighter_left == (side == "left"), (seed, text)
+        checked += 1
+    assert checked >= 5
+
+
+def test_vocabulary_is_exactly_what_the_grammar_produces():
+    produced: set[str] = set()
+    for seed in range(400):
+        produced |= set(caption_tokens(sample_scene(seed).caption))
+    assert produced == set(caption_vocabulary())
+
+
+# ------------------------------------------------------------------ metrics
+
+
+@pytest.fixture(scope="module")
+def scene():
+    r = render(sample_scene(3), SIZE)
+    return r, r.encode()
+
+
+def test_normal_error_zero_when_perfect_and_equal_to_a_known_rotation(scene):
+    r, enc = scene
+    assert normal_angular_error(enc["normal"], enc["normal"]) < 1e-5
+    a = math.radians(10.0)
+    rot = np.array([[1, 0, 0], [0, math.cos(a), -math.sin(a)], [0, math.sin(a), math.cos(a)]])
+    n = r.normal.astype(np.float64)
+    rotated = (n @ rot.T + 1) / 2  # unclipped encoding, so nothing but the rotation differs
+    # rotating v by a about x turns it by arccos(x^2 + (1 - x^2) cos a)
+    expected = np.degrees(np.arccos(n[..., 0] ** 2 + (1 - n[..., 0] ** 2) * math.cos(a))).mean()
+    assert expected > 5.0
+    assert abs(normal_angular_error(rotated, enc["normal"]) - expected) < 1e-3
+    noisy = np.clip(enc["normal"] + np.random.default_rng(0).normal(0, 0.05, enc["normal"].shape), 0, 1)
+    assert normal_angular_error(noisy, enc["normal"]) > 1.0
+
+
+def test_depth_abs_rel_is_affine_invariant_and_grows_with_error(scene):
+    r, enc = scene
+    d = enc["depth"]
+    assert depth_abs_rel(d, r.depth) < 1e-6
+    assert depth_abs_rel(0.3 * d + 0.2, r.depth) < 1e-6
+    assert depth_abs_rel(1.0 - d, r.depth) < 1e-6  # polarity flip is an affine map too
+    assert depth_abs_rel(d[..., 0], r.depth) < 1e-6  # single channel accepted
+    noisy = d + np.random.default_rng(0).normal(0, 0.05, d.shape)
+    err = depth_abs_rel(noisy, r.depth)
+    assert err > 0.01
+    assert depth_abs_rel(noisy * 2 - 0.5, r.depth) == pytest.approx(err, rel=1e-9)
+
+
+def test_albedo_si_mse_forgives_scale_only(scene):
+    r, enc = scene
+    a = enc["albedo"]
+    assert albedo_si_mse(a, a) < 1e-12
+    half_linear = conventions.linear_to_srgb(conventions.srgb_to_linear(torch.from_numpy(
+        a.astype(np.float64))) * torch.tensor([0.5, 0.7, 0.9], dtype=torch.float64)).numpy()
+    assert albedo_si_mse(half_linear, a) < 1e-10
+    assert albedo_si_mse(half_linear, a, per_channel=False) > 1e-4  # a tint is not one global scale
+    blurred = (a + np.roll(a, 2, axis=0) + np.roll(a, 2, axis=1)) / 3
+    assert albedo_si_mse(blurred, a) > 1e-4
+
+
+def test_cross_map_alignment_perfect_vs_misaligned(scene):
+    r, enc = scene
+    for v in enc.values():  # a map is perfectly aligned with itself
+        assert edge_agreement(torch.from_numpy(v), torch.from_numpy(v)) == pytest.approx(1.0, abs=1e-9)
+    assert cross_map_alignment({"color": enc["color"], "albedo": enc["color"]}) == {
+        "albedo": pytest.approx(1.0, abs=1e-9)}
+    aligned = cross_map_alignment(enc)
+    assert set(aligned) == {"albedo", "irradiance", "depth", "normal"}
+    shifted = {k: (v if k == "color" else np.roll(v, (3, 3), axis=(0, 1))) for k, v in enc.items()}
+    moved = cross_map_alignment(shifted)
+    for k in aligned:
+        assert 0.0 <= moved[k] < aligned[k] <= 1.0, (k, moved[k], aligned[k])
+    # single-channel depth is accepted and scores like its 3-channel form
+    assert cross_map_alignment({"color": enc["color"], "depth": enc["depth"][..., 0]})["depth"] == pytest.approx(
+        aligned["depth"], abs=1e-6)  # edge strength is computed in float32
+
+
+def test_evaluate_maps_on_perfect_prediction(scene):
+    r, enc = scene
+    truth = {"depth": r.depth, "normal": r.normal, "albedo": r.albedo, "hit": r.hit}
+    m = evaluate_maps(enc, truth)
+    assert m["normal_angular_error_deg"] < 0.01
+    assert m["depth_abs_rel"] < 1e-6 and m["albedo_si_mse"] < 1e-10
+    assert {k for k in m if k.startswith("alignment_")} == {"alignment_albedo", "alignment_irradiance",
+                                                           "alignment_depth", "alignment_normal"}
+
+
+# ------------------------------------------------------------------ dataset writer
+
+
+def test_dataset_writer_release_layout_and_refusal(tmp_path):
+    root = tmp_path / "world"
+    ids = write_world_dataset(root, count=3, seed=5, size=32)
+    assert ids == ["000000", "000001", "000002"]
+    for sid in ids:
+        for name in RELEASE.names:
+            folder = RELEASE_FOLDER_NAMES[name]
+            img = Image.open(root / folder / f"{sid}_{folder}.png")
+            assert img.mode == "RGB" and img.size == (32, 32)
+            if name == "depth":
+                arr = np.asarray(img)
+                assert (arr[..., 0] == arr[..., 1]).all() and (arr[..., 0] == arr[..., 2]).all()
+        cap = json.loads((root / CAPTION_FOLDER / f"{sid}_color.json").read_text())
+        gt = np.load(root / GROUND_TRUTH_FOLDER / f"{sid}.npz")
+        spec = sample_scene(int(gt["seed"]))
+        assert cap == {"caption": spec.caption}
+        assert np.array_equal(gt["depth"], render(spec, 32).depth)
+        assert {"depth", "normal", "albedo", "irradiance"} <= set(gt.files)
+    assert not [p for p in root.rglob("*.tmp")]
+    # the PNGs are the encoded maps, rounded to 8 bits
+    enc = render(sample_scene(int(np.load(root / GROUND_TRUTH_FOLDER / "000001.npz")["seed"])), 32).encode()
+    png = np.asarray(Image.open(root / "normal" / "000001_normal.png")).astype(np.float64) / 255
+    assert np.abs(png - enc["normal"]).max() <= 0.5 / 255 + 1e-6
+    with pytest.raises(FileExistsError):
+        write_world_dataset(root, count=1, seed=5, size=32)
+    assert write_world_dataset(root, count=1, seed=6, size=32, overwrite=True) == ["000000"]
+
+
+def test_cli_writes_a_dataset(tmp_path, capsys):
+    out = tmp_path / "cli"
+    assert main(["--out", str(out), "--count", "2", "--seed", "1", "--size", "16"]) == 0
+    assert sorted(p.name for p in (out / "diffuse_reflectance").iterdir()) == [
+        "000000_diffuse_reflectance.png", "000001_diffuse_reflectance.png"]
+    with pytest.raises(SystemExit) as exc:
+        main(["--out", str(out), "--count", "1"])
+    assert exc.value.code == 2 and "not empty" in capsys.readouterr().err
