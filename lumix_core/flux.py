@@ -189,7 +189,9 @@ class DoubleStreamBlock(nn.Module):
         q = torch.cat((txt_q, img_q), dim=2)
         k = torch.cat((txt_k, img_k), dim=2)
         v = torch.cat((txt_v, img_v), dim=2)
+        del img_q, img_k, img_v, txt_q, txt_k, txt_v
         attn = flux_math.attention(q, k, v, pe=pe, mask=attn_mask)
+        del q, k, v
         txt_attn, img_attn = attn[:, : txt.shape[1]], attn[:, txt.shape[1]:]
         img = img + img_mod1.gate * self.img_attn.proj(img_attn)
         img = img + img_mod2.gate * self.img_mlp((1 + img_mod2.scale) * self.img_norm2(img) + img_mod2.shift)
@@ -219,6 +221,7 @@ class SingleStreamBlock(nn.Module):
         q, k, v = _heads(qkv, self.num_heads)
         q, k = self.norm(q, k, v)
         attn = flux_math.attention(q, k, v, pe=pe, mask=attn_mask)
+        del q, k, v, qkv
         output = self.linear2(torch.cat((attn, self.mlp_act(mlp)), 2))
         return x + mod.gate * output
 

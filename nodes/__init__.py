@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import importlib
 
-_MODULES: tuple[str, ...] = ()
+_MODULES: tuple[str, ...] = ("compositing",)
 
 NODE_CLASS_MAPPINGS: dict = {}
 NODE_DISPLAY_NAME_MAPPINGS: dict = {}
