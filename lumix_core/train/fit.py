@@ -1,0 +1,382 @@
+"""``fit``: train the Tensor LoRA factors of a LumiX adapter on a prepared cache.
+
+The FLUX backbone is loaded frozen (:func:`lumix_core.flux_io.load_flux`); the adapter is
+attached to it (QBA + Tensor LoRA in every block) and only its factors are optimised.
+One optimizer step consumes ``batch_size x processes x grad_accum`` scenes; scene order is
+a per-epoch permutation from the seed, and each scene's random draws come from its
+position in the run (:mod:`lumix_core.train.objective`), so resumption and multi-process
+runs reproduce a single uninterrupted process. Multi-GPU: start it with ``torchrun``; the
+adapter is wrapped with its forward in :class:`AdapterTrainingModule` so that
+DistributedDataParallel averages exactly the adapter's gradients (the frozen 12 B backbone
+is not a submodule and is never broadcast).
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import shutil
+import time
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from ..adapter import LumiXAdapter, default_spec
+from ..checkpoint import ModelShape, load_adapter, save_adapter
+from ..denoiser import FluxDenoiser, TextConditioning
+from ..flux import Flux
+from ..flux_io import load_flux
+from ..latents import PATCH
+from .cache import LatentCache
+from .config import ConfigError, FitConfig, config_to_dict, resume_config
+from .distributed import DistContext, barrier, init_distributed, mean_across, shutdown
+from .folders import atomic_write_text, check_new_folder, remove_previous
+from .lr_schedule import make_scheduler
+from .objective import STREAM_INIT, DrawSettings, draw_scene, make_noisy_batch, sample_generator, scene_losses
+from .state import (commit_checkpoint, latest_checkpoint, load_checkpoint, restore, seed_global_rngs, staging_dir,
+                    write_rng)
+
+log = logging.getLogger("lumix.train")
+
+RUN_CONFIG = "train_config.json"  # the resolved config; also marks the folder as a run of ours
+RUN_FORMAT = "lumix-train-run"
+METRICS = "metrics.jsonl"
+FINAL_ADAPTER = "adapter.safetensors"
+VALIDATION_DIR = "validation"
+
+
+class AdapterTrainingModule(nn.Module):
+    """What DDP wraps: the adapter as the only submodule, plus a forward through the frozen FLUX."""
+
+    def __init__(self, model: Flux, adapter: LumiXAdapter) -> None:
+        super().__init__()
+        self.adapter = adapter
+        if model.lumix is None or model.lumix.adapter is not adapter:
+            raise ValueError("attach the adapter to the model before wrapping it")
+        self.__dict__["_denoise"] = FluxDenoiser(model)  # not registered: frozen weights stay out of DDP
+
+    def forward(self, x_t: Tensor, t: Tensor, txt: Tensor, y: Tensor, guidance: float) -> Tensor:
+        return self._denoise(x_t, t, TextConditioning(txt, y), guidance)
+
+
+@dataclass
+class FitResult:
+    """Where the run went; ``model``/``adapter`` are the live objects (for inspection in tests)."""
+
+    output: Path
+    adapter_path: Path
+    steps: int
+    losses: list[float] = field(default_factory=list)  # per optimizer step of this call, global mean
+    model: Optional[Flux] = None
+    adapter: Optional[LumiXAdapter] = None
+
+
+class DataOrder:
+    """Scene index for the ``p``-th sample of a run: a fresh permutation per epoch, from the seed."""
+
+    def __init__(self, num_scenes: int, seed: int) -> None:
+        self.n, self.seed = num_scenes, seed
+        self._perm = lru_cache(maxsize=4)(self._permutation)
+
+    def _permutation(self, epoch: int) -> np.ndarray:
+        return np.random.default_rng([self.seed & 0xFFFFFFFF, epoch]).permutation(self.n)
+
+    def __call__(self, position: int) -> int:
+        return int(self._perm(position // self.n)[position % self.n])
+
+
+def resolve_precision(config: FitConfig, device: torch.device) -> tuple[torch.dtype, Optional[torch.dtype]]:
+    """``(weight dtype, autocast dtype or None)``: bf16 + autocast on CUDA by default, fp32 on CPU."""
+    precision = config.precision
+    if precision == "auto":
+        precision = "bf16" if device.type == "cuda" else "fp32"
+    return (torch.bfloat16, torch.bfloat16) if precision == "bf16" else (torch.float32, None)
+
+
+def check_cache_fits(cache: LatentCache, model: Flux, config: FitConfig) -> None:
+    c = model.config
+    problems = []
+    if cache.latent_channels * PATCH * PATCH != c.in_channels:
+        problems.append(f"latent channels {cache.latent_channels} (x{PATCH * PATCH} per token) vs the model's "
+                        f"in_channels {c.in_channels}")
+    if cache.context_dim != c.context_in_dim:
+        problems.append(f"text features {cache.context_dim} vs the model's context_in_dim {c.context_in_dim}")
+    if cache.pooled_dim != c.vec_in_dim:
+        problems.append(f"pooled features {cache.pooled_dim} vs the model's vec_in_dim {c.vec_in_dim}")
+    if problems:
+        raise ConfigError(f"the cache {cache.path} was not encoded for this FLUX model: " + "; ".join(problems))
+    if config.batch_size > 1:
+        shapes = cache.batch_shapes()
+        tokens = {s[2] for s in shapes}
+        if len({s[:2] for s in shapes}) > 1 or len(tokens) > 1 or (
+                config.caption_dropout > 0 and tokens != {int(cache.manifest["empty_text_tokens"])}):
+            raise ConfigError(
+                f"--batch-size {config.batch_size} needs every scene to have the same latent size and text length "
+                f"(cache has {sorted(shapes)} as (h, w, tokens); the empty caption has "
+                f"{cache.manifest['empty_text_tokens']} tokens). Use --batch-size 1 with --grad-accum for larger "
+                "batches, or prepare with one --size")
+
+
+def _setup_output(config: FitConfig, ctx: DistContext, explicit: Optional[set[str]]) -> FitConfig:
+    """Claim (or re-open) the run folder on rank 0; every rank returns the effective config."""
+    out = Path(config.output)
+    if config.resume:
+        saved_path = out / RUN_CONFIG
+        if not saved_path.is_file():
+            raise ConfigError(f"--resume: {out} holds no run (no {RUN_CONFIG}); start one without --resume")
+        saved = json.loads(saved_path.read_text(encoding="utf-8"))
+        if saved.get("format") != RUN_FORMAT:
+            raise ConfigError(f"{saved_path} is not a lumix-train run config")
+        config = resume_config(saved["config"], config, explicit)
+        if ctx.is_main:
+            _write_run_config(out, config)
+        barrier(ctx)
+        return config
+    if ctx.is_main:
+        check_new_folder(out, overwrite=config.overwrite, marker=RUN_CONFIG, what="lumix-train run")
+        if config.overwrite:
+            remove_previous(out, marker=RUN_CONFIG, what="lumix-train run")
+        out.mkdir(parents=True, exist_ok=True)
+        _write_run_config(out, config)
+    barrier(ctx)
+    return config
+
+
+def _write_run_config(out: Path, config: FitConfig) -> None:
+    body = {"format": RUN_FORMAT, "config": config_to_dict(config)}
+    atomic_write_text(out / RUN_CONFIG, json.dumps(body, indent=2, sort_keys=True) + "\n")
+
+
+def _trim_metrics(path: Path, step: int) -> None:
+    """After a resume, drop metric lines of steps the checkpoint does not contain."""
+    if not path.is_file():
+        return
+    keep = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            if int(json.loads(line).get("step", 0)) <= step:
+                keep.append(line)
+        except (ValueError, AttributeError):
+            continue
+    atomic_write_text(path, "".join(k + "\n" for k in keep))
+
+
+def build_adapter(config: FitConfig, model: Flux, cache: LatentCache, device: torch.device) -> LumiXAdapter:
+    c = model.config
+    spec = default_spec(maps=cache.maps, rank=config.rank, hidden=c.hidden_size, double_blocks=c.depth,
+                        single_blocks=c.depth_single_blocks, alpha=config.alpha)
+    if config.init_adapter:
+        adapter = load_adapter(config.init_adapter, ModelShape(c.hidden_size, c.depth, c.depth_single_blocks),
+                               maps=cache.maps, dtype=torch.float32)
+        if adapter.spec != spec:
+            raise ConfigError(f"--init-adapter has rank {adapter.spec.rank} and alpha {adapter.spec.alpha}; "
+                              f"this run asks for rank {spec.rank} and alpha {spec.alpha}: set --rank/--alpha to match")
+    else:
+        adapter = LumiXAdapter(spec)
+        adapter.reset_parameters(sample_generator(config.seed, 0, stream=STREAM_INIT))
+    return adapter.to(device=device, dtype=torch.float32).train()
+
+
+def run_fit(config: FitConfig, *, explicit: Optional[set[str]] = None, decoder=None, progress: bool = False,
+            on_step: Optional[Callable[[int, float], None]] = None) -> FitResult:
+    """Train; returns where the adapter went. ``on_step(step, loss)`` runs after each step (tests)."""
+    config.validate()
+    ctx = init_distributed(config.device, config.backend)
+    try:
+        return _Trainer(config, ctx, explicit, decoder, progress, on_step).run()
+    finally:
+        shutdown(ctx)
+
+
+class _Trainer:
+    def __init__(self, config: FitConfig, ctx: DistContext, explicit: Optional[set[str]], decoder,
+                 progress: bool, on_step) -> None:
+        self.ctx = ctx
+        self.config = config = _setup_output(config, ctx, explicit)
+        self.out = Path(config.output)
+        self.decoder, self.progress, self.on_step = decoder, progress, on_step
+        self.cache = LatentCache(config.cache)
+        self.weight_dtype, self.autocast_dtype = resolve_precision(config, ctx.device)
+        self.model = load_flux(config.flux, device=ctx.device, dtype=self.weight_dtype)
+        check_cache_fits(self.cache, self.model, config)
+        self.adapter = build_adapter(config, self.model, self.cache, ctx.device)
+        self.model.attach(self.adapter)
+        self.model.gradient_checkpointing = config.gradient_checkpointing
+        module = AdapterTrainingModule(self.model, self.adapter)
+        if ctx.distributed:
+            from torch.nn.parallel import DistributedDataParallel
+
+            module = DistributedDataParallel(
+                module, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
+        self.module = module
+        self.optimizer = torch.optim.AdamW(self.adapter.parameters(), lr=config.lr,
+                                           betas=(config.adam_beta1, config.adam_beta2), eps=config.adam_eps,
+                                           weight_decay=config.weight_decay)
+        self.scheduler = make_scheduler(self.optimizer, config.warmup_steps, config.steps, config.lr_schedule)
+        self.order = DataOrder(len(self.cache), config.seed)
+        self.draw = DrawSettings(config.timestep_sampler, config.logit_mean, config.logit_std, config.shift_schedule,
+                                 config.caption_dropout, config.photo_conditioning_prob)
+        self.global_batch = config.batch_size * ctx.world_size * config.grad_accum
+        self.step, self.position = 0, 0
+        self._empty = None
+
+    # -- state ---------------------------------------------------------------------------
+    def _resume(self) -> None:
+        folder = latest_checkpoint(self.out)
+        if folder is None:
+            log.warning("--resume: %s has no checkpoint yet; starting from step 0", self.out)
+            if self.ctx.is_main:
+                _trim_metrics(self.out / METRICS, 0)
+            return
+        state = load_checkpoint(folder, self.adapter, self.ctx.rank)
+        restore(state, self.optimizer, self.scheduler, self.ctx.device, log.warning)
+        self.scheduler.lr_lambdas[0].total_steps = self.config.steps  # --steps may grow on resume
+        self.step = state.step
+        self.position = int(state.extra.get("data_order", {}).get("next_position", state.step * self.global_batch))
+        if self.ctx.is_main:
+            _trim_metrics(self.out / METRICS, self.step)
+        log.info("resumed from %s (step %d)", folder, self.step)
+
+    def _save(self) -> None:
+        stage = staging_dir(self.out, self.step)
+        if self.ctx.is_main:
+            if stage.exists():  # left over by a crash: start it afresh
+                shutil.rmtree(stage)
+            stage.mkdir(parents=True)
+        barrier(self.ctx)
+        write_rng(stage, self.ctx.rank)
+        barrier(self.ctx)
+        if self.ctx.is_main:
+            extra = {"data_order": {"seed": self.config.seed, "num_scenes": len(self.cache),
+                                    "global_batch": self.global_batch, "next_position": self.position,
+                                    "rule": "scene(p) = permutation(seed, p // num_scenes)[p % num_scenes]; rank r, "
+                                            "micro-batch a takes p = next_position + a*batch*world + r*batch + k"},
+                     "world_size": self.ctx.world_size}
+            commit_checkpoint(self.out, self.step, self.adapter, self.optimizer, self.scheduler, extra,
+                              self.config.keep_checkpoints, self._adapter_metadata())
+        barrier(self.ctx)
+
+    def _adapter_metadata(self) -> dict[str, str]:
+        return {"lumix.train.step": str(self.step), "lumix.train.base_model": Path(self.config.flux).name,
+                "lumix.train.scenes": str(len(self.cache))}
+
+    # -- data ----------------------------------------------------------------------------
+    def _micro_batch(self, micro: int):
+        c, ctx = self.config, self.ctx
+        base = self.position + micro * c.batch_size * ctx.world_size + ctx.rank * c.batch_size
+        positions = [base + k for k in range(c.batch_size)]
+        scenes = [self.cache.scene(self.order(p)) for p in positions]
+        x0 = torch.stack([s.latents for s in scenes]).to(ctx.device, torch.float32)
+        draws = [draw_scene(c.seed, p, tuple(x0.shape[2:]), self.draw) for p in positions]
+        batch = make_noisy_batch(x0, draws, self.cache.maps.query_index)
+        if self._empty is None:
+            self._empty = self.cache.empty_conditioning()
+        txt = torch.stack([self._empty[0] if d.drop_caption else s.txt for s, d in zip(scenes, draws)])
+        y = torch.stack([self._empty[1] if d.drop_caption else s.y for s, d in zip(scenes, draws)])
+        return batch, txt.to(ctx.device, torch.float32), y.to(ctx.device, torch.float32)
+
+    # -- loop ----------------------------------------------------------------------------
+    def _train_step(self) -> tuple[float, float, float]:
+        """One optimizer step; returns (global mean scene loss, gradient norm, learning rate used)."""
+        c = self.config
+        self.optimizer.zero_grad(set_to_none=True)
+        total = torch.zeros((), device=self.ctx.device)
+        for micro in range(c.grad_accum):
+            batch, txt, y = self._micro_batch(micro)
+            sync = (self.module.no_sync() if self.ctx.distributed and micro < c.grad_accum - 1
+                    else contextlib.nullcontext())
+            with sync:
+                with torch.autocast(self.ctx.device.type, dtype=self.autocast_dtype,
+                                    enabled=self.autocast_dtype is not None):
+                    v = self.module(batch.x_t, batch.t, txt, y, c.guidance)
+                loss = scene_losses(v, batch).sum() / (c.batch_size * c.grad_accum)
+                loss.backward()
+            total += loss.detach()
+        params = list(self.adapter.parameters())
+        if c.max_grad_norm > 0:
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, c.max_grad_norm))
+        else:
+            norms = [p.grad.norm() for p in params if p.grad is not None]
+            grad_norm = float(torch.linalg.vector_norm(torch.stack(norms)))
+        lr = float(self.optimizer.param_groups[0]["lr"])
+        self.optimizer.step()
+        self.scheduler.step()
+        self.step += 1
+        self.position += self.global_batch
+        return float(mean_across(self.ctx, total)), grad_norm, lr
+
+    def _validate(self) -> None:
+        if self.ctx.is_main:
+            from .validation import render_validation
+
+            if self.decoder is None:
+                self.decoder = _make_decoder(self.config)
+            c = self.config
+            path = self.out / VALIDATION_DIR / f"step-{self.step:08d}.png"
+            render_validation(self.model, self.cache, path, scenes=c.validation_scenes, steps=c.validation_steps,
+                              guidance=c.validation_guidance, seed=c.validation_seed, decoder=self.decoder,
+                              device=self.ctx.device, autocast_dtype=self.autocast_dtype,
+                              text={"lumix.step": str(self.step)})
+            log.info("validation sheet: %s", path)
+        barrier(self.ctx)
+
+    def run(self) -> FitResult:
+        c = self.config
+        seed_global_rngs(c.seed + self.ctx.rank)  # for library code; a resume restores the saved states
+        if c.resume:
+            self._resume()
+        bar = None
+        if self.progress and self.ctx.is_main:
+            from tqdm import tqdm
+
+            bar = tqdm(total=c.steps, initial=self.step, desc="fit", unit="step", dynamic_ncols=True)
+        losses: list[float] = []
+        metrics = self.out / METRICS
+        try:
+            while self.step < c.steps:
+                t0 = time.perf_counter()
+                loss, grad_norm, lr = self._train_step()
+                elapsed = time.perf_counter() - t0
+                losses.append(loss)
+                if self.ctx.is_main:
+                    record = {"step": self.step, "loss": loss, "lr": lr,
+                              "grad_norm": grad_norm, "step_time_s": elapsed,
+                              "scenes_per_s": self.global_batch / elapsed, "time": time.time()}
+                    if self.ctx.device.type == "cuda":
+                        record["peak_memory_gib"] = torch.cuda.max_memory_allocated(self.ctx.device) / 2**30
+                    with open(metrics, "a", encoding="utf-8") as f:
+                        f.write(json.dumps(record) + "\n")
+                    if bar is not None:
+                        bar.set_postfix(loss=f"{loss:.4f}", lr=f"{record['lr']:.2e}")
+                        bar.update(1)
+                last = self.step == c.steps
+                if (c.checkpoint_every and self.step % c.checkpoint_every == 0) or last:
+                    self._save()
+                if (c.validate_every and self.step % c.validate_every == 0) or last:
+                    self._validate()
+                if self.on_step is not None:
+                    self.on_step(self.step, loss)
+        finally:
+            if bar is not None:
+                bar.close()
+        final = self.out / FINAL_ADAPTER
+        if self.ctx.is_main:
+            save_adapter(self.adapter, final, overwrite=True, extra_metadata=self._adapter_metadata())
+            log.info("adapter written: %s", final)
+        barrier(self.ctx)
+        return FitResult(self.out, final, self.step, losses, self.model, self.adapter)
+
+
+def _make_decoder(config: FitConfig):
+    if config.validation_decoder == "comfy":
+        from .comfy_host import ComfyVAEDecoder
+
+        return ComfyVAEDecoder.from_file(config.comfyui, config.vae)
+    from .validation import PreviewDecoder
+
+    return PreviewDecoder()

@@ -1,0 +1,77 @@
+"""Validation contact sheets: every map of a few fixed prompts, sampled during training.
+
+Rows are scenes (prompts taken from the cache), columns are maps in group order. The noise
+seed and prompts are fixed, so sheets of successive steps are comparable. Decoding is
+pluggable (:class:`~lumix_core.train.encoder.Decoder`): a cache made with ComfyUI needs
+ComfyUI's VAE to show real pixels, so the default :class:`PreviewDecoder` shows the first
+three latent channels, min-max normalised per tile and enlarged 8x -- enough to see layout
+and whether the maps of a scene agree, with no VAE in memory.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..denoiser import FluxDenoiser, TextConditioning
+from ..flux import Flux
+from ..latents import VAE_FACTOR
+from ..png import encode_png
+from ..sampling import sample_euler, schedule_for, shared_noise
+from .cache import LatentCache
+from .folders import atomic_write_bytes
+
+
+class PreviewDecoder:
+    """Latent channels 0-2 as RGB, normalised per image, upscaled to pixel size (no VAE)."""
+
+    def decode_latents(self, latents: Tensor) -> Tensor:
+        x = latents[:, :3].float()
+        if x.shape[1] < 3:
+            x = torch.cat([x, x[:, -1:].expand(-1, 3 - x.shape[1], -1, -1)], dim=1)
+        lo = x.amin(dim=(1, 2, 3), keepdim=True)
+        hi = x.amax(dim=(1, 2, 3), keepdim=True)
+        x = (x - lo) / (hi - lo).clamp_min(1e-8)
+        x = x.repeat_interleave(VAE_FACTOR, dim=2).repeat_interleave(VAE_FACTOR, dim=3)
+        return x.permute(0, 2, 3, 1).contiguous()
+
+
+def contact_sheet(rows: Sequence[Tensor], gap: int = 4) -> np.ndarray:
+    """``rows[i]`` = ``[M, H, W, 3]`` in [0, 1] -> one uint8 image, white gaps between tiles."""
+    widths = [r.shape[0] * r.shape[2] + (r.shape[0] - 1) * gap for r in rows]
+    height = sum(r.shape[1] for r in rows) + (len(rows) - 1) * gap
+    sheet = np.full((height, max(widths), 3), 255, dtype=np.uint8)
+    y = 0
+    for r in rows:
+        tiles = (r.clamp(0, 1).cpu().numpy() * 255 + 0.5).astype(np.uint8)
+        x = 0
+        for tile in tiles:
+            sheet[y: y + tile.shape[0], x: x + tile.shape[1]] = tile
+            x += tile.shape[1] + gap
+        y += r.shape[1] + gap
+    return sheet
+
+
+@torch.no_grad()
+def render_validation(model: Flux, cache: LatentCache, path: Path, *, scenes: int, steps: int,
+                      guidance: float, seed: int, decoder, device: torch.device,
+                      autocast_dtype=None, text: dict | None = None) -> Path:
+    """Sample the first ``scenes`` prompts of the cache with the attached adapter; write a PNG."""
+    maps = cache.maps
+    denoise = FluxDenoiser(model)
+    rows, prompts = [], []
+    for i in range(min(scenes, len(cache))):
+        scene = cache.scene(i)
+        h, w = scene.record.height, scene.record.width
+        cond = TextConditioning(scene.txt[None].to(device, torch.float32), scene.y[None].to(device, torch.float32))
+        noise = shared_noise(1, maps, (cache.latent_channels, h, w), seed=seed + i, device=device)
+        timesteps = schedule_for(w * VAE_FACTOR, h * VAE_FACTOR, steps, "release")
+        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            x = sample_euler(denoise, noise, timesteps, cond, guidance=guidance, group=maps.size)
+        rows.append(decoder.decode_latents(x.float()).float().cpu())
+        prompts.append(scene.record.caption)
+    meta = {"lumix.maps": maps.to_string(), "lumix.prompts": " | ".join(prompts), **(text or {})}
+    return atomic_write_bytes(path, encode_png(contact_sheet(rows), text=meta))
