@@ -100,6 +100,10 @@ class FitConfig:
     rank: int = _opt(8, "Tensor LoRA rank R (the release uses 8)")
     alpha: Optional[float] = _opt(None, "Tensor LoRA alpha (scale = alpha/sqrt(R); none = 1/sqrt(R) as released)")
     init_adapter: Optional[str] = _opt(None, "start from this LumiX adapter (e.g. the release) instead of the fresh init")
+    share_query: bool = _opt(True, "Query-Broadcast Attention: every map attends with the color map's queries "
+                                   "(--no-share-query gives each map its own queries; for ablations)")
+    independent_maps: bool = _opt(False, "hold G1 block-diagonal so each map's adapter reads only its own input, "
+                                         "i.e. one independent LoRA per map (for ablations)")
     timestep_sampler: str = _opt("logit-normal", "training timesteps: logit-normal (t = sigmoid(N(mean, std))) "
                                                  "or shifted (uniform t mapped by the resolution shift)")
     logit_mean: float = _opt(0.0, "mean of the logit-normal sampler")

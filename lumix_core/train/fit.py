@@ -47,6 +47,8 @@ RUN_CONFIG = "train_config.json"  # the resolved config; also marks the folder a
 RUN_FORMAT = "lumix-train-run"
 METRICS = "metrics.jsonl"
 FINAL_ADAPTER = "adapter.safetensors"
+#: Adapter metadata saying whether it was trained with Query-Broadcast Attention (sample it the same way).
+META_SHARE_QUERY = "lumix.train.share_query"
 VALIDATION_DIR = "validation"
 
 
@@ -182,6 +184,21 @@ def build_adapter(config: FitConfig, model: Flux, cache: LatentCache, device: to
     return adapter.to(device=device, dtype=torch.float32).train()
 
 
+def keep_maps_independent(adapter: LumiXAdapter) -> None:
+    """Zero the cross-map entries of every G1 and keep them zero while training.
+
+    Why a gradient mask: with ``G1[i, j] = 0`` for ``i != j`` the Tensor LoRA of map i reads
+    only map i, i.e. it is an ordinary rank-R LoRA per map (the "independent LoRAs" ablation).
+    Masked entries get zero gradients, so AdamW's moments and its decoupled weight decay
+    leave them exactly zero, and a resumed run keeps them zero too.
+    """
+    for lora in adapter.tensor_loras():
+        mask = torch.eye(lora.num_maps, device=lora.G1.device, dtype=lora.G1.dtype)[:, :, None]
+        with torch.no_grad():
+            lora.G1.mul_(mask)
+        lora.G1.register_hook(lambda grad, mask=mask: grad * mask)
+
+
 def run_fit(config: FitConfig, *, explicit: Optional[set[str]] = None, decoder=None, progress: bool = False,
             on_step: Optional[Callable[[int, float], None]] = None) -> FitResult:
     """Train; returns where the adapter went. ``on_step(step, loss)`` runs after each step (tests)."""
@@ -205,7 +222,9 @@ class _Trainer:
         self.model = load_flux(config.flux, device=ctx.device, dtype=self.weight_dtype)
         check_cache_fits(self.cache, self.model, config)
         self.adapter = build_adapter(config, self.model, self.cache, ctx.device)
-        self.model.attach(self.adapter)
+        if config.independent_maps:
+            keep_maps_independent(self.adapter)
+        self.model.attach(self.adapter, share_query=config.share_query)
         self.model.gradient_checkpointing = config.gradient_checkpointing
         module = AdapterTrainingModule(self.model, self.adapter)
         if ctx.distributed:
@@ -263,7 +282,9 @@ class _Trainer:
 
     def _adapter_metadata(self) -> dict[str, str]:
         return {"lumix.train.step": str(self.step), "lumix.train.base_model": Path(self.config.flux).name,
-                "lumix.train.scenes": str(len(self.cache))}
+                "lumix.train.scenes": str(len(self.cache)),
+                META_SHARE_QUERY: str(self.config.share_query).lower(),
+                "lumix.train.independent_maps": str(self.config.independent_maps).lower()}
 
     # -- data ----------------------------------------------------------------------------
     def _micro_batch(self, micro: int):
