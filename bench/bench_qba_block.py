@@ -1,22 +1,23 @@
 """A QBA + Tensor LoRA block vs the plain FLUX block on the same batch.
 
 d = 1024, 8 heads, 1024 image + 128 text tokens, 2 scene groups of 5 maps (batch 10),
-rank 8, double and single blocks, inference (no grad), fp32 on CPU. Prints the time ratio
-and the peak extra memory of each variant (own subprocess each).
+rank 8, double and single blocks, inference (no grad), fp32 on CPU. Prints the wall and CPU
+time ratios and the peak memory of the tensors each variant allocates (exact, counted by a
+torch dispatch mode; inputs and weights excluded).
 
     python bench/bench_qba_block.py [--repeats 5] [--img-tokens 1024]
 """
 from __future__ import annotations
 
 import argparse
-import json
 import sys
+import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _measure import child_peak, interleaved_times, mb, peak_rss_bytes, reset_peak_rss  # noqa: E402
+from _measure import LiveTensorBytes, interleaved_times, mb  # noqa: E402
 
 from lumix_core.adapter import BlockLoRA, default_spec  # noqa: E402
 from lumix_core.flux import DoubleStreamBlock, EmbedND, SingleStreamBlock, tiny_config  # noqa: E402
@@ -55,37 +56,24 @@ def setup(kind: str, img_tokens: int):
     return plain, lumix
 
 
-def child(kind: str, img_tokens: int, variant: str) -> None:
-    torch.set_num_threads(2)
-    plain, lumix = setup(kind, img_tokens)
-    fn = plain if variant == "plain" else lumix
-    with torch.no_grad():
-        fn()  # warm-up allocations of the first call are part of neither
-        base = reset_peak_rss()
-        fn()
-    print(json.dumps({"peak_extra": peak_rss_bytes() - base}))
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--img-tokens", type=int, default=1024)
-    ap.add_argument("--child", nargs=3)
     a = ap.parse_args()
-    if a.child:
-        child(a.child[0], int(a.child[1]), a.child[2])
-        return
     torch.set_num_threads(2)
     print(f"QBA + Tensor LoRA vs plain block: d={D}, {HEADS} heads, {a.img_tokens}+{TXT} tokens, "
           f"{GROUPS} groups x {M} maps, rank {RANK}, fp32, {torch.get_num_threads()} threads")
-    print(f"{'block':7} {'plain':>9} {'lumix':>9} {'time':>7} {'plain peak':>12} {'lumix peak':>12} {'memory':>7}")
+    print(f"{'block':7} {'plain':>9} {'lumix':>9} {'wall':>7} {'cpu':>7} {'plain peak':>12} {'lumix peak':>12} "
+          f"{'memory':>7}")
     for kind in ("double", "single"):
         plain, lumix = setup(kind, a.img_tokens)
         with torch.no_grad():
             t = interleaved_times({"plain": plain, "lumix": lumix}, repeats=a.repeats)
-        peaks = {v: child_peak(__file__, [kind, str(a.img_tokens), v])["peak_extra"] for v in ("plain", "lumix")}
+            cpu = interleaved_times({"plain": plain, "lumix": lumix}, repeats=a.repeats, clock=time.process_time)
+            peaks = {"plain": LiveTensorBytes().measure(plain), "lumix": LiveTensorBytes().measure(lumix)}
         print(f"{kind:7} {t['plain'] * 1e3:7.0f}ms {t['lumix'] * 1e3:7.0f}ms {t['lumix'] / t['plain']:6.3f}x "
-              f"{mb(peaks['plain']):>12} {mb(peaks['lumix']):>12} {peaks['lumix'] / peaks['plain']:6.3f}x")
+              f"{cpu['lumix'] / cpu['plain']:6.3f}x {mb(peaks['plain']):>12} {mb(peaks['lumix']):>12} {peaks['lumix'] / peaks['plain']:6.3f}x")
 
 
 if __name__ == "__main__":

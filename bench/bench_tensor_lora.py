@@ -1,15 +1,14 @@
 """Tensor LoRA: fast (weights-first, fused in place) vs the release's literal contraction.
 
 FLUX.1-dev shapes: d = 3072, M = 5, R = 8, L tokens per map; kv (d -> 2d) and proj (d -> d).
-Prints per-call time of both, the speed-up, the max abs difference, and the peak extra
-memory of each variant (each measured in its own subprocess).
+Prints per-call time of both, the speed-up, the max abs difference, and the peak memory of
+the tensors each variant allocates (exact, counted by a torch dispatch mode).
 
     python bench/bench_tensor_lora.py [--tokens 1024] [--repeats 3]
 """
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 from pathlib import Path
@@ -17,7 +16,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _measure import child_peak, interleaved_times, mb, peak_rss_bytes, reset_peak_rss  # noqa: E402
+from _measure import LiveTensorBytes, interleaved_times, mb  # noqa: E402
 
 from lumix_core.tensor_lora import TensorLoRA  # noqa: E402
 
@@ -48,26 +47,11 @@ def make(kind: str, tokens: int):
     return lora, x, out
 
 
-def child(kind: str, tokens: int, variant: str) -> None:
-    lora, x, out = make(kind, tokens)
-    base = reset_peak_rss()
-    with torch.no_grad():
-        if variant == "literal":
-            literal(lora, x)
-        else:
-            fast_into(lora, x, out)
-    print(json.dumps({"peak_extra": peak_rss_bytes() - base}))
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--tokens", type=int, default=1024)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--child", nargs=3)
     a = ap.parse_args()
-    if a.child:
-        child(a.child[0], int(a.child[1]), a.child[2])
-        return
     torch.set_num_threads(2)
     print(f"Tensor LoRA, M={M}, d={D}, R={R}, L={a.tokens}, fp32, {torch.get_num_threads()} threads")
     print(f"{'kind':5} {'literal':>10} {'fast':>10} {'speed-up':>9} {'max|diff|':>10} "
@@ -79,7 +63,8 @@ def main() -> None:
             diff = (fast_into(lora, x, out.clone()) - out - ref).abs().max().item()
             times = interleaved_times({"literal": lambda: literal(lora, x),
                                        "fast": lambda: fast_into(lora, x, out)}, repeats=a.repeats)
-        peaks = {v: child_peak(__file__, [kind, str(a.tokens), v])["peak_extra"] for v in ("literal", "fast")}
+            peaks = {"literal": LiveTensorBytes().measure(lambda: literal(lora, x)),
+                     "fast": LiveTensorBytes().measure(lambda: fast_into(lora, x, out))}
         inter = M * M * a.tokens * out.shape[-1] * 4
         print(f"{kind:5} {times['literal'] * 1e3:8.1f}ms {times['fast'] * 1e3:8.1f}ms "
               f"{times['literal'] / times['fast']:8.1f}x {diff:10.2e} {mb(peaks['literal']):>14} "

@@ -174,6 +174,7 @@ def double_block_forward(
     if adapter is not None:
         img_proj = _add_proj_delta(adapter.proj_tt_lora, img_proj, strength)
     img = img + img_mod1.gate * img_proj
+    del img_proj, img_attn  # free before the MLP, where the block peaks
     img = img + img_mod2.gate * block.img_mlp((1 + img_mod2.scale) * block.img_norm2(img) + img_mod2.shift)
 
     txt = txt + txt_mod1.gate * block.txt_attn.proj(txt_attn)
