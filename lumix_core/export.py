@@ -28,7 +28,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 from dataclasses import dataclass
 from typing import Callable, Iterable, Mapping, Optional
 
@@ -44,6 +43,7 @@ from .conventions import (
     single_channel,
     srgb_to_linear,
 )
+from .files import write_atomically, write_bytes_atomically
 from .maps import canonical
 from .png import encode_png
 
@@ -110,41 +110,6 @@ def next_counter(folder: str, base: str) -> int:
             if match:
                 highest = max(highest, int(match.group(1)))
     return highest + 1
-
-
-def publish_atomically(final_path: str, write: Callable[[str], None]) -> None:
-    """Write via ``write(temp_path)`` in the target folder, then move it to ``final_path``.
-
-    The move is a hard link (fails with FileExistsError if the name is taken, so nothing is
-    ever overwritten, even by a concurrent saver); file systems without hard links fall
-    back to ``os.replace`` after an existence check.
-    """
-    folder = os.path.dirname(final_path)
-    fd, tmp = tempfile.mkstemp(prefix=".lumix-", suffix=".tmp", dir=folder)
-    os.close(fd)
-    try:
-        write(tmp)
-        try:
-            os.link(tmp, final_path)
-        except FileExistsError:
-            raise FileExistsError(f"refusing to overwrite existing file {final_path}") from None
-        except OSError:
-            if os.path.exists(final_path):
-                raise FileExistsError(f"refusing to overwrite existing file {final_path}") from None
-            os.replace(tmp, final_path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def _write_bytes(data: bytes) -> Callable[[str], None]:
-    def write(path: str) -> None:
-        with open(path, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-
-    return write
 
 
 # ----------------------------------------------------------------------------- pixels
@@ -243,9 +208,13 @@ def save_maps(
 
     saved: list[SavedFile] = []
 
-    def emit(filename: str, write: Callable[[str], None], scene: int, name: Optional[str], fmt: str) -> None:
+    def emit(filename: str, content: "bytes | Callable[[str], None]", scene: int, name: Optional[str],
+             fmt: str) -> None:
         path = os.path.join(folder, filename)
-        publish_atomically(path, write)
+        if isinstance(content, bytes):
+            write_bytes_atomically(path, content, overwrite=False)
+        else:
+            write_atomically(path, content, overwrite=False)
         saved.append(SavedFile(path, filename, subfolder, scene, name, fmt))
 
     for scene in range(count):
@@ -255,10 +224,10 @@ def save_maps(
             text.update(common, **{"lumix.map": name, "lumix.scene": str(scene)})
             if "png8" in wanted:
                 data = encode_png(_png_pixels(name, batch[scene], 8), text, compress_level)
-                emit(f"{stem}_{name}.png", _write_bytes(data), scene, name, "png8")
+                emit(f"{stem}_{name}.png", data, scene, name, "png8")
             if "png16" in wanted and name in PNG16_MAPS:
                 data = encode_png(_png_pixels(name, batch[scene], 16), text, compress_level)
-                emit(f"{stem}_{name}_16bit.png", _write_bytes(data), scene, name, "png16")
+                emit(f"{stem}_{name}_16bit.png", data, scene, name, "png16")
         if exr is not None:
             layers: dict[str, np.ndarray] = {}
             for name, batch in images.items():

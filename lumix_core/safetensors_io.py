@@ -10,13 +10,14 @@ from __future__ import annotations
 import json
 import os
 import struct
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Optional
 
 import torch
 from torch import Tensor
+
+from .files import write_atomically
 
 PICKLE_SUFFIXES = {".pt", ".pth", ".ckpt", ".bin", ".pkl", ".pickle"}
 _MAX_HEADER = 100 * 1024 * 1024
@@ -133,21 +134,9 @@ def load_tensors(header: SafetensorsHeader, device: "str | torch.device" = "cpu"
 
 def atomic_save(tensors: Mapping[str, Tensor], path: "str | os.PathLike[str]",
                 metadata: Optional[Mapping[str, str]] = None, overwrite: bool = False) -> Path:
-    """Write a safetensors file through a temp file + rename; never replace one unless asked."""
+    """Write a safetensors file atomically; never replace one unless asked."""
     from safetensors.torch import save_file
 
-    path = Path(path)
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} already exists; choose another name or pass overwrite=True")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp,
-                  metadata=dict(metadata or {}))
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    data = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    return write_atomically(path, lambda tmp: save_file(data, tmp, metadata=dict(metadata or {})),
+                            overwrite=overwrite)

@@ -19,13 +19,13 @@ import argparse
 import io
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 from PIL import Image
 
+from .files import write_bytes_atomically
 from .maps import RELEASE
 from .world import RenderResult, render, sample_scene
 
@@ -53,18 +53,6 @@ def scene_seed(seed: int, index: int) -> int:
 
 def scene_id(index: int) -> str:
     return f"{index:06d}"
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _png_bytes(img01: np.ndarray) -> bytes:
@@ -123,15 +111,15 @@ def write_world_dataset(root: str | os.PathLike, count: int, seed: int = 0, size
         result = render(sample_scene(s), size)
         for name, img in result.encode(RELEASE).items():
             folder = RELEASE.folder_name(name)
-            _atomic_write(root / folder / f"{sid}_{folder}.png", _png_bytes(img))
+            write_bytes_atomically(root / folder / f"{sid}_{folder}.png", _png_bytes(img))
         cap = json.dumps({"caption": result.caption}).encode()
-        _atomic_write(root / CAPTION_FOLDER / f"{sid}_color.json", cap)
-        _atomic_write(root / GROUND_TRUTH_FOLDER / f"{sid}.npz", _npz_bytes(result, s))
+        write_bytes_atomically(root / CAPTION_FOLDER / f"{sid}_color.json", cap)
+        write_bytes_atomically(root / GROUND_TRUTH_FOLDER / f"{sid}.npz", _npz_bytes(result, s))
         ids.append(sid)
         seeds.append(s)
     manifest = {"generator": "lumix_core.world", "seed": int(seed), "count": int(count), "size": int(size),
                 "maps": list(RELEASE.names), "ids": ids, "scene_seeds": seeds}
-    _atomic_write(root / MANIFEST_NAME, json.dumps(manifest, indent=1).encode())
+    write_bytes_atomically(root / MANIFEST_NAME, json.dumps(manifest, indent=1).encode())
     return ids
 
 
@@ -160,7 +148,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if sheet_path is not None and args.count > 0:
         sheet = contact_sheet([render(sample_scene(scene_seed(args.seed, i)), args.size)
                                for i in range(min(8, args.count))])
-        _atomic_write(sheet_path, _png_bytes(sheet / 255.0))
+        write_bytes_atomically(sheet_path, _png_bytes(sheet / 255.0))
     print(f"wrote {len(ids)} scenes to {args.out}")
     return 0
 

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from lumix_core.conventions import srgb_to_linear
-from lumix_core.export import next_counter, publish_atomically, resolve_prefix, save_maps
+from lumix_core.export import next_counter, resolve_prefix, save_maps
 from lumix_core.maps import RELEASE_MAPS
 from lumix_core.png import encode_png
 
@@ -139,15 +139,6 @@ def test_saving_twice_never_overwrites(tmp_path):
     assert all(open(p, "rb").read() == data for p, data in before.items())
     assert not [n for n in os.listdir(tmp_path) if n.endswith(".tmp")]
     assert next_counter(str(tmp_path), "x") == 3
-
-
-def test_publish_refuses_an_existing_file(tmp_path):
-    target = tmp_path / "taken.png"
-    target.write_bytes(b"original")
-    with pytest.raises(FileExistsError, match="refusing to overwrite"):
-        publish_atomically(str(target), lambda p: open(p, "wb").write(b"new"))
-    assert target.read_bytes() == b"original"
-    assert os.listdir(tmp_path) == ["taken.png"]
 
 
 @pytest.mark.parametrize("prefix", ["../x", "a/../../x", "/tmp/x", "..", "sub/"])
