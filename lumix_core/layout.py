@@ -1,0 +1,199 @@
+"""Scene-group batches as hosts see them: latent layout, shared noise, pinned slots, schedules.
+
+A LumiX batch is N scenes x M maps laid out consecutively: item ``g*M + i`` is map ``i`` of
+scene ``g`` (map order from :mod:`lumix_core.maps`). A host (ComfyUI) moves such batches
+around as plain tensors plus a few facts that must travel with them; this module is the one
+place that knows those facts and checks them, so node code stays a thin translation:
+
+* which maps a batch holds (``MAPS_KEY``, a ``MapSet`` string) and that its size is whole groups;
+* which noise index every item gets (``scene_batch_index``: one index per scene, so a host
+  that draws one noise per index gives every map of a scene the same noise);
+* which slot is *pinned* to a clean latent (``PIN_KEY``; decomposition pins the photo in the
+  colour slot) and how one model call's inputs are rewritten for it (:func:`pin_inputs`);
+* the release schedule as host sigmas (:func:`release_sigmas`).
+
+Nothing here imports a host. ComfyUI's sigma is LumiX's ``t`` (FLUX flow matching).
+"""
+from __future__ import annotations
+
+from typing import Mapping, Optional, Sequence
+
+import torch
+from torch import Tensor
+
+from .conventions import FinishedMap, check_image, finish_map, split_groups
+from .latents import LATENT_CHANNELS, SIZE_MULTIPLE, VAE_FACTOR, check_size
+from .maps import QUERY_SOURCE, RELEASE, MapSet, check_group_batch
+from .sampling import ScheduleKind, schedule_for
+
+#: Key of the map set (``"albedo,irradiance,color,depth,normal"``) in a host latent dict.
+MAPS_KEY = "lumix_maps"
+#: Key of the pinned slot's map name (``"color"``) in a host latent dict; the clean latent of
+#: that slot is the slot itself in ``samples`` (one fact, one place).
+PIN_KEY = "lumix_pin"
+#: Map names a decomposition may pin (the query source is what the release pins).
+PIN_SLOT = QUERY_SOURCE
+
+
+# ----------------------------------------------------------------------------- map sets
+def maps_of(latent: Mapping, default: MapSet = RELEASE) -> MapSet:
+    """The map set a host latent dict declares (``MAPS_KEY``), or ``default`` when it has none."""
+    value = latent.get(MAPS_KEY)
+    if value is None:
+        return default
+    try:
+        return MapSet.parse(value)
+    except (ValueError, KeyError) as e:
+        raise ValueError(f"latent field '{MAPS_KEY}'={value!r} is not a valid map set: {e}") from None
+
+
+def check_same_maps(latent_maps: MapSet, adapter_maps: MapSet, adapter_name: str) -> None:
+    """Refuse a latent whose maps are not the adapter's (order matters: G1 is indexed by it)."""
+    if latent_maps.names != adapter_maps.names:
+        raise ValueError(
+            f"the latent holds maps {latent_maps.to_string()} (M={latent_maps.size}) but the adapter "
+            f"{adapter_name} was trained for {adapter_maps.to_string()} (M={adapter_maps.size}); set the "
+            f"latent node's 'maps' to '{adapter_maps.to_string()}'")
+
+
+def scene_count(batch: int, maps: MapSet, what: str = "LATENT batch") -> int:
+    """Number of scenes in a batch of whole groups, or a clear error."""
+    return check_group_batch(batch, maps.size, what)
+
+
+# ----------------------------------------------------------------------------- latents
+def scene_batch_index(num_scenes: int, maps: MapSet) -> list[int]:
+    """``[0]*M + [1]*M + ...``: a host that draws one noise per index shares it within a scene."""
+    if num_scenes < 1:
+        raise ValueError(f"number of scenes must be >= 1, got {num_scenes}")
+    return [g for g in range(num_scenes) for _ in range(maps.size)]
+
+
+def maps_latent_shape(width: int, height: int, num_scenes: int, maps: MapSet,
+                      channels: int = LATENT_CHANNELS) -> tuple[int, int, int, int]:
+    """``(N*M, C, H/8, W/8)`` for an empty maps latent; refuses sizes FLUX cannot patch."""
+    check_size(width, height)
+    scene_batch_index(num_scenes, maps)  # validates num_scenes
+    return (num_scenes * maps.size, channels, height // VAE_FACTOR, width // VAE_FACTOR)
+
+
+def group_photo_latents(photo: Tensor, maps: MapSet, slot: str = PIN_SLOT) -> Tensor:
+    """``[N, C, h, w]`` photo latents -> ``[N*M, C, h, w]`` with each photo in ``slot``, zeros elsewhere."""
+    if photo.dim() != 4:
+        raise ValueError(f"photo latents must be [N, C, h, w], got shape {tuple(photo.shape)}")
+    N, M = photo.shape[0], maps.size
+    out = torch.zeros((N * M, *photo.shape[1:]), dtype=photo.dtype, device=photo.device)
+    out[maps.index(slot)::M] = photo
+    return out
+
+
+def slot_latents(samples: Tensor, maps: MapSet, slot: str) -> Tensor:
+    """``[N, ...]``: map ``slot`` of every scene of a ``[N*M, ...]`` batch."""
+    scene_count(samples.shape[0], maps)
+    return samples[maps.index(slot)::maps.size]
+
+
+def noise_is_shared(noise: Tensor, group: int) -> bool:
+    """True when every map of every scene got the same noise as the scene's first map."""
+    if group <= 1 or noise.shape[0] % group:
+        return group <= 1
+    g = noise.reshape(noise.shape[0] // group, group, -1)
+    return bool((g == g[:, :1]).all())
+
+
+def center_crop_box(width: int, height: int, multiple: int = SIZE_MULTIPLE) -> tuple[int, int, int, int]:
+    """``(x0, y0, w, h)``: the largest centred crop whose sides are multiples of ``multiple``.
+
+    Photos come in any size; FLUX needs multiples of 16 pixels. Cropping at most 15 pixels per
+    side keeps the photo's scale (resizing would change what the maps are aligned with).
+    """
+    w, h = width - width % multiple, height - height % multiple
+    if w <= 0 or h <= 0:
+        raise ValueError(f"image of {width}x{height} pixels is smaller than {multiple}x{multiple}; "
+                         f"LumiX needs at least {multiple} pixels per side")
+    return ((width - w) // 2, (height - h) // 2, w, h)
+
+
+# ----------------------------------------------------------------------------- pinning
+def pin_inputs(x: Tensor, t: Tensor, clean: Tensor, maps: MapSet, slot: str = PIN_SLOT,
+               chunks: Optional[int] = None) -> tuple[Tensor, Tensor]:
+    """Rewrite one model call's inputs so map ``slot`` of every scene is clean at ``t = 0``.
+
+    ``x`` is ``[K*B, ...]``: K copies (cond / uncond chunks) of the ``B = N*M`` latent batch, as
+    hosts batch one model call; ``t`` is ``[K*B]``; ``clean`` is ``[N, ...]`` in model space
+    (already scaled like ``x``). Returns new tensors (the caller's are not modified). With
+    ``t = 0`` a flow-matching host's denoised output equals the input exactly, so the slot
+    is never updated and comes back as ``clean``.
+    """
+    M = maps.size
+    N = clean.shape[0]
+    B = N * M
+    if x.shape[1:] != clean.shape[1:]:
+        raise ValueError(
+            f"the pinned photo latent is {tuple(clean.shape[1:])} but the sampled latent is {tuple(x.shape[1:])}: "
+            "the LATENT was resized or re-batched after LumiX Photo To Maps Latent; pin the latent you sample")
+    if x.shape[0] % B:
+        raise ValueError(
+            f"model call with batch {x.shape[0]} does not hold whole copies of the {N}-scene x {M}-map batch "
+            f"({B} items) the photo was pinned for; sample the same LATENT that LumiX Photo To Maps Latent made")
+    K = x.shape[0] // B
+    if chunks is not None and chunks != K:
+        raise ValueError(f"model call holds {K} copies of the batch but the host reports {chunks} cond/uncond "
+                         "chunks; a node that splits or reorders the batch cannot be combined with photo pinning")
+    if t.dim() != 1 or t.shape[0] != x.shape[0]:
+        raise ValueError(f"expected one timestep per batch item ({x.shape[0]}), got shape {tuple(t.shape)}")
+    index = torch.arange(x.shape[0], device=x.device)
+    mask = (index % M) == maps.index(slot)
+    x = x.clone()
+    t = t.clone()
+    x[mask] = clean.to(device=x.device, dtype=x.dtype).repeat(K, *([1] * (clean.dim() - 1)))
+    t[mask] = 0
+    return x, t
+
+
+# ----------------------------------------------------------------------------- schedule
+def release_sigmas(width: int, height: int, steps: int, denoise: float = 1.0,
+                   kind: ScheduleKind = "release") -> Tensor:
+    """Host sigmas (float32, ``steps + 1`` values ending in 0) for a LumiX schedule.
+
+    ``denoise < 1`` keeps the last ``steps + 1`` values of the schedule for ``steps / denoise``
+    steps, the way ComfyUI's KSampler shortens its own schedules; ``denoise <= 0`` gives none.
+    """
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    if denoise <= 0.0:
+        return torch.zeros(0)
+    total = steps if denoise >= 1.0 else int(steps / denoise)
+    return schedule_for(width, height, total, kind)[-(steps + 1):].to(torch.float32)
+
+
+def pixel_size(latent_samples: Tensor) -> tuple[int, int]:
+    """``(width, height)`` in pixels of a ``[B, C, h, w]`` latent."""
+    return latent_samples.shape[-1] * VAE_FACTOR, latent_samples.shape[-2] * VAE_FACTOR
+
+
+# ----------------------------------------------------------------------------- outputs
+def finish_group_images(
+    images01: Tensor,
+    maps: "MapSet | str | Sequence[str] | None",
+    outputs: Sequence[str],
+    **options,
+) -> dict[str, FinishedMap]:
+    """Decoded ``[N*M, H, W, C]`` display images -> finished ``outputs`` maps of ``N`` scenes each.
+
+    Maps of ``outputs`` that the map set does not hold come back black (with an all-zero mask
+    for depth), so a fixed set of node outputs works with custom map sets; ``info`` says so.
+    """
+    ms = MapSet.parse(maps)
+    groups = split_groups(check_image(images01, "decoded maps"), ms)
+    some = next(iter(groups.values()))
+    out: dict[str, FinishedMap] = {}
+    for name in outputs:
+        if name in groups:
+            out[name] = finish_map(name, groups[name], **options)
+        else:
+            black = torch.zeros((*some.shape[:3], 3), dtype=some.dtype, device=some.device)
+            mask = torch.zeros(some.shape[:3], dtype=some.dtype, device=some.device)
+            out[name] = FinishedMap(name, black, mask=mask if name == "depth" else None,
+                                    info={"missing": 1.0})
+    return out

@@ -1,0 +1,162 @@
+"""ComfyUI lookups shared by the LumiX nodes, each importing ComfyUI lazily.
+
+The pack must import where ComfyUI is absent (CI, packaging), so ``comfy``/``folder_paths``
+are imported inside these functions. Where a node's *definition* needs a host list (sampler
+names, adapter files) and ComfyUI is absent, a fallback is returned and marked as such: it
+only serves tests and packaging tools, never a running ComfyUI.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any, Optional
+
+from ..lumix_core.adapter_cache import AdapterCache
+from ..lumix_core.checkpoint import ModelShape
+from ..lumix_core.model_check import NotFluxError, flux1_shape
+
+log = logging.getLogger("comfyui-lumix")
+
+#: ComfyUI models folder for LumiX adapters (``models/lumix``); ``models/loras`` is listed too.
+ADAPTER_FOLDER = "lumix"
+LORA_FOLDER = "loras"
+ADAPTER_EXTENSIONS = {".safetensors"}
+
+#: Used only when ComfyUI cannot be imported (tests, packaging): node definitions still build.
+FALLBACK_SAMPLERS = ["euler", "euler_ancestral", "dpmpp_2m"]
+FALLBACK_SCHEDULERS = ["simple", "normal", "beta"]
+
+#: ComfyUI model classes built on FLUX's layout that are not FLUX.1 (other blocks or training).
+NOT_FLUX1_MODEL_CLASSES = {"Flux2", "Chroma", "ChromaRadiance", "LongCatImage"}
+
+#: One cache for the process: adapters are shared by every model the loader patches.
+ADAPTERS = AdapterCache(max_entries=2)
+
+
+def register_adapter_folder() -> None:
+    """Register ``models/lumix`` (safetensors only) with ``folder_paths``; no-op without ComfyUI."""
+    try:
+        import folder_paths
+    except ImportError:
+        return
+    path = os.path.join(folder_paths.models_dir, ADAPTER_FOLDER)
+    if ADAPTER_FOLDER in folder_paths.folder_names_and_paths:
+        paths, exts = folder_paths.folder_names_and_paths[ADAPTER_FOLDER]
+        if path not in paths:
+            paths.append(path)
+        if isinstance(exts, set):
+            exts.update(ADAPTER_EXTENSIONS)
+    else:
+        folder_paths.folder_names_and_paths[ADAPTER_FOLDER] = ([path], set(ADAPTER_EXTENSIONS))
+
+
+def adapter_files() -> list[str]:
+    """Adapter choices: safetensors files in ``models/lumix`` and ``models/loras`` (lumix first)."""
+    try:
+        import folder_paths
+    except ImportError:
+        return []
+    register_adapter_folder()
+    names: list[str] = []
+    for folder in (ADAPTER_FOLDER, LORA_FOLDER):
+        try:
+            files = folder_paths.get_filename_list(folder)
+        except KeyError:
+            continue
+        names += [f for f in files if os.path.splitext(f)[1].lower() in ADAPTER_EXTENSIONS and f not in names]
+    return names
+
+
+def adapter_path(name: str) -> str:
+    """Full path of an adapter choice (``models/lumix`` wins over ``models/loras``)."""
+    import folder_paths
+
+    register_adapter_folder()
+    for folder in (ADAPTER_FOLDER, LORA_FOLDER):
+        try:
+            path = folder_paths.get_full_path(folder, name)
+        except KeyError:
+            path = None
+        if path:
+            return path
+    raise FileNotFoundError(f"adapter '{name}' is in neither models/{ADAPTER_FOLDER} nor models/{LORA_FOLDER}; "
+                            f"put lumix.safetensors into ComfyUI/models/{ADAPTER_FOLDER} and refresh")
+
+
+def sampler_names() -> list[str]:
+    try:
+        import comfy.samplers
+    except ImportError:
+        return list(FALLBACK_SAMPLERS)
+    return list(comfy.samplers.KSampler.SAMPLERS)
+
+
+def scheduler_names() -> list[str]:
+    try:
+        import comfy.samplers
+    except ImportError:
+        return list(FALLBACK_SCHEDULERS)
+    return list(comfy.samplers.KSampler.SCHEDULERS)
+
+
+def model_family(patcher: Any) -> str:
+    """A readable name of a MODEL's family (ComfyUI's model config class, e.g. ``SDXL``)."""
+    model = getattr(patcher, "model", None)
+    config = getattr(model, "model_config", None)
+    names = [type(x).__name__ for x in (config, model) if x is not None]
+    return f"{names[0]} ({names[1]})" if len(names) == 2 else (names[0] if names else type(patcher).__name__)
+
+
+def flux_shape(patcher: Any) -> ModelShape:
+    """The FLUX.1 shape of a ComfyUI MODEL, or a clear refusal for anything else."""
+    import comfy.ldm.flux.model
+
+    model = getattr(patcher, "model", None)
+    dm = getattr(model, "diffusion_model", None)
+    family = model_family(patcher)
+    if model is None or dm is None:
+        raise NotFluxError(f"expected a ComfyUI MODEL (a ModelPatcher), got {type(patcher).__name__}")
+    if type(model).__name__ in NOT_FLUX1_MODEL_CLASSES or not isinstance(dm, comfy.ldm.flux.model.Flux):
+        raise NotFluxError(
+            f"LumiX works on FLUX.1 only, but the connected MODEL is {family} with a "
+            f"{type(dm).__module__}.{type(dm).__name__} transformer. Load FLUX.1 (dev or schnell) with "
+            "UNETLoader, a FLUX.1 checkpoint loader, an fp8 file or a GGUF loader, and connect that MODEL.")
+    params = getattr(dm, "params", None)
+    if getattr(params, "global_modulation", False):
+        raise NotFluxError(f"LumiX works on FLUX.1 only, but {family} uses global modulation (FLUX.2 layout)")
+    return flux1_shape(dm, family)
+
+
+def flux_attention():
+    """ComfyUI's FLUX attention (RoPE + the host's optimized attention)."""
+    import comfy.ldm.flux.math
+
+    return comfy.ldm.flux.math.attention
+
+
+def lumix_patches(patcher: Any) -> list:
+    """The LumiX block patches installed on a MODEL (empty if it is not patched).
+
+    Matched by class name, not identity: a second copy of the pack (installed twice, or
+    imported by tests beside ComfyUI's copy) defines its own class object.
+    """
+    to = getattr(patcher, "model_options", {}).get("transformer_options", {})
+    dit = to.get("patches_replace", {}).get("dit", {})
+    return [p for p in dit.values() if type(p).__name__ == "LumiXBlockPatch" and hasattr(p, "maps")]
+
+
+def interrupted_check() -> None:
+    """Raise ComfyUI's interruption if the user pressed Cancel (call inside own loops)."""
+    try:
+        import comfy.model_management
+    except ImportError:
+        return
+    comfy.model_management.throw_exception_if_processing_interrupted()
+
+
+def intermediate_device() -> Optional[Any]:
+    try:
+        import comfy.model_management
+    except ImportError:
+        return None
+    return comfy.model_management.intermediate_device()

@@ -1,0 +1,152 @@
+"""The objects LumiX hands to ComfyUI's ModelPatcher: block replacements and wrappers.
+
+ComfyUI-specific glue, but without importing ComfyUI: the host's attention function is
+passed in, the call protocols are plain dicts and callables. Kept import-free so the
+protocol can be tested against lumix_core's own FLUX blocks in CI.
+
+Why objects (not closures): ComfyUI deep-copies ``model_options`` on every ``clone()`` (up to
+0.3.x) and calls ``.to(device)`` / ``.to(dtype)`` on every patch when it loads a model.
+These objects return themselves from ``__deepcopy__`` (one adapter in memory however many
+clones exist) and move only devices (an fp8 or bf16 adapter keeps its dtype; the QBA
+functions cast at run time).
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable, Optional
+
+import torch
+from torch import Tensor, nn
+
+from ..lumix_core.adapter import BlockLoRA
+from ..lumix_core.layout import noise_is_shared, pin_inputs, scene_count
+from ..lumix_core.maps import MapSet
+from ..lumix_core.qba import double_block_forward, single_block_forward
+
+log = logging.getLogger("comfyui-lumix")
+
+AttentionFn = Callable[..., Tensor]
+
+
+def _device_of_to_args(*args: Any, **kwargs: Any) -> Optional[torch.device]:
+    """The device of a ``.to(...)`` call, or None for a dtype-only call (which we ignore)."""
+    device = kwargs.get("device")
+    for a in args:
+        if isinstance(a, Tensor):
+            device = a.device
+        elif isinstance(a, (str, int, torch.device)):
+            device = a
+    return None if device is None else torch.device(device)
+
+
+class _Shared:
+    """Shared by reference: deep copies and pickling-free clones return the same object."""
+
+    def __deepcopy__(self, memo: dict) -> "_Shared":
+        memo[id(self)] = self
+        return self
+
+    def __copy__(self) -> "_Shared":
+        return self
+
+
+class LumiXBlockPatch(_Shared):
+    """``patches_replace["dit"][("double_block"|"single_block", i)]``: one FLUX block through QBA.
+
+    ComfyUI calls ``patch(args, {"original_block": wrap})``. The block is recomputed from its own
+    submodules by :mod:`lumix_core.qba` (so the host's weight casting, fp8 and offloading apply),
+    with the host's ``attention``; ``transformer_options`` is passed on only when the host
+    passes it. ``original_block`` is never called: the host's blocks update their inputs in
+    place, and the QBA result replaces the block entirely.
+    """
+
+    def __init__(self, kind: str, index: int, block: nn.Module, lora: Optional[BlockLoRA], maps: MapSet,
+                 strength: float, attention: AttentionFn) -> None:
+        if kind not in ("double", "single"):
+            raise ValueError(f"kind must be 'double' or 'single', got {kind!r}")
+        self.kind, self.index = kind, int(index)
+        self.block, self.lora, self.maps = block, lora, maps
+        self.strength = float(strength)
+        self.attention = attention
+
+    def to(self, *args: Any, **kwargs: Any) -> "LumiXBlockPatch":
+        device = _device_of_to_args(*args, **kwargs)
+        if device is not None:
+            self._lora_on(device)
+        return self
+
+    def _lora_on(self, device: torch.device) -> Optional[BlockLoRA]:
+        """The block's adapter on ``device`` (moved in place if needed; its dtype is kept)."""
+        lora = self.lora
+        if lora is not None:
+            current = next(lora.parameters()).device
+            if current != device and not (device.index is None and current.type == device.type):
+                lora.to(device=device)
+        return lora
+
+    def __call__(self, args: dict, extra: dict) -> dict:
+        common = dict(group=self.maps.size, query_index=self.maps.query_index, strength=self.strength,
+                      attn_mask=args.get("attn_mask"), attention=self.attention,
+                      transformer_options=args.get("transformer_options"))
+        img = args["img"]
+        lora = self._lora_on(img.device)
+        if self.kind == "double":
+            img, txt = double_block_forward(self.block, img, args["txt"], args["vec"], args["pe"], adapter=lora, **common)
+            return {"img": img, "txt": txt}
+        return {"img": single_block_forward(self.block, img, args["vec"], args["pe"], adapter=lora, **common)}
+
+    def __repr__(self) -> str:
+        return f"LumiXBlockPatch({self.kind}_block {self.index}, maps={self.maps.to_string()}, strength={self.strength})"
+
+
+class LumiXSamplingGuard(_Shared):
+    """``OUTER_SAMPLE`` wrapper: refuses batches QBA cannot run before the first step.
+
+    Checks, for any sampler node (stock KSampler, SamplerCustomAdvanced, ours): the LATENT batch
+    is whole groups of M maps; no context-window handler slices the batch dimension; and warns
+    when the maps of a scene did not get the same noise (a LATENT without LumiX batch indices).
+    """
+
+    def __init__(self, maps: MapSet, adapter_name: str) -> None:
+        self.maps, self.adapter_name = maps, adapter_name
+
+    def __call__(self, executor: Any, noise: Tensor, latent_image: Tensor, *args: Any, **kwargs: Any) -> Any:
+        guider = getattr(executor, "class_obj", None)
+        handler = (getattr(guider, "model_options", None) or {}).get("context_handler")
+        if handler is not None and getattr(handler, "dim", None) == 0:
+            raise ValueError(
+                f"a context-window handler ({type(handler).__name__}) slices the batch dimension, which would split "
+                f"LumiX scene groups of {self.maps.size} maps; remove the context-window node when sampling with "
+                f"{self.adapter_name}")
+        if isinstance(latent_image, Tensor) and not getattr(latent_image, "is_nested", False):
+            try:
+                scene_count(latent_image.shape[0], self.maps)
+            except ValueError as e:
+                raise ValueError(f"{e}. The model is patched with LumiX adapter {self.adapter_name}: create the "
+                                 "latent with LumiX Empty Maps Latent or LumiX Photo To Maps Latent") from None
+            if isinstance(noise, Tensor) and not getattr(noise, "is_nested", False) and noise.any() \
+                    and not noise_is_shared(noise, self.maps.size):
+                log.warning("LumiX: the maps of a scene got different noise; use a LumiX latent node (its "
+                            "batch_index gives every map of a scene the same noise, as LumiX was trained)")
+        return executor(noise, latent_image, *args, **kwargs)
+
+
+class LumiXPinWrapper(_Shared):
+    """``APPLY_MODEL`` wrapper: map ``slot`` of every scene is fed clean with ``t = 0``.
+
+    ``clean`` holds the raw (VAE-space) latents of the pinned slot, ``[N, C, h, w]``; they are
+    brought to model space with the host model's own ``process_latent_in`` at every call.
+    With ``t = 0`` ComfyUI's FLUX denoiser returns the input unchanged, so the slot is never
+    updated and the sampler returns it equal to the photo's latent.
+    """
+
+    def __init__(self, clean: Tensor, maps: MapSet, slot: str) -> None:
+        self.clean, self.maps, self.slot = clean, maps, slot
+
+    def __call__(self, executor: Any, x: Tensor, t: Tensor, c_concat: Any, c_crossattn: Any, control: Any,
+                 transformer_options: dict, **kwargs: Any) -> Tensor:
+        model = executor.class_obj
+        clean = model.process_latent_in(self.clean.to(device=x.device, dtype=x.dtype))
+        chunks = transformer_options.get("cond_or_uncond")
+        x, t = pin_inputs(x, t, clean, self.maps, self.slot, chunks=len(chunks) if chunks else None)
+        return executor(x, t, c_concat, c_crossattn, control, transformer_options, **kwargs)

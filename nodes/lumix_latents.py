@@ -1,0 +1,101 @@
+"""LumiX latent nodes: empty maps latents (text -> maps) and photo latents (photo -> maps).
+
+A LumiX LATENT is N scenes x M maps, consecutive per scene, plus the facts that travel with
+it (``lumix_core.layout``): its map set, ``batch_index`` with one value per scene (so every
+sampler's noise is shared by the maps of a scene) and, for photos, the pinned slot.
+"""
+from __future__ import annotations
+
+import torch
+
+from ..lumix_core.latents import SIZE_MULTIPLE
+from ..lumix_core.layout import (MAPS_KEY, PIN_KEY, PIN_SLOT, center_crop_box, group_photo_latents,
+                                 maps_latent_shape, scene_batch_index)
+from ..lumix_core.maps import RELEASE, MapSet
+from . import _host
+
+CATEGORY = "LumiX/Latent"
+MAX_RESOLUTION = 16384
+
+_MAPS_TOOLTIP = ("Maps of each scene, in the adapter's order (comma-separated; must include 'color'). "
+                 "The released adapter: albedo,irradiance,color,depth,normal.")
+
+
+def maps_latent(samples: torch.Tensor, maps: MapSet, num_scenes: int, pin_slot: "str | None" = None) -> dict:
+    """The LATENT dict of a LumiX batch: samples plus map set, per-scene noise indices, pin."""
+    latent = {"samples": samples, "batch_index": scene_batch_index(num_scenes, maps), MAPS_KEY: maps.to_string()}
+    if pin_slot is not None:
+        latent[PIN_KEY] = pin_slot
+    return latent
+
+
+class LumiXEmptyMapsLatent:
+    DESCRIPTION = (
+        "Empty latent for text -> maps: N scenes x M maps, the maps of a scene consecutive and sharing one "
+        "noise (batch_index), so stock KSampler, SamplerCustomAdvanced and LumiX Sampler all start every map "
+        f"of a scene from the same noise. Width and height must be multiples of {SIZE_MULTIPLE}."
+    )
+    CATEGORY = CATEGORY
+    FUNCTION = "make"
+    RETURN_TYPES = ("LATENT",)
+    RETURN_NAMES = ("latent",)
+    OUTPUT_TOOLTIPS = ("N x M empty FLUX latents with LumiX batch indices and map set.",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "width": ("INT", {"default": 512, "min": SIZE_MULTIPLE, "max": MAX_RESOLUTION, "step": SIZE_MULTIPLE, "tooltip": f"Image width in pixels, a multiple of {SIZE_MULTIPLE}. The release was trained at 512."}),
+                "height": ("INT", {"default": 512, "min": SIZE_MULTIPLE, "max": MAX_RESOLUTION, "step": SIZE_MULTIPLE, "tooltip": f"Image height in pixels, a multiple of {SIZE_MULTIPLE}. The release was trained at 512."}),
+                "scenes": ("INT", {"default": 1, "min": 1, "max": 64, "tooltip": "Number of scenes N; the batch holds N x M maps."}),
+                "maps": ("STRING", {"default": RELEASE.to_string(), "tooltip": _MAPS_TOOLTIP}),
+            }
+        }
+
+    def make(self, width, height, scenes, maps=RELEASE.to_string()):
+        ms = MapSet.parse(maps)
+        shape = maps_latent_shape(int(width), int(height), int(scenes), ms)
+        samples = torch.zeros(shape, device=_host.intermediate_device())
+        return (maps_latent(samples, ms, int(scenes)),)
+
+
+class LumiXPhotoToMapsLatent:
+    DESCRIPTION = (
+        "Latent for photo -> maps (decomposition): each photo is VAE-encoded into the color slot of its scene, "
+        "the other maps start from the scene's shared noise. The sampler pins the color slot (clean, t = 0), "
+        f"so the photo comes back unchanged. Photos are centre-cropped to multiples of {SIZE_MULTIPLE} pixels."
+    )
+    CATEGORY = CATEGORY
+    FUNCTION = "encode"
+    RETURN_TYPES = ("LATENT",)
+    RETURN_NAMES = ("latent",)
+    OUTPUT_TOOLTIPS = ("N x M latents, color slot = the encoded photo, pinned for LumiX Sampler / LumiX Pin Photo.",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "image": ("IMAGE", {"tooltip": "N photos (one scene each). Resize to about 512 px first: the release was trained at 512x512."}),
+                "vae": ("VAE", {"tooltip": "The FLUX VAE (ae.safetensors)."}),
+                "maps": ("STRING", {"default": RELEASE.to_string(), "tooltip": _MAPS_TOOLTIP}),
+            }
+        }
+
+    def encode(self, image, vae, maps=RELEASE.to_string()):
+        ms = MapSet.parse(maps)
+        x0, y0, w, h = center_crop_box(int(image.shape[2]), int(image.shape[1]))
+        pixels = image[:, y0:y0 + h, x0:x0 + w, :3]
+        photo = vae.encode(pixels)
+        samples = group_photo_latents(photo, ms, PIN_SLOT)
+        return (maps_latent(samples, ms, int(photo.shape[0]), pin_slot=PIN_SLOT),)
+
+
+NODE_CLASS_MAPPINGS = {
+    "LumiXEmptyMapsLatent": LumiXEmptyMapsLatent,
+    "LumiXPhotoToMapsLatent": LumiXPhotoToMapsLatent,
+}
+
+NODE_DISPLAY_NAME_MAPPINGS = {
+    "LumiXEmptyMapsLatent": "LumiX Empty Maps Latent",
+    "LumiXPhotoToMapsLatent": "LumiX Photo To Maps Latent",
+}

@@ -1,0 +1,107 @@
+"""LumiX map outputs: decode a maps latent (or split a decoded batch) into five map images.
+
+The conventions (unit normals, depth near = bright, one channel, min-max) are applied by
+``lumix_core.conventions`` through ``lumix_core.layout.finish_group_images``.
+"""
+from __future__ import annotations
+
+from ..lumix_core.conventions import DEFAULT_NORMAL_CONVENTION, NORMAL_CONVENTIONS
+from ..lumix_core.layout import finish_group_images, maps_of
+from ..lumix_core.maps import RELEASE, RELEASE_MAPS, MapSet
+from . import _host
+
+CATEGORY = "LumiX/Maps"
+
+#: The fixed outputs of the map nodes (the released maps, in release order) plus the depth MASK.
+OUTPUTS = RELEASE_MAPS
+RETURN_TYPES = ("IMAGE",) * len(OUTPUTS) + ("MASK",)
+RETURN_NAMES = OUTPUTS + ("depth_mask",)
+OUTPUT_TOOLTIPS = (
+    "Albedo: sRGB diffuse reflectance, [0,1].",
+    "Irradiance: diffuse shading, sRGB-encoded, [0,1].",
+    "Color: the sRGB image.",
+    "Depth: relative, near = bright (unless inverted), min-max normalised per image, grey.",
+    "Normal: camera-space unit vectors encoded (n+1)/2, in the chosen convention.",
+    "Depth as a single-channel MASK (same values as the depth image).",
+)
+
+
+def _options_inputs() -> dict:
+    return {
+        "normal_convention": (list(NORMAL_CONVENTIONS), {"default": DEFAULT_NORMAL_CONVENTION, "tooltip": "Normal map convention: opengl (Y up, Blender) or directx (Y down, Unreal/3ds Max)."}),
+        "depth_far_bright": ("BOOLEAN", {"default": False, "tooltip": "Invert depth to far = bright (a Z-like pass); still relative, never metric."}),
+    }
+
+
+def _outputs(images01, maps, normal_convention: str, depth_far_bright: bool) -> tuple:
+    finished = finish_group_images(images01, maps, OUTPUTS, normal_convention=normal_convention,
+                                   depth_invert=bool(depth_far_bright))
+    return tuple(finished[name].image for name in OUTPUTS) + (finished["depth"].mask,)
+
+
+class LumiXDecodeMaps:
+    DESCRIPTION = (
+        "Decodes a LumiX latent (N scenes x M maps) with the FLUX VAE into five map batches of N images each: "
+        "albedo, irradiance, color, depth and normal, cleaned to the LumiX conventions (unit normals, depth "
+        "near = bright, one channel, min-max per image), plus depth as a MASK. Maps missing from a custom map "
+        "set come out black."
+    )
+    CATEGORY = CATEGORY
+    FUNCTION = "decode"
+    RETURN_TYPES = RETURN_TYPES
+    RETURN_NAMES = RETURN_NAMES
+    OUTPUT_TOOLTIPS = OUTPUT_TOOLTIPS
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "samples": ("LATENT", {"tooltip": "The sampled LumiX latent (its map set travels with it)."}),
+                "vae": ("VAE", {"tooltip": "The FLUX VAE (ae.safetensors)."}),
+                **_options_inputs(),
+            }
+        }
+
+    def decode(self, samples, vae, normal_convention=DEFAULT_NORMAL_CONVENTION, depth_far_bright=False):
+        maps = maps_of(samples)
+        _host.interrupted_check()
+        images = vae.decode(samples["samples"])
+        if images.dim() == 5:  # video VAEs return [B, T, H, W, C]
+            images = images.reshape(-1, *images.shape[-3:])
+        return _outputs(images, maps, normal_convention, depth_far_bright)
+
+
+class LumiXSplitMaps:
+    DESCRIPTION = (
+        "Splits an already decoded IMAGE batch of N scenes x M maps (consecutive per scene, e.g. from VAE Decode) "
+        "into the five map outputs, with the same conventions as LumiX Decode Maps."
+    )
+    CATEGORY = CATEGORY
+    FUNCTION = "split"
+    RETURN_TYPES = RETURN_TYPES
+    RETURN_NAMES = RETURN_NAMES
+    OUTPUT_TOOLTIPS = OUTPUT_TOOLTIPS
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "images": ("IMAGE", {"tooltip": "N x M decoded maps, the M maps of each scene consecutive, in map-set order."}),
+                "maps": ("STRING", {"default": RELEASE.to_string(), "tooltip": "Maps of each scene, in batch order (comma-separated; must include 'color')."}),
+                **_options_inputs(),
+            }
+        }
+
+    def split(self, images, maps=RELEASE.to_string(), normal_convention=DEFAULT_NORMAL_CONVENTION, depth_far_bright=False):
+        return _outputs(images, MapSet.parse(maps), normal_convention, depth_far_bright)
+
+
+NODE_CLASS_MAPPINGS = {
+    "LumiXDecodeMaps": LumiXDecodeMaps,
+    "LumiXSplitMaps": LumiXSplitMaps,
+}
+
+NODE_DISPLAY_NAME_MAPPINGS = {
+    "LumiXDecodeMaps": "LumiX Decode Maps",
+    "LumiXSplitMaps": "LumiX Split Maps",
+}

@@ -1,0 +1,142 @@
+"""LumiX model nodes: attach an adapter to a FLUX.1 MODEL, and pin a photo for decomposition.
+
+Thin adapters: ComfyUI types in, the checks and maths of ``lumix_core`` (through the
+protocol objects of :mod:`._patches`), ComfyUI types out. ComfyUI is imported lazily.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+from ..lumix_core.layout import PIN_KEY, maps_of, slot_latents
+from . import _host
+from ._patches import LumiXBlockPatch, LumiXPinWrapper, LumiXSamplingGuard
+
+log = logging.getLogger("comfyui-lumix")
+
+CATEGORY = "LumiX/Model"
+PIN_WRAPPER_KEY = "lumix_pin"
+GUARD_WRAPPER_KEY = "lumix_guard"
+
+
+def _wrappers_mp():
+    import comfy.patcher_extension
+
+    return comfy.patcher_extension.WrappersMP
+
+
+def patch_model(model: Any, adapter_name: str, strength: float) -> Any:
+    """Clone ``model`` and route every block the adapter names through QBA + Tensor LoRA."""
+    shape = _host.flux_shape(model)  # refuses non-FLUX.1 models before any file is read
+    path = _host.adapter_path(adapter_name) if not os.path.isabs(adapter_name) else adapter_name
+    adapter, info = _host.ADAPTERS.get(path, shape)
+    maps = adapter.maps
+    patched = model.clone()
+    _warn_about_replaced_patches(patched)
+    dm = patched.model.diffusion_model
+    attention = _host.flux_attention()
+    for i in adapter.spec.double_blocks:
+        patched.set_model_patch_replace(
+            LumiXBlockPatch("double", i, dm.double_blocks[i], adapter.for_double(i), maps, strength, attention),
+            "dit", "double_block", i)
+    for i in adapter.spec.single_blocks:
+        patched.set_model_patch_replace(
+            LumiXBlockPatch("single", i, dm.single_blocks[i], adapter.for_single(i), maps, strength, attention),
+            "dit", "single_block", i)
+    wrappers = _wrappers_mp()
+    if hasattr(patched, "remove_wrappers_with_key"):
+        patched.remove_wrappers_with_key(wrappers.OUTER_SAMPLE, GUARD_WRAPPER_KEY)
+    patched.add_wrapper_with_key(wrappers.OUTER_SAMPLE, GUARD_WRAPPER_KEY, LumiXSamplingGuard(maps, info.path.name))
+    return patched
+
+
+def _warn_about_replaced_patches(model: Any) -> None:
+    """LumiX recomputes whole blocks: other block replacements and in-block hooks no longer apply."""
+    to = model.model_options.get("transformer_options", {})
+    foreign = [k for k, p in to.get("patches_replace", {}).get("dit", {}).items()
+               if type(p).__name__ != "LumiXBlockPatch"]
+    hooks = [k for k in ("attn1_patch", "attn1_output_patch") if to.get("patches", {}).get(k)]
+    if foreign:
+        log.warning("LumiX: replacing other block patches on %s; load LumiX first or drop them", foreign[:3])
+    if hooks:
+        log.warning("LumiX: the model has %s hooks; LumiX recomputes the FLUX blocks, so they are not applied", hooks)
+
+
+def pin_model(model: Any, latent: dict) -> Any:
+    """Clone ``model`` with an APPLY_MODEL wrapper that feeds the latent's pinned slot clean at t = 0."""
+    slot = latent.get(PIN_KEY)
+    if not slot:
+        raise ValueError("this LATENT has no pinned photo: make it with LumiX Photo To Maps Latent "
+                         "(text-to-maps latents need no pinning)")
+    maps = maps_of(latent)
+    clean = slot_latents(latent["samples"], maps, slot).clone()
+    pinned = model.clone()
+    wrappers = _wrappers_mp()
+    if hasattr(pinned, "remove_wrappers_with_key"):
+        pinned.remove_wrappers_with_key(wrappers.APPLY_MODEL, PIN_WRAPPER_KEY)
+    pinned.add_wrapper_with_key(wrappers.APPLY_MODEL, PIN_WRAPPER_KEY, LumiXPinWrapper(clean, maps, slot))
+    return pinned
+
+
+class LumiXLoadAdapter:
+    DESCRIPTION = (
+        "Turns a FLUX.1 MODEL (UNETLoader, a checkpoint, fp8 or GGUF) into LumiX: every block named in the "
+        "adapter file runs Query-Broadcast Attention and Tensor LoRA, so one sampling pass generates "
+        "albedo, irradiance, color, depth and normal maps that agree. The adapter is checked against the "
+        "model first and loaded once (shared by every clone). Sample with a LumiX latent."
+    )
+    CATEGORY = CATEGORY
+    FUNCTION = "load"
+    RETURN_TYPES = ("MODEL",)
+    RETURN_NAMES = ("model",)
+    OUTPUT_TOOLTIPS = ("The FLUX model with the LumiX adapter attached (a clone; the input model is unchanged).",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "model": ("MODEL", {"tooltip": "A FLUX.1 model (dev or schnell; bf16, fp8 or GGUF). Other model families are refused."}),
+                "adapter": (_host.adapter_files(), {"tooltip": "LumiX adapter (.safetensors) from models/lumix or models/loras, e.g. lumix.safetensors."}),
+                "strength": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 2.0, "step": 0.05, "tooltip": "Tensor LoRA strength. 0 keeps only the shared queries: the color map is then the plain FLUX image."}),
+            }
+        }
+
+    def load(self, model, adapter, strength):
+        return (patch_model(model, adapter, float(strength)),)
+
+
+class LumiXPinPhoto:
+    DESCRIPTION = (
+        "For SamplerCustomAdvanced and other samplers: pins the photo of a LumiX Photo To Maps Latent in the "
+        "color slot (fed clean at t = 0 every step, never updated), so the other maps are decomposed from it. "
+        "LumiX Sampler does this by itself."
+    )
+    CATEGORY = CATEGORY
+    FUNCTION = "pin"
+    RETURN_TYPES = ("MODEL",)
+    RETURN_NAMES = ("model",)
+    OUTPUT_TOOLTIPS = ("The model with the photo pinned; sample it with the same LATENT.",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "model": ("MODEL", {"tooltip": "The LumiX model (from LumiX Load Adapter)."}),
+                "latent": ("LATENT", {"tooltip": "The latent from LumiX Photo To Maps Latent; its color slot is the photo to pin."}),
+            }
+        }
+
+    def pin(self, model, latent):
+        return (pin_model(model, latent),)
+
+
+NODE_CLASS_MAPPINGS = {
+    "LumiXLoadAdapter": LumiXLoadAdapter,
+    "LumiXPinPhoto": LumiXPinPhoto,
+}
+
+NODE_DISPLAY_NAME_MAPPINGS = {
+    "LumiXLoadAdapter": "LumiX Load Adapter",
+    "LumiXPinPhoto": "LumiX Pin Photo",
+}

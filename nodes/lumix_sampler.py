@@ -1,0 +1,115 @@
+"""LumiX Sampler: KSampler for LumiX latents, with the release schedule and photo pinning.
+
+Sampling itself is ComfyUI's (its samplers, CFG, progress bar, previews, interruption); this
+node only adds what LumiX needs around it: the latent's map set must match the adapter's,
+the release schedule as custom sigmas, and the colour slot pinned for photo latents.
+"""
+from __future__ import annotations
+
+from ..lumix_core.layout import PIN_KEY, check_same_maps, maps_of, pixel_size, release_sigmas, scene_count
+from . import _host
+from .lumix_model import pin_model
+
+CATEGORY = "LumiX/Sampling"
+#: Scheduler entry that selects lumix_core.sampling's "release" schedule.
+RELEASE_SCHEDULER = "lumix_release"
+
+
+class LumiXSampler:
+    DESCRIPTION = (
+        "Samples a LumiX latent like KSampler (same inputs, progress, previews). Adds the released LumiX "
+        "schedule ('lumix_release': FLUX shift computed as in the published script) and, for latents from "
+        "LumiX Photo To Maps Latent, pins the photo in the color slot (clean, t = 0) so the other maps are "
+        "decomposed from it. The published settings: 50 steps, cfg 3.0 with a negative prompt, guidance 3.5 "
+        "(text); cfg 1, guidance 1 (photo)."
+    )
+    CATEGORY = CATEGORY
+    FUNCTION = "sample"
+    RETURN_TYPES = ("LATENT",)
+    RETURN_NAMES = ("latent",)
+    OUTPUT_TOOLTIPS = ("The sampled N x M maps latent (decode with LumiX Decode Maps).",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "model": ("MODEL", {"tooltip": "The LumiX model (FLUX.1 + LumiX Load Adapter)."}),
+                "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True, "tooltip": "Noise seed; every map of a scene gets the same noise."}),
+                "steps": ("INT", {"default": 50, "min": 1, "max": 10000, "tooltip": "Sampling steps (the release uses 50)."}),
+                "cfg": ("FLOAT", {"default": 3.0, "min": 0.0, "max": 100.0, "step": 0.1, "round": 0.01, "tooltip": "True CFG with the negative prompt (the release: 3.0 for text, 1.0 = no negative pass for photos)."}),
+                "sampler_name": (_host.sampler_names(), {"default": "euler", "tooltip": "Sampling algorithm (the release: euler)."}),
+                "scheduler": ([RELEASE_SCHEDULER] + _host.scheduler_names(), {"default": RELEASE_SCHEDULER, "tooltip": "Noise schedule. 'lumix_release' reproduces the published script's FLUX shift; the others are ComfyUI's."}),
+                "positive": ("CONDITIONING", {"tooltip": "Prompt conditioning (use FluxGuidance for the distilled guidance: 3.5 text, 1.0 photo)."}),
+                "negative": ("CONDITIONING", {"tooltip": "Negative prompt conditioning (unused when cfg is 1)."}),
+                "latent_image": ("LATENT", {"tooltip": "A LumiX latent: LumiX Empty Maps Latent (text) or LumiX Photo To Maps Latent (photo)."}),
+                "denoise": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip": "Amount of denoising; 1.0 for both text and photo mode."}),
+            }
+        }
+
+    def sample(self, model, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent_image, denoise=1.0):
+        import comfy.sample
+        import comfy.samplers
+        import comfy.utils
+        import latent_preview
+
+        samples = comfy.sample.fix_empty_latent_channels(model, latent_image["samples"])
+        maps = maps_of(latent_image)
+        patches = _host.lumix_patches(model)
+        if patches:
+            check_same_maps(maps, patches[0].maps, "on this model")
+        scene_count(samples.shape[0], maps)
+        work = pin_model(model, latent_image) if latent_image.get(PIN_KEY) else model
+        noise = comfy.sample.prepare_noise(samples, seed, latent_image.get("batch_index"))
+        noise_mask = latent_image.get("noise_mask")
+        callback = latent_preview.prepare_callback(work, steps)
+        disable_pbar = not comfy.utils.PROGRESS_BAR_ENABLED
+        if scheduler == RELEASE_SCHEDULER:
+            width, height = pixel_size(samples)
+            sigmas = release_sigmas(width, height, int(steps), float(denoise))
+            out = comfy.sample.sample_custom(work, noise, cfg, comfy.samplers.sampler_object(sampler_name), sigmas,
+                                             positive, negative, samples, noise_mask=noise_mask, callback=callback,
+                                             disable_pbar=disable_pbar, seed=seed)
+        else:
+            out = comfy.sample.sample(work, noise, steps, cfg, sampler_name, scheduler, positive, negative, samples,
+                                      denoise=denoise, noise_mask=noise_mask, callback=callback,
+                                      disable_pbar=disable_pbar, seed=seed)
+        result = dict(latent_image)
+        result["samples"] = out
+        return (result,)
+
+
+class LumiXReleaseSchedule:
+    DESCRIPTION = (
+        "SIGMAS of the released LumiX schedule (FLUX shift computed from (W/8)(H/8)/256 tokens, as in the "
+        "published script) for SamplerCustomAdvanced; LumiX Sampler offers it as the 'lumix_release' scheduler."
+    )
+    CATEGORY = CATEGORY
+    FUNCTION = "sigmas"
+    RETURN_TYPES = ("SIGMAS",)
+    RETURN_NAMES = ("sigmas",)
+    OUTPUT_TOOLTIPS = ("steps + 1 sigmas from 1 to 0 (ComfyUI's sigma is FLUX's t).",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "width": ("INT", {"default": 512, "min": 16, "max": 16384, "step": 16, "tooltip": "Image width in pixels (sets the shift)."}),
+                "height": ("INT", {"default": 512, "min": 16, "max": 16384, "step": 16, "tooltip": "Image height in pixels (sets the shift)."}),
+                "steps": ("INT", {"default": 50, "min": 1, "max": 10000, "tooltip": "Number of steps (the release uses 50)."}),
+                "denoise": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip": "Keep the last part of a longer schedule, like KSampler's denoise."}),
+            }
+        }
+
+    def sigmas(self, width, height, steps, denoise):
+        return (release_sigmas(int(width), int(height), int(steps), float(denoise)),)
+
+
+NODE_CLASS_MAPPINGS = {
+    "LumiXSampler": LumiXSampler,
+    "LumiXReleaseSchedule": LumiXReleaseSchedule,
+}
+
+NODE_DISPLAY_NAME_MAPPINGS = {
+    "LumiXSampler": "LumiX Sampler",
+    "LumiXReleaseSchedule": "LumiX Release Schedule",
+}

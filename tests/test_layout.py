@@ -1,0 +1,152 @@
+"""lumix_core.layout / model_check / adapter_cache: the host-independent side of the ComfyUI nodes."""
+import os
+import time
+
+import pytest
+import torch
+
+from helpers import tiny_flux
+from lumix_core.adapter import LumiXAdapter, default_spec
+from lumix_core.adapter_cache import AdapterCache
+from lumix_core.checkpoint import ModelShape, save_adapter
+from lumix_core.layout import (MAPS_KEY, center_crop_box, check_same_maps, finish_group_images, group_photo_latents,
+                               maps_latent_shape, maps_of, noise_is_shared, pin_inputs, release_sigmas,
+                               scene_batch_index, slot_latents)
+from lumix_core.maps import RELEASE, MapSet
+from lumix_core.model_check import NotFluxError, flux1_shape
+from lumix_core.safetensors_io import CheckpointError
+from lumix_core.sampling import schedule_for
+
+
+def test_scene_batch_index_gives_one_noise_index_per_scene():
+    assert scene_batch_index(2, RELEASE) == [0] * 5 + [1] * 5
+    assert scene_batch_index(3, MapSet.parse("albedo,color")) == [0, 0, 1, 1, 2, 2]
+    with pytest.raises(ValueError, match="scenes must be >= 1"):
+        scene_batch_index(0, RELEASE)
+
+
+def test_latent_shape_and_size_message():
+    assert maps_latent_shape(512, 256, 2, RELEASE) == (10, 16, 32, 64)
+    with pytest.raises(ValueError, match=r"width 500 not a multiple of 16 pixels.*Use e\.g\. 496x512"):
+        maps_latent_shape(500, 512, 1, RELEASE)
+
+
+def test_photo_latents_sit_in_the_color_slot_and_come_back():
+    photo = torch.randn(2, 16, 4, 6)
+    grouped = group_photo_latents(photo, RELEASE)
+    assert grouped.shape == (10, 16, 4, 6)
+    assert torch.equal(grouped[2], photo[0]) and torch.equal(grouped[7], photo[1])
+    assert grouped[[0, 1, 3, 4, 5, 6, 8, 9]].abs().sum() == 0
+    assert torch.equal(slot_latents(grouped, RELEASE, "color"), photo)
+    with pytest.raises(ValueError, match="batch of 9 is not a multiple of the map count 5"):
+        slot_latents(grouped[:9], RELEASE, "color")
+
+
+def test_pin_inputs_rewrites_only_the_pinned_slot_of_every_chunk():
+    maps = MapSet.parse("albedo,color,depth")
+    N, K = 2, 2  # two scenes, cond + uncond chunks
+    x = torch.randn(K * N * 3, 4, 2, 2)
+    t = torch.full((K * N * 3,), 0.7)
+    clean = torch.randn(N, 4, 2, 2)
+    x2, t2 = pin_inputs(x, t, clean, maps, "color", chunks=K)
+    pinned = [1, 4, 7, 10]
+    assert torch.equal(x2[pinned], clean.repeat(K, 1, 1, 1))
+    assert (t2[pinned] == 0).all() and (t2[[0, 2, 3, 5, 6, 8, 9, 11]] == 0.7).all()
+    others = [i for i in range(12) if i not in pinned]
+    assert torch.equal(x2[others], x[others])
+    assert not torch.equal(x2, x) and (t == 0.7).all()  # inputs untouched
+    with pytest.raises(ValueError, match="resized or re-batched"):
+        pin_inputs(x[:, :, :1], t, clean, maps)
+    with pytest.raises(ValueError, match="does not hold whole copies"):
+        pin_inputs(x[:10], t[:10], clean, maps)
+    with pytest.raises(ValueError, match="reports 1 cond/uncond"):
+        pin_inputs(x, t, clean, maps, chunks=1)
+
+
+def test_release_sigmas_follow_the_release_schedule_and_denoise():
+    full = release_sigmas(512, 512, 50)
+    assert full.dtype == torch.float32 and full.shape == (51,)
+    torch.testing.assert_close(full, schedule_for(512, 512, 50, "release").float())
+    assert full[0] == 1.0 and full[-1] == 0.0
+    half = release_sigmas(512, 512, 10, 0.5)
+    torch.testing.assert_close(half, schedule_for(512, 512, 20, "release")[-11:].float())
+    assert release_sigmas(512, 512, 10, 0.0).numel() == 0
+    assert not torch.equal(release_sigmas(512, 512, 8), release_sigmas(512, 512, 8, kind="flux"))
+
+
+def test_noise_sharing_check():
+    n = torch.randn(2, 1, 3).repeat_interleave(5, dim=0)
+    assert noise_is_shared(n, 5)
+    n[3] += 1
+    assert not noise_is_shared(n, 5)
+    assert noise_is_shared(torch.randn(4, 2), 1)
+
+
+def test_center_crop_to_multiples_of_16():
+    assert center_crop_box(512, 512) == (0, 0, 512, 512)
+    assert center_crop_box(650, 487) == (5, 3, 640, 480)
+    with pytest.raises(ValueError, match="smaller than 16x16"):
+        center_crop_box(15, 100)
+
+
+def test_map_set_travels_with_the_latent_and_must_match_the_adapter():
+    assert maps_of({}) == RELEASE
+    assert maps_of({MAPS_KEY: "albedo,color"}).names == ("albedo", "color")
+    with pytest.raises(ValueError, match="not a valid map set"):
+        maps_of({MAPS_KEY: "albedo,depth"})
+    with pytest.raises(ValueError, match=r"holds maps albedo,color \(M=2\).*trained for albedo,irradiance"):
+        check_same_maps(MapSet.parse("albedo,color"), RELEASE, "lumix.safetensors")
+
+
+def test_finish_group_images_splits_scenes_and_blacks_out_missing_maps():
+    maps = MapSet.parse("albedo,color,depth")
+    images = torch.rand(6, 8, 8, 3)
+    out = finish_group_images(images, maps, ("albedo", "irradiance", "color", "depth", "normal"))
+    assert torch.equal(out["albedo"].image, images[0::3]) and torch.equal(out["color"].image, images[1::3])
+    assert out["depth"].mask.shape == (2, 8, 8) and out["depth"].mask.max() == 1.0
+    assert out["irradiance"].image.abs().sum() == 0 and out["irradiance"].info == {"missing": 1.0}
+    assert out["normal"].image.shape == (2, 8, 8, 3)
+    with pytest.raises(ValueError, match="batch of 5 is not a multiple of the map count 3"):
+        finish_group_images(images[:5], maps, ("albedo",))
+
+
+def test_flux1_shape_reads_blocks_and_refuses_other_models():
+    model = tiny_flux(depth=2, depth_single_blocks=3)
+    assert flux1_shape(model) == ModelShape(64, 2, 3)
+    with pytest.raises(NotFluxError, match="FLUX.1 only, but the connected MODEL is SDXL"):
+        flux1_shape(torch.nn.Linear(2, 2), "SDXL")
+    del model.double_blocks[0].img_mod
+    with pytest.raises(NotFluxError, match=r"double-stream blocks lack \['img_mod'\]"):
+        flux1_shape(model, "Chroma")
+
+
+def _adapter_file(path, hidden=64, maps=RELEASE, doubles=1, singles=1, seed=0):
+    adapter = LumiXAdapter(default_spec(maps=maps, rank=2, hidden=hidden, double_blocks=doubles, single_blocks=singles))
+    adapter.reset_parameters(torch.Generator().manual_seed(seed))
+    return save_adapter(adapter, path, overwrite=True)
+
+
+def test_adapter_cache_loads_once_and_reloads_a_changed_file(tmp_path):
+    path = _adapter_file(tmp_path / "a.safetensors")
+    cache = AdapterCache()
+    shape = ModelShape(64, 1, 1)
+    first, info = cache.get(path, shape)
+    again, _ = cache.get(path, shape)
+    assert first is again and cache.loads == 1 and info.path.name == "a.safetensors"
+    assert not any(p.requires_grad for p in first.parameters())
+    time.sleep(0.01)
+    _adapter_file(path, seed=1)
+    os.utime(path, ns=(time.time_ns(), time.time_ns() + 10**9))
+    reloaded, _ = cache.get(path, shape)
+    assert reloaded is not first and cache.loads == 2 and len(cache) == 1
+    with pytest.raises(CheckpointError, match=r"a.safetensors: adapter hidden size is 64 but the model's is 128"):
+        cache.get(path, ModelShape(128, 1, 1))  # checked on a cache hit too
+    with pytest.raises(CheckpointError, match="has 'single_blocks.1' but the model has only 1 single_blocks"):
+        cache.get(_adapter_file(tmp_path / "b.safetensors", singles=2), shape)
+
+
+def test_adapter_cache_refuses_pickles(tmp_path):
+    path = tmp_path / "evil.safetensors"
+    torch.save({"double_blocks.0.processor.kv_tt_lora.G1": torch.zeros(1)}, path)
+    with pytest.raises(CheckpointError, match="pickle"):
+        AdapterCache().get(path, ModelShape(64, 1, 1))
