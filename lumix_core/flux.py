@@ -180,10 +180,10 @@ class DoubleStreamBlock(nn.Module):
         """Plain FLUX (BFL reference); the LumiX path is :func:`lumix_core.qba.double_block_forward`."""
         img_mod1, img_mod2 = self.img_mod(vec)
         txt_mod1, txt_mod2 = self.txt_mod(vec)
-        img_modulated = (1 + img_mod1.scale) * self.img_norm1(img) + img_mod1.shift
+        img_modulated = flux_math.modulate(self.img_norm1(img), img_mod1)
         img_q, img_k, img_v = _heads(self.img_attn.qkv(img_modulated), self.num_heads)
         img_q, img_k = self.img_attn.norm(img_q, img_k, img_v)
-        txt_modulated = (1 + txt_mod1.scale) * self.txt_norm1(txt) + txt_mod1.shift
+        txt_modulated = flux_math.modulate(self.txt_norm1(txt), txt_mod1)
         txt_q, txt_k, txt_v = _heads(self.txt_attn.qkv(txt_modulated), self.num_heads)
         txt_q, txt_k = self.txt_attn.norm(txt_q, txt_k, txt_v)
         q = torch.cat((txt_q, img_q), dim=2)
@@ -194,9 +194,9 @@ class DoubleStreamBlock(nn.Module):
         del q, k, v
         txt_attn, img_attn = attn[:, : txt.shape[1]], attn[:, txt.shape[1]:]
         img = img + img_mod1.gate * self.img_attn.proj(img_attn)
-        img = img + img_mod2.gate * self.img_mlp((1 + img_mod2.scale) * self.img_norm2(img) + img_mod2.shift)
+        img = img + img_mod2.gate * self.img_mlp(flux_math.modulate(self.img_norm2(img), img_mod2))
         txt = txt + txt_mod1.gate * self.txt_attn.proj(txt_attn)
-        txt = txt + txt_mod2.gate * self.txt_mlp((1 + txt_mod2.scale) * self.txt_norm2(txt) + txt_mod2.shift)
+        txt = txt + txt_mod2.gate * self.txt_mlp(flux_math.modulate(self.txt_norm2(txt), txt_mod2))
         return img, txt
 
 
@@ -216,7 +216,7 @@ class SingleStreamBlock(nn.Module):
     def forward(self, x: Tensor, vec: Tensor, pe: Tensor, attn_mask: Optional[Tensor] = None) -> Tensor:
         """Plain FLUX (BFL reference); the LumiX path is :func:`lumix_core.qba.single_block_forward`."""
         mod, _ = self.modulation(vec)
-        x_mod = (1 + mod.scale) * self.pre_norm(x) + mod.shift
+        x_mod = flux_math.modulate(self.pre_norm(x), mod)
         qkv, mlp = torch.split(self.linear1(x_mod), [3 * self.hidden_size, self.mlp_hidden_dim], dim=-1)
         q, k, v = _heads(qkv, self.num_heads)
         q, k = self.norm(q, k, v)

@@ -57,3 +57,9 @@ def timestep_embedding(t: Tensor, dim: int, max_period: int = 10000, time_factor
     if torch.is_floating_point(t):
         embedding = embedding.to(t)
     return embedding
+
+
+def modulate(x: Tensor, mod) -> Tensor:
+    """``(1 + mod.scale) * x + mod.shift`` as one ``addcmul``, the way ComfyUI's FLUX blocks
+    compute it, so a QBA block over one map matches the host bit for bit."""
+    return torch.addcmul(mod.shift, x, 1 + mod.scale)

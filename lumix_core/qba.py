@@ -146,7 +146,7 @@ def double_block_forward(
     img_mod1, img_mod2 = block.img_mod(vec)
     txt_mod1, txt_mod2 = block.txt_mod(vec)
 
-    img_modulated = (1 + img_mod1.scale) * block.img_norm1(img) + img_mod1.shift
+    img_modulated = flux_math.modulate(block.img_norm1(img), img_mod1)
     img_q, img_k, img_v = _split_heads(block.img_attn.qkv(img_modulated), H)
     img_q, img_k = block.img_attn.norm(img_q, img_k, img_v)
     if adapter is not None:
@@ -154,7 +154,7 @@ def double_block_forward(
     if share_query:
         img_q = broadcast_query(img_q, group, query_index)
 
-    txt_modulated = (1 + txt_mod1.scale) * block.txt_norm1(txt) + txt_mod1.shift
+    txt_modulated = flux_math.modulate(block.txt_norm1(txt), txt_mod1)
     txt_q, txt_k, txt_v = _split_heads(block.txt_attn.qkv(txt_modulated), H)
     txt_q, txt_k = block.txt_attn.norm(txt_q, txt_k, txt_v)
 
@@ -175,10 +175,10 @@ def double_block_forward(
         img_proj = _add_proj_delta(adapter.proj_tt_lora, img_proj, strength)
     img = img + img_mod1.gate * img_proj
     del img_proj, img_attn  # free before the MLP, where the block peaks
-    img = img + img_mod2.gate * block.img_mlp((1 + img_mod2.scale) * block.img_norm2(img) + img_mod2.shift)
+    img = img + img_mod2.gate * block.img_mlp(flux_math.modulate(block.img_norm2(img), img_mod2))
 
     txt = txt + txt_mod1.gate * block.txt_attn.proj(txt_attn)
-    txt = txt + txt_mod2.gate * block.txt_mlp((1 + txt_mod2.scale) * block.txt_norm2(txt) + txt_mod2.shift)
+    txt = txt + txt_mod2.gate * block.txt_mlp(flux_math.modulate(block.txt_norm2(txt), txt_mod2))
     return img, _nan_guard(txt)
 
 
@@ -201,7 +201,7 @@ def single_block_forward(
     check_group_batch(x.shape[0], group)
     H = block.num_heads
     mod, _ = block.modulation(vec)
-    x_mod = (1 + mod.scale) * block.pre_norm(x) + mod.shift
+    x_mod = flux_math.modulate(block.pre_norm(x), mod)
     qkv, mlp = torch.split(block.linear1(x_mod), [3 * block.hidden_size, block.mlp_hidden_dim], dim=-1)
     q, k, v = _split_heads(qkv, H)
     q, k = block.norm(q, k, v)
