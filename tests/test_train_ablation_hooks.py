@@ -10,13 +10,6 @@ from lumix_core.train.fit import META_SHARE_QUERY, run_fit
 from train_helpers import MAPS3, fit_config, synthetic_cache, tiny_flux_file
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):

@@ -19,14 +19,6 @@ from lumix_core.train.state import ADAPTER_FILE, latest_checkpoint
 from train_helpers import MAPS3, fit_config, synthetic_cache, tiny_flux_file
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny matmuls on a shared 2-core machine run several times faster single-threaded."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
