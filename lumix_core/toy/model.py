@@ -1,0 +1,108 @@
+"""The toy LumiX model as one object: backbone + text encoder + adapter, load and sample.
+
+Used by ``lumix demo``, the evaluations and the tests. Files of a model folder (the shipped
+one is :data:`WEIGHTS_DIR`)::
+
+    backbone.safetensors       toy FLUX (BFL key layout, config in the metadata; lumix_core.flux_io)
+    text_encoder.safetensors   word table + positions, vocabulary in the metadata (lumix_core.toy.text)
+    adapter.safetensors        LumiX adapter, release key layout (lumix_core.checkpoint)
+    model_card.json            how it was trained (written by lumix_core.toy.reproduce)
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+import torch
+from torch import Tensor
+
+from ..adapter import LumiXAdapter
+from ..checkpoint import ModelShape, inspect_adapter, load_adapter
+from ..conventions import FinishedMap, finish_maps, split_groups
+from ..denoiser import TextConditioning
+from ..flux import Flux
+from ..flux_io import load_flux
+from ..maps import MapSet
+from ..train.fit import META_SHARE_QUERY
+from . import vae
+from .backbone import IMAGE_SIZE, SAMPLE_STEPS, TRUE_CFG, sample_maps
+from .text import ToyTextEncoder
+
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+BACKBONE_FILE = "backbone.safetensors"
+TEXT_FILE = "text_encoder.safetensors"
+ADAPTER_FILE = "adapter.safetensors"
+CARD_FILE = "model_card.json"
+
+
+@dataclass
+class ToyLumiX:
+    """A loaded toy model. Without an adapter it is the stage-1 text -> color model."""
+
+    backbone: Flux
+    text: ToyTextEncoder
+    adapter: Optional[LumiXAdapter] = None
+    share_query: bool = True
+
+    def __post_init__(self) -> None:
+        self.backbone.eval().requires_grad_(False)
+        self.text.eval().requires_grad_(False)
+        if self.adapter is not None:
+            self.adapter.eval().requires_grad_(False)
+            self.backbone.attach(self.adapter, share_query=self.share_query)
+
+    @classmethod
+    def load(cls, folder: "str | os.PathLike[str]" = WEIGHTS_DIR, *, adapter: "str | os.PathLike[str] | None" = None,
+             share_query: Optional[bool] = None, with_adapter: bool = True) -> "ToyLumiX":
+        """Load a model folder; ``adapter`` overrides the folder's adapter file. ``share_query``
+        defaults to what the trainer recorded in the adapter (QBA on if it recorded nothing)."""
+        folder = Path(folder)
+        missing = [f for f in (BACKBONE_FILE, TEXT_FILE) + ((ADAPTER_FILE,) if with_adapter and adapter is None else ())
+                   if not (folder / f).is_file()]
+        if missing:
+            raise FileNotFoundError(f"{folder}: missing {', '.join(missing)}; a toy model folder holds {BACKBONE_FILE}, "
+                                    f"{TEXT_FILE} and {ADAPTER_FILE} (make one with python -m lumix_core.toy.reproduce)")
+        backbone = load_flux(folder / BACKBONE_FILE, dtype=torch.float32)
+        text = ToyTextEncoder.load(folder / TEXT_FILE)
+        lora = None
+        if with_adapter:
+            c = backbone.config
+            path = adapter or folder / ADAPTER_FILE
+            lora = load_adapter(path, ModelShape(c.hidden_size, c.depth, c.depth_single_blocks), dtype=torch.float32)
+            if share_query is None:
+                share_query = inspect_adapter(path).metadata.get(META_SHARE_QUERY, "true") == "true"
+        return cls(backbone, text, lora, True if share_query is None else share_query)
+
+    @staticmethod
+    def card(folder: "str | os.PathLike[str]" = WEIGHTS_DIR) -> dict:
+        path = Path(folder) / CARD_FILE
+        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+    @property
+    def maps(self) -> MapSet:
+        return self.adapter.maps if self.adapter is not None else MapSet(("color",))
+
+    def conditioning(self, prompts: Sequence[str]) -> TextConditioning:
+        with torch.no_grad():
+            txt, y = self.text.encode(list(prompts))
+        return TextConditioning(txt, y)
+
+    def sample_latents(self, prompts: Sequence[str], *, seed: int = 0, steps: int = SAMPLE_STEPS,
+                       true_cfg: float = TRUE_CFG, size: int = IMAGE_SIZE,
+                       color: Optional[Tensor] = None) -> Tensor:
+        """``[N*M, C, h, w]`` latents for one scene per prompt; ``color`` ``[N, H, W, 3]`` in [0, 1]
+        pins the color map (decomposition of those images)."""
+        prompts = list(prompts)
+        pinned = None if color is None else vae.encode(color)
+        uncond = self.conditioning([""]) if true_cfg != 1.0 else None
+        return sample_maps(self.backbone, self.conditioning(prompts), self.maps, num_scenes=len(prompts), seed=seed,
+                           uncond=uncond, true_cfg=true_cfg, steps=steps, size=size, pinned_color=pinned)
+
+    def generate(self, prompts: Sequence[str], *, normal_convention: str = "opengl", **kwargs) -> dict[str, FinishedMap]:
+        """Finished maps (:func:`lumix_core.conventions.finish_maps`), each ``[N, H, W, 3]``."""
+        latents = self.sample_latents(prompts, **kwargs)
+        decoded = split_groups(vae.decode(latents), self.maps)
+        return finish_maps(decoded, normal_convention=normal_convention)

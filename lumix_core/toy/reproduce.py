@@ -1,0 +1,130 @@
+"""Reproduce the shipped toy model from nothing: ``python -m lumix_core.toy.reproduce --out DIR``.
+
+Stage 1 (text -> color backbone + text encoder), the stage-2 dataset in the release layout,
+the trainer's ``prepare`` (toy encoders at its Encoder boundary) and ``fit`` (Tensor LoRA +
+QBA), then a held-out evaluation. Writes::
+
+    DIR/stage1/   backbone.safetensors, text_encoder.safetensors
+    DIR/data/     release-layout dataset (+ ground_truth/*.npz)
+    DIR/cache/    the trainer's cache
+    DIR/stage2/   the trainer's run folder (adapter.safetensors, metrics.jsonl, validation/)
+    DIR/weights/  the model folder as shipped in lumix_core/toy/weights (+ model_card.json)
+    DIR/eval.json held-out scores
+
+Defaults are the shipped model's settings; on two CPU cores the whole run takes about half
+an hour (the model card records the measured wall times). Nothing here is run by CI.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import platform
+import shutil
+import sys
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Optional, Sequence
+
+import torch
+
+from ..train.folders import atomic_write_text
+from .evaluate import EvalSettings, evaluate_decomposition, evaluate_generation, held_out_scenes, reference_scores
+from .model import ADAPTER_FILE, BACKBONE_FILE, CARD_FILE, TEXT_FILE, ToyLumiX
+from .recipe import Stage2Settings, fit_adapter, prepare_cache, train_backbone, write_maps_dataset
+from .stage1 import Stage1Settings
+from .text import ToyTextEncoder
+
+log = logging.getLogger("lumix.toy")
+
+
+def _progress(label: str, every: int, total: int):
+    def report(step: int, loss: float) -> None:
+        if step % every == 0 or step == total:
+            log.info("%s step %d/%d loss %.4f", label, step, total, loss)
+    return report
+
+
+def check_empty_folder(out: Path) -> None:
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise FileExistsError(f"{out} exists and is not an empty folder; choose a new --out (nothing is overwritten)")
+
+
+def assemble_weights(target: Path, stage1: Path, adapter: Path, card: dict) -> Path:
+    """Copy the three weight files into one model folder and write its model card."""
+    target.mkdir(parents=True, exist_ok=False)
+    for src in (stage1 / BACKBONE_FILE, stage1 / TEXT_FILE, adapter):
+        shutil.copyfile(src, target / src.name)
+    atomic_write_text(target / CARD_FILE, json.dumps(card, indent=1, sort_keys=True) + "\n")
+    return target
+
+
+def run(out: Path, stage1: Stage1Settings, stage2: Stage2Settings, evaluation: EvalSettings) -> dict:
+    check_empty_folder(out)
+    out.mkdir(parents=True, exist_ok=True)
+    times: dict[str, float] = {}
+    t = time.perf_counter()
+    log.info("stage 1: %d scenes, %d steps of %d", stage1.scenes, stage1.steps, stage1.batch_size)
+    s1 = train_backbone(out / "stage1", stage1, on_step=_progress("stage 1", 100, stage1.steps))
+    times["stage1_s"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    write_maps_dataset(out / "data", stage2.scenes, stage2.data_seed)
+    text = ToyTextEncoder.load(out / "stage1" / TEXT_FILE)
+    prepare_cache(out / "data", out / "cache", text)
+    times["dataset_and_prepare_s"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    log.info("stage 2: %d scenes, %d steps of %d", stage2.scenes, stage2.steps, stage2.batch_size)
+    fit = fit_adapter(out / "cache", out / "stage1" / BACKBONE_FILE, out / "stage2", stage2,
+                      on_step=_progress("stage 2", 100, stage2.steps))
+    times["stage2_s"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    model = ToyLumiX.load(out / "stage1", adapter=fit.adapter_path)
+    scenes = held_out_scenes(evaluation.scenes)
+    scores = {"decomposition": evaluate_decomposition(model, scenes, evaluation),
+              "generation": evaluate_generation(model, scenes, evaluation), **reference_scores(scenes)}
+    times["evaluation_s"] = time.perf_counter() - t
+    times["total_s"] = sum(times.values())
+    atomic_write_text(out / "eval.json", json.dumps(scores, indent=1, sort_keys=True) + "\n")
+
+    card = {"what": "toy LumiX: text -> albedo, irradiance, color, depth, normal on the synthetic world",
+            "made_by": "python -m lumix_core.toy.reproduce", "stage1": asdict(stage1), "stage2": asdict(stage2),
+            "stage1_final_loss": sum(s1.losses[-50:]) / len(s1.losses[-50:]),
+            "stage2_final_loss": sum(fit.losses[-50:]) / len(fit.losses[-50:]),
+            "evaluation": {"settings": asdict(evaluation), "held_out": scores},
+            "wall_times_s": times, "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "machine": platform.machine()}
+    assemble_weights(out / "weights", out / "stage1", fit.adapter_path, card)
+    return card
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    d1, d2, de = Stage1Settings(), Stage2Settings(), EvalSettings()
+    ap = argparse.ArgumentParser(prog="python -m lumix_core.toy.reproduce", description=__doc__.splitlines()[0])
+    ap.add_argument("--out", required=True, help="new (or empty) folder for everything the run makes")
+    ap.add_argument("--threads", type=int, default=2, help="torch CPU threads (use 1 on a busy machine)")
+    ap.add_argument("--stage1-steps", type=int, default=d1.steps)
+    ap.add_argument("--stage1-scenes", type=int, default=d1.scenes)
+    ap.add_argument("--stage2-steps", type=int, default=d2.steps)
+    ap.add_argument("--stage2-scenes", type=int, default=d2.scenes)
+    ap.add_argument("--eval-scenes", type=int, default=de.scenes)
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    torch.set_num_threads(max(1, args.threads))
+    try:
+        card = run(Path(args.out), replace(d1, steps=args.stage1_steps, scenes=args.stage1_scenes),
+                   replace(d2, steps=args.stage2_steps, scenes=args.stage2_scenes),
+                   replace(de, scenes=args.eval_scenes))
+    except FileExistsError as e:
+        print(f"reproduce: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps({"wall_times_s": card["wall_times_s"], "held_out": card["evaluation"]["held_out"]}, indent=1))
+    print(f"model folder: {Path(args.out) / 'weights'} (copy its files into lumix_core/toy/weights to ship it)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,107 @@
+"""A micro run of the whole toy recipe: stage 1, dataset, the trainer's prepare and fit, sampling.
+
+Sizes are cut to the bone (16 x 16 images = 4 tokens, a 32-wide FLUX with one block of each
+kind, a few steps), so this checks that the stages fit together, not that the model learns;
+the shipped model's quality is tested in test_toy_demo.py.
+"""
+from __future__ import annotations
+
+import shutil
+from dataclasses import replace
+
+import pytest
+import torch
+
+from lumix_core.checkpoint import load_adapter
+from lumix_core.flux_io import load_flux
+from lumix_core.toy.backbone import toy_config
+from lumix_core.toy.model import ADAPTER_FILE, BACKBONE_FILE, TEXT_FILE, ToyLumiX
+from lumix_core.toy.recipe import Stage2Settings, fit_adapter, prepare_cache, train_backbone, write_maps_dataset
+from lumix_core.toy.stage1 import Stage1Settings
+from lumix_core.toy.text import ToyTextEncoder
+from lumix_core.train.cache import LatentCache
+
+SIZE = 16
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def stage1_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("toy_stage1")
+    settings = replace(Stage1Settings(), scenes=6, steps=3, batch_size=2, warmup_steps=1)
+    losses = []
+    result = train_backbone(out, settings, config=toy_config(hidden_size=32, depth=1, depth_single_blocks=1),
+                            size=SIZE, on_step=lambda step, loss: losses.append(loss))
+    assert len(result.losses) == 3 and losses == result.losses
+    return out
+
+
+def test_stage1_writes_a_loadable_backbone_and_text_encoder(stage1_dir):
+    model = load_flux(stage1_dir / BACKBONE_FILE)
+    assert model.config.hidden_size == 32 and model.config.in_channels == 64 and not model.config.guidance_embed
+    assert ToyTextEncoder.load(stage1_dir / TEXT_FILE).vocabulary
+    with pytest.raises(FileExistsError):
+        train_backbone(stage1_dir, replace(Stage1Settings(), scenes=1, steps=1), size=SIZE)
+
+
+def test_two_stage_recipe_end_to_end(stage1_dir, tmp_path):
+    write_maps_dataset(tmp_path / "data", 3, data_seed=2, size=SIZE)
+    text = ToyTextEncoder.load(stage1_dir / TEXT_FILE)
+    cache = prepare_cache(tmp_path / "data", tmp_path / "cache", text)
+    assert len(LatentCache(cache)) == 3
+    settings = replace(Stage2Settings(), scenes=3, steps=2, batch_size=1, warmup_steps=0, rank=2)
+    fit = fit_adapter(cache, stage1_dir / BACKBONE_FILE, tmp_path / "run", settings)
+    assert fit.steps == 2 and all(torch.isfinite(torch.tensor(fit.losses)))
+    adapter = load_adapter(fit.adapter_path)
+    assert any(float(t.abs().sum()) > 0 for k, t in adapter.state_dict().items() if k.endswith("G3"))  # it trained
+    # Assemble a model folder like the shipped one and sample from it.
+    folder = tmp_path / "weights"
+    folder.mkdir()
+    for f in (stage1_dir / BACKBONE_FILE, stage1_dir / TEXT_FILE, fit.adapter_path):
+        shutil.copyfile(f, folder / f.name)
+    model = ToyLumiX.load(folder)
+    maps = model.generate(["a red box on a gray floor, light from above"], steps=2, size=SIZE)
+    assert list(maps) == ["albedo", "irradiance", "color", "depth", "normal"]
+    assert all(m.image.shape == (1, SIZE, SIZE, 3) for m in maps.values())
+    assert (folder / ADAPTER_FILE).is_file()
+
+
+@pytest.mark.parametrize("share_query,independent", [(False, True), (False, False)])
+def test_ablation_variants_train_through_the_trainer_hooks(stage1_dir, tmp_path, share_query, independent):
+    """(b) independent per-map LoRAs keep G1 exactly block-diagonal; (c) only turns QBA off.
+    The trainer records share_query in the adapter, and the toy model samples accordingly."""
+    write_maps_dataset(tmp_path / "data", 2, data_seed=2, size=SIZE)
+    cache = prepare_cache(tmp_path / "data", tmp_path / "cache", ToyTextEncoder.load(stage1_dir / TEXT_FILE))
+    settings = replace(Stage2Settings(), scenes=2, steps=2, batch_size=1, warmup_steps=0, rank=2,
+                       share_query=share_query, independent_maps=independent)
+    fit = fit_adapter(cache, stage1_dir / BACKBONE_FILE, tmp_path / "run", settings)
+    adapter = load_adapter(fit.adapter_path)
+    off_diagonal = ~torch.eye(5, dtype=torch.bool)
+    g1 = [t for k, t in adapter.state_dict().items() if k.endswith("G1")]
+    if independent:
+        assert all(float(t[off_diagonal].abs().max()) == 0.0 for t in g1)
+    else:
+        assert all(float(t[off_diagonal].abs().max()) > 0.0 for t in g1)
+    assert any(float(t.abs().sum()) > 0 for k, t in adapter.state_dict().items() if k.endswith("G3"))
+    model = ToyLumiX.load(stage1_dir, adapter=fit.adapter_path)
+    assert model.share_query is share_query and model.backbone.lumix.share_query is share_query
+
+
+def test_scripts_refuse_to_write_into_a_used_folder(tmp_path, capsys):
+    from lumix_core.toy import ablation, reproduce
+
+    (tmp_path / "old.txt").write_text("keep me")
+    assert reproduce.main(["--out", str(tmp_path), "--stage1-steps", "1"]) == 2
+    assert ablation.main(["--out", str(tmp_path), "--steps", "1"]) == 2
+    doc = tmp_path / "ablation.md"
+    doc.write_text("previous table")
+    assert ablation.main(["--out", str(tmp_path / "new"), "--doc", str(doc)]) == 2
+    assert doc.read_text() == "previous table" and (tmp_path / "old.txt").read_text() == "keep me"
+    assert "not an empty folder" in capsys.readouterr().err
