@@ -27,14 +27,6 @@ MAPS = ("albedo", "irradiance", "color", "depth", "normal")
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def model() -> ToyLumiX:
     return ToyLumiX.load()

@@ -24,14 +24,6 @@ from lumix_core.train.cache import LatentCache
 SIZE = 16
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def stage1_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("toy_stage1")

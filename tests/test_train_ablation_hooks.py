@@ -10,7 +10,6 @@ from lumix_core.train.fit import META_SHARE_QUERY, run_fit
 from train_helpers import MAPS3, fit_config, synthetic_cache, tiny_flux_file
 
 
-
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
     root = tmp_path_factory.mktemp("hooks")
