@@ -29,16 +29,22 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--cfg", type=float, default=TRUE_CFG, help="true classifier-free guidance scale (1 = off)")
     demo.add_argument("--normal-convention", choices=("opengl", "directx"), default="opengl")
     demo.add_argument("--weights", default=None, help="toy model folder (default: the shipped weights)")
+    demo.add_argument("--threads", type=int, default=1,
+                      help="CPU threads for torch (default 1: the toy model's matmuls are tiny, and a second "
+                           "thread waiting on a busy core made a run 50x slower on a shared 2-core machine)")
     return parser
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "demo":
+        import torch
+
         from .toy.demo import run_demo
         from .toy.model import WEIGHTS_DIR
         from .toy.text import PromptError
 
+        torch.set_num_threads(max(1, args.threads))
         try:
             result = run_demo(args.prompt, args.out, seed=args.seed, steps=args.steps, true_cfg=args.cfg,
                               weights=args.weights or WEIGHTS_DIR, normal_convention=args.normal_convention)

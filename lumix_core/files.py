@@ -25,6 +25,7 @@ def write_atomically(path: "str | os.PathLike[str]", write: Callable[[str], None
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; give the usual permissions
         if overwrite:
             os.replace(tmp, path)
             return path
@@ -40,6 +41,16 @@ def write_atomically(path: "str | os.PathLike[str]", write: Callable[[str], None
         if os.path.exists(tmp):
             os.unlink(tmp)
     return path
+
+
+def _read_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+#: Read once at import: reading the umask means setting it, which must not race other threads.
+_UMASK = _read_umask()
 
 
 def _bytes_writer(data: bytes) -> Callable[[str], None]:

@@ -29,3 +29,10 @@ def test_overwrite_replaces_and_failed_write_leaves_nothing(tmp_path):
         write_atomically(tmp_path / "b.txt", broken)
     assert sorted(os.listdir(tmp_path)) == ["sub"]
     assert os.listdir(tmp_path / "sub") == ["a.txt"]
+
+
+def test_files_get_the_usual_permissions_not_mkstemps_0600(tmp_path):
+    from lumix_core import files
+
+    path = write_bytes_atomically(tmp_path / "a.png", b"x", overwrite=False)
+    assert (path.stat().st_mode & 0o777) == 0o666 & ~files._UMASK
