@@ -60,8 +60,9 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--img-tokens", type=int, default=1024)
+    ap.add_argument("--threads", type=int, default=2, help="torch CPU threads (1 on a machine with a busy core)")
     a = ap.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(a.threads)
     print(f"QBA + Tensor LoRA vs plain block: d={D}, {HEADS} heads, {a.img_tokens}+{TXT} tokens, "
           f"{GROUPS} groups x {M} maps, rank {RANK}, fp32, {torch.get_num_threads()} threads")
     print(f"{'block':7} {'plain':>9} {'lumix':>9} {'wall':>7} {'cpu':>7} {'plain peak':>12} {'lumix peak':>12} "

@@ -51,8 +51,9 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--tokens", type=int, default=1024)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=2, help="torch CPU threads (1 on a machine with a busy core)")
     a = ap.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(a.threads)
     print(f"Tensor LoRA, M={M}, d={D}, R={R}, L={a.tokens}, fp32, {torch.get_num_threads()} threads")
     print(f"{'kind':5} {'literal':>10} {'fast':>10} {'speed-up':>9} {'max|diff|':>10} "
           f"{'literal peak':>14} {'fast peak':>11} {'[M,M,L,d_out]':>14}")
