@@ -6,9 +6,12 @@ moving part of it -- a FLUX-architecture backbone (:class:`lumix_core.flux.Flux`
 matching, shared noise per scene, the trainer's ``prepare``/``fit`` with its Encoder
 boundary, QBA and Tensor LoRA -- and swaps only the sizes and the encoders:
 
-* :mod:`.vae`: a fixed pixel-(un)shuffle "VAE" instead of the FLUX VAE;
+* :mod:`.vae`: a fixed linear "VAE" (4 x 4 pixel blocks -> 16 low-frequency DCT coefficients,
+  FLUX's latent shape) instead of the FLUX VAE;
 * :mod:`.text`: word + position embeddings over the caption grammar instead of CLIP + T5;
 * :mod:`.backbone`: a FLUX with hidden 128 and 2 + 2 blocks instead of 3072 and 19 + 38.
 
-The shipped demo model (``weights/``) is made by ``python -m lumix_core.toy.reproduce``.
+The shipped demo model (``weights/``, run by ``lumix demo``) is made by
+``python -m lumix_core.toy.reproduce``; ``python -m lumix_core.toy.ablation`` reruns stage 2
+for the paper's ablation and the small-data curve (docs/ablation.md).
 """

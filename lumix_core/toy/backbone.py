@@ -2,8 +2,9 @@
 
 Why the real FLUX class: the adapter, QBA, the trainer's ``fit`` and the checkpoint formats
 are exercised exactly as on FLUX.1; only the sizes shrink. Sizes (hidden 128, 2 heads of 64,
-2 double + 2 single blocks, ~1.8 M parameters) were chosen by timing on one CPU core: a
-training step of 16 color images takes ~0.3 s, a stage-2 step of 4 scenes x 5 maps ~0.35 s.
+2 double + 2 single blocks, 1.8 M parameters) were chosen by timing on one CPU core: in the
+shipped model's run (one thread, machine shared with other jobs) a stage-1 step of 16 color
+images took ~0.26 s and a stage-2 step of 4 scenes x 5 maps ~0.26 s.
 No distilled-guidance input (``guidance_embed=False``, like FLUX.1-schnell): the toy is
 trained with caption dropout and sampled with true classifier-free guidance instead.
 """
@@ -74,15 +75,22 @@ def sample_schedule(steps: int = SAMPLE_STEPS) -> Tensor:
 @torch.no_grad()
 def sample_maps(model: Flux, cond: TextConditioning, maps: MapSet, *, num_scenes: int, seed: int,
                 uncond: Optional[TextConditioning] = None, true_cfg: float = TRUE_CFG,
-                steps: int = SAMPLE_STEPS, size: int = IMAGE_SIZE, pinned_color: Optional[Tensor] = None) -> Tensor:
+                steps: int = SAMPLE_STEPS, size: int = IMAGE_SIZE, pinned_color: Optional[Tensor] = None,
+                shared: bool = True) -> Tensor:
     """Sample ``num_scenes`` groups of ``maps`` (shared noise per scene); latents ``[N*M, C, h, w]``.
 
     ``cond``/``uncond`` hold one prompt per scene (or one for all). ``pinned_color``
     (``[N, C, h, w]`` clean latents) turns generation into decomposition: the color slot is fed
     clean at t = 0 and never updated, as in the release. ``model`` may have an adapter attached
     (then ``maps`` must be its map set) or not (plain text -> color, ``maps`` = color only).
+    ``shared=False`` draws one noise per map instead of per scene: a control for how much of
+    the maps' agreement comes from the shared noise alone (not how LumiX samples).
     """
-    noise = shared_noise(num_scenes, maps, latent_shape(size), seed=seed)
+    if shared:
+        noise = shared_noise(num_scenes, maps, latent_shape(size), seed=seed)
+    else:
+        g = torch.Generator().manual_seed(int(seed))
+        noise = torch.randn((num_scenes * maps.size, *latent_shape(size)), generator=g)
     pinned = None if pinned_color is None else Pinned.slot(maps, "color", pinned_color)
     return sample_euler(FluxDenoiser(model), noise, sample_schedule(steps), cond, uncond=uncond,
                         true_cfg=true_cfg if uncond is not None else 1.0, guidance=1.0, pinned=pinned,

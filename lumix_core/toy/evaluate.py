@@ -54,7 +54,14 @@ def alignment_score(scores: dict[str, float]) -> float:
 
 
 def _mean(rows: Sequence[dict[str, float]]) -> dict[str, float]:
-    return {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
+    """Mean over scenes of every score, plus ``<score>_sem``: its standard error over scenes
+    (scene-to-scene spread / sqrt(n)), so a table can say which differences are noise."""
+    out: dict[str, float] = {}
+    for k in rows[0]:
+        values = np.array([r[k] for r in rows], dtype=np.float64)
+        out[k] = float(values.mean())
+        out[f"{k}_sem"] = float(values.std(ddof=1) / np.sqrt(len(values))) if len(values) > 1 else float("nan")
+    return out
 
 
 def _scene_maps(maps: dict[str, FinishedMap], n: int) -> dict[str, torch.Tensor]:
@@ -63,7 +70,7 @@ def _scene_maps(maps: dict[str, FinishedMap], n: int) -> dict[str, torch.Tensor]
 
 @dataclass(frozen=True)
 class EvalSettings:
-    scenes: int = 32
+    scenes: int = 64
     seed: int = 0
     steps: int = SAMPLE_STEPS
     true_cfg: float = TRUE_CFG
@@ -86,13 +93,15 @@ def evaluate_decomposition(model: ToyLumiX, scenes: Sequence[RenderResult], sett
     return _mean(rows)
 
 
-def evaluate_generation(model: ToyLumiX, scenes: Sequence[RenderResult], settings: EvalSettings) -> dict[str, float]:
-    """Mean alignment of maps sampled from each held-out caption alone."""
+def evaluate_generation(model: ToyLumiX, scenes: Sequence[RenderResult], settings: EvalSettings,
+                        shared_noise: bool = True) -> dict[str, float]:
+    """Mean alignment of maps sampled from each held-out caption alone (``shared_noise=False``:
+    the one-noise-per-map control)."""
     rows = []
     for start in range(0, len(scenes), settings.batch):
         chunk = scenes[start: start + settings.batch]
         maps = model.generate([r.caption for r in chunk], seed=settings.seed + start, steps=settings.steps,
-                              true_cfg=settings.true_cfg)
+                              true_cfg=settings.true_cfg, shared_noise=shared_noise)
         for n in range(len(chunk)):
             scores = {f"alignment_{k}": v for k, v in cross_map_alignment(_scene_maps(maps, n)).items()}
             scores["alignment"] = alignment_score(scores)

@@ -92,14 +92,16 @@ class ToyLumiX:
 
     def sample_latents(self, prompts: Sequence[str], *, seed: int = 0, steps: int = SAMPLE_STEPS,
                        true_cfg: float = TRUE_CFG, size: int = IMAGE_SIZE,
-                       color: Optional[Tensor] = None) -> Tensor:
+                       color: Optional[Tensor] = None, shared_noise: bool = True) -> Tensor:
         """``[N*M, C, h, w]`` latents for one scene per prompt; ``color`` ``[N, H, W, 3]`` in [0, 1]
-        pins the color map (decomposition of those images)."""
+        pins the color map (decomposition of those images). ``shared_noise=False``: a control
+        with one noise per map (see :func:`.backbone.sample_maps`)."""
         prompts = list(prompts)
         pinned = None if color is None else vae.encode(color)
         uncond = self.conditioning([""]) if true_cfg != 1.0 else None
         return sample_maps(self.backbone, self.conditioning(prompts), self.maps, num_scenes=len(prompts), seed=seed,
-                           uncond=uncond, true_cfg=true_cfg, steps=steps, size=size, pinned_color=pinned)
+                           uncond=uncond, true_cfg=true_cfg, steps=steps, size=size, pinned_color=pinned,
+                           shared=shared_noise)
 
     def generate(self, prompts: Sequence[str], *, normal_convention: str = "opengl", **kwargs) -> dict[str, FinishedMap]:
         """Finished maps (:func:`lumix_core.conventions.finish_maps`), each ``[N, H, W, 3]``."""

@@ -31,7 +31,7 @@ import torch
 
 from ..train.folders import atomic_write_text
 from .evaluate import EvalSettings, evaluate_decomposition, evaluate_generation, held_out_scenes, reference_scores
-from .model import ADAPTER_FILE, BACKBONE_FILE, CARD_FILE, TEXT_FILE, ToyLumiX
+from .model import BACKBONE_FILE, CARD_FILE, TEXT_FILE, ToyLumiX
 from .recipe import Stage2Settings, fit_adapter, prepare_cache, train_backbone, write_maps_dataset
 from .stage1 import Stage1Settings
 from .text import ToyTextEncoder
