@@ -29,7 +29,7 @@ from typing import Optional, Sequence
 
 import torch
 
-from ..train.folders import atomic_write_text
+from ..files import write_text_atomically
 from .evaluate import EVAL_DATA_SEED, EvalSettings, evaluate_decomposition, evaluate_generation, held_out_scenes, reference_scores
 from .model import BACKBONE_FILE, TEXT_FILE, WEIGHTS_DIR, ToyLumiX
 from .recipe import Stage2Settings, fit_adapter, prepare_cache, write_maps_dataset
@@ -166,8 +166,8 @@ def run(out: Path, weights: Path, stage2: Stage2Settings, evaluation: EvalSettin
     results = {"meta": meta, "stage2": asdict(stage2), "evaluation": asdict(evaluation),
                "runs": [asdict(r) for r in runs], "references": refs}
     text_md = render_markdown(runs, refs, meta)
-    atomic_write_text(out / "results.json", json.dumps(results, indent=1, sort_keys=True) + "\n")
-    atomic_write_text(out / "ablation.md", text_md)
+    write_text_atomically(out / "results.json", json.dumps(results, indent=1, sort_keys=True) + "\n")
+    write_text_atomically(out / "ablation.md", text_md)
     return text_md, results
 
 
@@ -196,7 +196,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"ablation: {e}", file=sys.stderr)
         return 2
     if doc is not None:
-        atomic_write_text(doc, "# Toy-scale ablation and small-data curve\n\n" + text_md)
+        write_text_atomically(doc, "# Toy-scale ablation and small-data curve\n\n" + text_md)
     print(text_md)
     return 0
 

@@ -29,7 +29,7 @@ from typing import Optional, Sequence
 
 import torch
 
-from ..train.folders import atomic_write_text
+from ..files import write_text_atomically
 from .evaluate import EvalSettings, evaluate_decomposition, evaluate_generation, held_out_scenes, reference_scores
 from .model import BACKBONE_FILE, CARD_FILE, TEXT_FILE, ToyLumiX
 from .recipe import Stage2Settings, fit_adapter, prepare_cache, train_backbone, write_maps_dataset
@@ -56,7 +56,7 @@ def assemble_weights(target: Path, stage1: Path, adapter: Path, card: dict) -> P
     target.mkdir(parents=True, exist_ok=False)
     for src in (stage1 / BACKBONE_FILE, stage1 / TEXT_FILE, adapter):
         shutil.copyfile(src, target / src.name)
-    atomic_write_text(target / CARD_FILE, json.dumps(card, indent=1, sort_keys=True) + "\n")
+    write_text_atomically(target / CARD_FILE, json.dumps(card, indent=1, sort_keys=True) + "\n")
     return target
 
 
@@ -88,7 +88,7 @@ def run(out: Path, stage1: Stage1Settings, stage2: Stage2Settings, evaluation: E
               "generation": evaluate_generation(model, scenes, evaluation), **reference_scores(scenes)}
     times["evaluation_s"] = time.perf_counter() - t
     times["total_s"] = sum(times.values())
-    atomic_write_text(out / "eval.json", json.dumps(scores, indent=1, sort_keys=True) + "\n")
+    write_text_atomically(out / "eval.json", json.dumps(scores, indent=1, sort_keys=True) + "\n")
 
     card = {"what": "toy LumiX: text -> albedo, irradiance, color, depth, normal on the synthetic world",
             "made_by": "python -m lumix_core.toy.reproduce", "stage1": asdict(stage1), "stage2": asdict(stage2),

@@ -20,7 +20,8 @@ from torch import Tensor
 
 from ..maps import MapSet
 from ..safetensors_io import CheckpointError, atomic_save, load_tensors, read_header
-from .folders import FolderBuilder, atomic_write_text
+from ..files import write_text_atomically
+from .folders import FolderBuilder
 
 MANIFEST = "manifest.json"
 CACHE_FORMAT = "lumix-train-cache"
@@ -133,7 +134,7 @@ class CacheWriter:
             "pooled_dim": self._shape[2], "empty_text_tokens": int(empty_txt.shape[0]),
             "scenes": [r.to_dict() for r in self.records], **(info or {}),
         }
-        atomic_write_text(self._folder.tmp / MANIFEST, json.dumps(manifest, indent=1) + "\n")
+        write_text_atomically(self._folder.tmp / MANIFEST, json.dumps(manifest, indent=1) + "\n")
         return self._folder.commit()
 
 

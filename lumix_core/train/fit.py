@@ -35,7 +35,8 @@ from ..latents import PATCH
 from .cache import LatentCache
 from .config import ConfigError, FitConfig, config_to_dict, resume_config
 from .distributed import DistContext, barrier, init_distributed, mean_across, shutdown
-from .folders import atomic_write_text, check_new_folder, remove_previous
+from ..files import write_text_atomically
+from .folders import check_new_folder, remove_previous
 from .lr_schedule import make_scheduler
 from .objective import STREAM_INIT, DrawSettings, draw_scene, make_noisy_batch, sample_generator, scene_losses
 from .state import (commit_checkpoint, latest_checkpoint, load_checkpoint, restore, seed_global_rngs, staging_dir,
@@ -151,7 +152,7 @@ def _setup_output(config: FitConfig, ctx: DistContext, explicit: Optional[set[st
 
 def _write_run_config(out: Path, config: FitConfig) -> None:
     body = {"format": RUN_FORMAT, "config": config_to_dict(config)}
-    atomic_write_text(out / RUN_CONFIG, json.dumps(body, indent=2, sort_keys=True) + "\n")
+    write_text_atomically(out / RUN_CONFIG, json.dumps(body, indent=2, sort_keys=True) + "\n")
 
 
 def _trim_metrics(path: Path, step: int) -> None:
@@ -165,7 +166,7 @@ def _trim_metrics(path: Path, step: int) -> None:
                 keep.append(line)
         except (ValueError, AttributeError):
             continue
-    atomic_write_text(path, "".join(k + "\n" for k in keep))
+    write_text_atomically(path, "".join(k + "\n" for k in keep))
 
 
 def build_adapter(config: FitConfig, model: Flux, cache: LatentCache, device: torch.device) -> LumiXAdapter:

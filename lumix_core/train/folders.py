@@ -1,8 +1,8 @@
 """Output folders and small files written so that a crash never leaves half a result.
 
-Why: a training run or a cache takes hours to produce. A file is written to a temp name in
-its own folder and renamed into place (atomic on POSIX and Windows), a cache folder is
-built under a temp name and renamed when complete, and an existing folder is replaced only
+Why: a training run or a cache takes hours to produce. Single files go through
+:mod:`lumix_core.files`; a cache or checkpoint folder is built under a temp name and renamed
+when complete, and an existing folder is replaced only
 when the user asked for it -- and only if it is recognisably ours (it holds our marker
 file), so a mistyped ``--output ~`` with ``--overwrite`` deletes nothing.
 """
@@ -13,28 +13,6 @@ import shutil
 import tempfile
 import uuid
 from pathlib import Path
-
-
-def atomic_write_bytes(path: "str | os.PathLike[str]", data: bytes) -> Path:
-    """Write ``data`` to ``path`` through a temp file in the same folder + rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
-
-
-def atomic_write_text(path: "str | os.PathLike[str]", text: str) -> Path:
-    return atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def is_empty_dir(path: Path) -> bool:

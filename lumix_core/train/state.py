@@ -29,7 +29,7 @@ import torch
 from ..adapter import LumiXAdapter
 from ..checkpoint import load_adapter, save_adapter
 from ..safetensors_io import CheckpointError, atomic_save, load_tensors, read_header
-from .folders import atomic_write_text
+from ..files import write_text_atomically
 
 CHECKPOINTS = "checkpoints"
 LATEST = "latest.txt"
@@ -152,12 +152,12 @@ def commit_checkpoint(run: Path, step: int, adapter: LumiXAdapter, optimizer: to
     atomic_save(tensors, stage / OPTIMIZER_FILE, {"lumix.state_version": str(STATE_VERSION)}, overwrite=True)
     sched = scheduler.state_dict()
     trainer = {"version": STATE_VERSION, "step": int(step), "optimizer": opt_meta, "scheduler": sched, **extra}
-    atomic_write_text(stage / TRAINER_FILE, json.dumps(trainer, indent=1) + "\n")
+    write_text_atomically(stage / TRAINER_FILE, json.dumps(trainer, indent=1) + "\n")
     final = checkpoints_dir(run) / checkpoint_name(step)
     if final.exists():
         shutil.rmtree(final)
     stage.rename(final)
-    atomic_write_text(checkpoints_dir(run) / LATEST, final.name + "\n")
+    write_text_atomically(checkpoints_dir(run) / LATEST, final.name + "\n")
     if keep > 0:
         done = sorted(p for p in checkpoints_dir(run).glob("step-*") if p.is_dir())
         for old in done[:-keep]:

@@ -22,7 +22,7 @@ from ..latents import VAE_FACTOR
 from ..png import encode_png
 from ..sampling import sample_euler, schedule_for, shared_noise
 from .cache import LatentCache
-from .folders import atomic_write_bytes
+from ..files import write_bytes_atomically
 
 
 class PreviewDecoder:
@@ -74,4 +74,4 @@ def render_validation(model: Flux, cache: LatentCache, path: Path, *, scenes: in
         rows.append(decoder.decode_latents(x.float()).float().cpu())
         prompts.append(scene.record.caption)
     meta = {"lumix.maps": maps.to_string(), "lumix.prompts": " | ".join(prompts), **(text or {})}
-    return atomic_write_bytes(path, encode_png(contact_sheet(rows), text=meta))
+    return write_bytes_atomically(path, encode_png(contact_sheet(rows), text=meta))
