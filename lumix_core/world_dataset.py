@@ -23,10 +23,10 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-from PIL import Image
 
 from .files import write_bytes_atomically
 from .maps import RELEASE
+from .png import encode_png
 from .world import RenderResult, render, sample_scene
 
 __all__ = [
@@ -55,11 +55,8 @@ def scene_id(index: int) -> str:
     return f"{index:06d}"
 
 
-def _png_bytes(img01: np.ndarray) -> bytes:
-    arr = np.clip(np.round(np.asarray(img01, dtype=np.float64) * 255.0), 0, 255).astype(np.uint8)
-    buf = io.BytesIO()
-    Image.fromarray(arr).save(buf, format="PNG")
-    return buf.getvalue()
+def _to_uint8(img01: np.ndarray) -> np.ndarray:
+    return np.clip(np.round(np.asarray(img01, dtype=np.float64) * 255.0), 0, 255).astype(np.uint8)
 
 
 def _npz_bytes(result: RenderResult, seed: int) -> bytes:
@@ -111,7 +108,7 @@ def write_world_dataset(root: str | os.PathLike, count: int, seed: int = 0, size
         result = render(sample_scene(s), size)
         for name, img in result.encode(RELEASE).items():
             folder = RELEASE.folder_name(name)
-            write_bytes_atomically(root / folder / f"{sid}_{folder}.png", _png_bytes(img))
+            write_bytes_atomically(root / folder / f"{sid}_{folder}.png", encode_png(_to_uint8(img)))
         cap = json.dumps({"caption": result.caption}).encode()
         write_bytes_atomically(root / CAPTION_FOLDER / f"{sid}_color.json", cap)
         write_bytes_atomically(root / GROUND_TRUTH_FOLDER / f"{sid}.npz", _npz_bytes(result, s))
@@ -126,7 +123,7 @@ def write_world_dataset(root: str | os.PathLike, count: int, seed: int = 0, size
 def contact_sheet(results: Sequence[RenderResult]) -> np.ndarray:
     """uint8 image with one row per scene and the release maps left to right, for eyeballing."""
     rows = [np.concatenate(list(r.encode(RELEASE).values()), axis=1) for r in results]
-    return np.clip(np.round(np.concatenate(rows, axis=0) * 255.0), 0, 255).astype(np.uint8)
+    return _to_uint8(np.concatenate(rows, axis=0))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -148,7 +145,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if sheet_path is not None and args.count > 0:
         sheet = contact_sheet([render(sample_scene(scene_seed(args.seed, i)), args.size)
                                for i in range(min(8, args.count))])
-        write_bytes_atomically(sheet_path, _png_bytes(sheet / 255.0))
+        write_bytes_atomically(sheet_path, encode_png(sheet))
     print(f"wrote {len(ids)} scenes to {args.out}")
     return 0
 
