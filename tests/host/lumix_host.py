@@ -119,14 +119,10 @@ def conditioning(seed: int = 0, guidance: Optional[float] = 3.5, tokens: int = 8
 def random_adapter(maps: MapSet = RELEASE, *, rank: int = 4, hidden: int = HIDDEN, doubles: int = 1, singles: int = 1,
                    seed: int = 0, g3: float = 0.5) -> LumiXAdapter:
     """Published init for G1/G2 and a G3 of scale ``g3`` (0 = the no-op adapter)."""
-    adapter = LumiXAdapter(default_spec(maps=maps, rank=rank, hidden=hidden, double_blocks=doubles, single_blocks=singles))
-    g = torch.Generator().manual_seed(seed)
-    adapter.reset_parameters(g)
-    with torch.no_grad():
-        for lora in adapter.tensor_loras():
-            lora.G1.copy_(torch.randn(lora.G1.shape, generator=g) * 0.5)
-            lora.G3.copy_(torch.randn(lora.G3.shape, generator=g) * g3)
-    return adapter
+    from helpers import randomize_
+
+    spec = default_spec(maps=maps, rank=rank, hidden=hidden, double_blocks=doubles, single_blocks=singles)
+    return randomize_(LumiXAdapter(spec), seed, g3_scale=g3)
 
 
 def write_adapter(path: Path, **kw: Any) -> Path:
