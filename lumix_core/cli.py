@@ -1,9 +1,10 @@
 """``lumix`` / ``python -m lumix_core``: commands that need no ComfyUI and no FLUX weights.
 
     lumix demo --prompt "a red sphere and a blue box on a gray floor, light from the left" --out demo_out
+    lumix decompose photo.jpg --out maps_out
 
-``demo`` runs the shipped toy model (:mod:`lumix_core.toy.demo`) on CPU. Training lives in
-``lumix-train``; the ComfyUI nodes in the pack.
+``demo`` (:mod:`lumix_core.toy.demo`) and ``decompose`` (:mod:`lumix_core.toy.decompose`) run
+the shipped toy model on CPU. Training lives in ``lumix-train``; the ComfyUI nodes in the pack.
 """
 from __future__ import annotations
 
@@ -32,11 +33,18 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--threads", type=int, default=1,
                       help="CPU threads for torch (default 1: the toy model's matmuls are tiny, and a second "
                            "thread waiting on a busy core made a run 50x slower on a shared 2-core machine)")
+    from .toy import decompose
+
+    decompose.add_parser(sub)
     return parser
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "decompose":
+        from .toy import decompose
+
+        return decompose.main(args)
     if args.command == "demo":
         import torch
 

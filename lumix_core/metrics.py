@@ -1,16 +1,16 @@
 """Ground-truth metrics for predicted intrinsic maps (synthetic world or any labelled set).
 
-Why these four: each measures one map up to exactly the ambiguity its convention leaves
+Why these: each measures one map up to exactly the ambiguity its convention leaves
 open, so a model is not punished for what the map cannot know.
 
 * normals are absolute (camera space): mean angular error in degrees, no fit;
 * depth is relative (near = bright, min-max per image): an affine fit of the prediction
   to the ground truth first, then AbsRel in metric depth;
-* albedo is defined only up to a scale shared with irradiance (``albedo * irradiance``
+* albedo and irradiance are defined only up to a scale they share (``albedo * irradiance``
   stays the same): a per-channel (or global) scale fit in *linear* space, then MSE;
-* maps of one scene must line up with the color image: edge agreement with color
-  (:func:`lumix_core.consistency.edge_agreement`, the same score the consistency report
-  uses, so the two can be compared).
+* maps of one scene must describe one physical scene (:func:`map_coherence`): albedo times
+  irradiance must give the color, and the depth's slopes must give the normals -- the
+  consistency report's checks, so the two can be compared.
 
 Inputs are ``[H, W, C]`` (or ``[H, W]`` for depth) numpy arrays or torch tensors in the
 display range [0, 1], encoded as :mod:`lumix_core.conventions` says. Masks are ``[H, W]``
@@ -24,15 +24,18 @@ import numpy as np
 import torch
 
 from . import conventions
-from .consistency import edge_agreement
-from .maps import QUERY_SOURCE, canonical
-from .world import encode_depth
+from .consistency import angular_error_deg, depth_from_relative, fit_depth_reading, normals_from_depth
+from .maps import canonical
+from .recompose import recompose
+from .world import encode_depth, tone_map
+from .world_scene import FOV_RANGE_DEG
 
 __all__ = [
     "normal_angular_error",
     "depth_abs_rel",
-    "albedo_si_mse",
-    "cross_map_alignment",
+    "linear_si_mse",
+    "map_coherence",
+    "COHERENCE_FOV_DEG",
     "evaluate_maps",
 ]
 
@@ -106,11 +109,12 @@ def depth_abs_rel(pred: Any, gt_depth: Any, mask: Any = None) -> float:
     return float(np.mean(np.abs(z_fit - z[m]) / z[m]))
 
 
-def albedo_si_mse(pred: Any, gt: Any, mask: Any = None, per_channel: bool = True) -> float:
-    """Scale-invariant MSE of albedo, in linear space.
+def linear_si_mse(pred: Any, gt: Any, mask: Any = None, per_channel: bool = True) -> float:
+    """Scale-invariant MSE of an sRGB-encoded map (albedo, irradiance), in linear space.
 
     Both maps are sRGB-encoded; both are linearised first, because the ambiguity that
-    makes albedo scale-free is multiplicative in linear light (``albedo * irradiance``).
+    makes albedo and irradiance scale-free is multiplicative in linear light
+    (``albedo * irradiance``: a brighter albedo with a dimmer light gives the same color).
     A least-squares scale ``s = sum(p g) / sum(p p)`` is fitted per channel (default: a
     coloured light tints albedo and irradiance in opposite ways, which only a per-channel
     scale forgives) or once for all channels, then ``mean((s p - g)^2)`` over the mask.
@@ -126,34 +130,55 @@ def albedo_si_mse(pred: Any, gt: Any, mask: Any = None, per_channel: bool = True
     return float(np.mean((scale * pm - gm) ** 2))
 
 
-def _hwc(x: Any) -> torch.Tensor:
-    t = _tensor(x)
-    return t[..., None] if t.dim() == 2 else t
+#: Field of view the depth <-> normal check assumes: the middle of the world's camera range
+#: (generated maps come with no camera; a wrong fov by +-8 deg costs the true maps ~1 deg).
+COHERENCE_FOV_DEG = float(sum(FOV_RANGE_DEG) / 2)
 
 
-def cross_map_alignment(maps: Mapping[str, Any], reference: str = QUERY_SOURCE) -> dict[str, float]:
-    """Edge agreement in [0, 1] of every map with the ``reference`` (color) map of the same
-    scene (:func:`lumix_core.consistency.edge_agreement`; 1 = edges in the same places).
+def _nhwc(x: Any) -> torch.Tensor:
+    t = _tensor(x).float()
+    return (t[..., None] if t.dim() == 2 else t)[None]
 
-    Not every color edge belongs in every map (textures are absent from depth, shadows
-    from albedo), so compare a map's score between predictions or against the ground
-    truth's own score, not against 1.
+
+def map_coherence(maps: Mapping[str, Any], fov_deg: float = COHERENCE_FOV_DEG) -> dict[str, float]:
+    """Do one scene's maps describe one physical scene? Two errors, no ground truth needed.
+
+    * ``recompose_error``: relative RMS of ``albedo x irradiance`` against ``color`` in linear
+      light after one exposure fit (:func:`lumix_core.recompose.recompose`); 0 for the world's
+      own maps, where color is exactly that product.
+    * ``depth_normal_error_deg``: mean angle between the normals derived from the depth map
+      (near/far reading fitted, :func:`lumix_core.consistency.fit_depth_reading`) and the
+      normal map.
+
+    Why this replaces edge agreement with color: edges reward copying -- a model that pastes
+    its color image into every map scored above the ground truth. Physics does not: a copied
+    color is neither an albedo/irradiance pair whose product is the color nor a depth whose
+    slopes are the normals, and independent noise is neither. Both baselines are scored in the
+    tests and must stay clearly worse than the true maps. The two numbers need only the maps
+    they name; the others are skipped.
     """
     named = {canonical(k): v for k, v in maps.items()}
-    ref_key = canonical(reference)
-    if ref_key not in named:
-        raise KeyError(f"cross_map_alignment needs the '{ref_key}' map, got {list(named)}")
-    ref = _hwc(named[ref_key])
-    return {k: edge_agreement(_hwc(v), ref) for k, v in named.items() if k != ref_key}
+    out: dict[str, float] = {}
+    if {"albedo", "irradiance", "color"} <= set(named):
+        rec = recompose(_nhwc(named["albedo"]), _nhwc(named["irradiance"]), _nhwc(named["color"]), fit_scale=True)
+        out["recompose_error"] = float(rec.relative_rms[0])
+    if {"depth", "normal"} <= set(named):
+        relative = conventions.single_channel(_nhwc(named["depth"]))[0]
+        normals = conventions.normals_to_vectors(_nhwc(named["normal"])[0, ..., :3])
+        ratio, model = fit_depth_reading(relative, normals, fov_deg)
+        derived = normals_from_depth(depth_from_relative(relative, ratio, model), fov_deg)
+        out["depth_normal_error_deg"] = float(angular_error_deg(derived, normals)[1:-1, 1:-1].mean())
+    return out
 
 
 def evaluate_maps(pred: Mapping[str, Any], truth: Mapping[str, np.ndarray]) -> dict[str, float]:
     """All ground-truth metrics for one scene.
 
-    ``pred``: encoded maps by name (any of albedo, depth, normal, plus color for alignment).
+    ``pred``: encoded maps by name (any of albedo, irradiance, color, depth, normal).
     ``truth``: raw buffers as in a ``ground_truth/<id>.npz`` of
     :mod:`lumix_core.world_dataset` (``depth`` z, unit ``normal``, linear ``albedo``,
-    optional ``hit``). Only metrics whose maps are present are returned.
+    optional linear ``irradiance`` and ``hit``). Only metrics whose maps are present are
+    returned, plus :func:`map_coherence` of the predicted maps.
     """
     named = {canonical(k): v for k, v in pred.items()}
     mask = np.asarray(truth["hit"], dtype=bool) if "hit" in truth else None
@@ -165,8 +190,8 @@ def evaluate_maps(pred: Mapping[str, Any], truth: Mapping[str, np.ndarray]) -> d
         out["depth_abs_rel"] = depth_abs_rel(named["depth"], truth["depth"], mask)
     if "albedo" in named:
         gt_a = conventions.linear_to_srgb(_tensor(truth["albedo"]))
-        out["albedo_si_mse"] = albedo_si_mse(named["albedo"], gt_a, mask)
-    if QUERY_SOURCE in named and len(named) > 1:
-        for k, v in cross_map_alignment(named).items():
-            out[f"alignment_{k}"] = v
+        out["albedo_si_mse"] = linear_si_mse(named["albedo"], gt_a, mask)
+    if "irradiance" in named and "irradiance" in truth:
+        out["irradiance_si_mse"] = linear_si_mse(named["irradiance"], tone_map(truth["irradiance"]), mask)
+    out.update(map_coherence(named))
     return out

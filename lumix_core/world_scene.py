@@ -21,6 +21,7 @@ import numpy as np
 
 __all__ = [
     "PALETTE",
+    "FOV_RANGE_DEG",
     "FLOOR_COLORS",
     "LIGHT_WORDS",
     "Vec3",
@@ -42,6 +43,9 @@ __all__ = [
 ]
 
 Vec3 = tuple[float, float, float]
+
+#: Range of the cameras' vertical field of view (uniform draw per scene), degrees.
+FOV_RANGE_DEG: tuple[float, float] = (38.0, 55.0)
 
 #: Named albedo colours, sRGB in [0,1]. Names are caption words, so keep them plain.
 PALETTE: dict[str, Vec3] = {
@@ -326,7 +330,7 @@ def sample_scene(seed: int) -> SceneSpec:
     """
     rng = np.random.default_rng(seed)
     has_wall = bool(rng.random() < 0.5)
-    fov = float(rng.uniform(38.0, 55.0))
+    fov = float(rng.uniform(*FOV_RANGE_DEG))
     dist = float(rng.uniform(4.0, 5.5))
     if has_wall:
         pitch = math.radians(rng.uniform(12.0, 28.0))

@@ -48,7 +48,7 @@ def test_two_stage_recipe_end_to_end(stage1_dir, tmp_path):
     text = ToyTextEncoder.load(stage1_dir / TEXT_FILE)
     cache = prepare_cache(tmp_path / "data", tmp_path / "cache", text)
     assert len(LatentCache(cache)) == 3
-    settings = replace(Stage2Settings(), scenes=3, steps=2, batch_size=1, warmup_steps=0, rank=2)
+    settings = replace(Stage2Settings(), scenes=3, steps=2, batch_size=1, warmup_steps=0, rank=2, holdout=1)
     fit = fit_adapter(cache, stage1_dir / BACKBONE_FILE, tmp_path / "run", settings)
     assert fit.steps == 2 and all(torch.isfinite(torch.tensor(fit.losses)))
     adapter = load_adapter(fit.adapter_path)
@@ -71,7 +71,7 @@ def test_ablation_variants_train_through_the_trainer_hooks(stage1_dir, tmp_path,
     The trainer records share_query in the adapter, and the toy model samples accordingly."""
     write_maps_dataset(tmp_path / "data", 2, data_seed=2, size=SIZE)
     cache = prepare_cache(tmp_path / "data", tmp_path / "cache", ToyTextEncoder.load(stage1_dir / TEXT_FILE))
-    settings = replace(Stage2Settings(), scenes=2, steps=2, batch_size=1, warmup_steps=0, rank=2,
+    settings = replace(Stage2Settings(), scenes=2, steps=2, batch_size=1, warmup_steps=0, rank=2, holdout=0,
                        share_query=share_query, independent_maps=independent)
     fit = fit_adapter(cache, stage1_dir / BACKBONE_FILE, tmp_path / "run", settings)
     adapter = load_adapter(fit.adapter_path)

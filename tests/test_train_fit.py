@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import shutil
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -12,7 +14,9 @@ from lumix_core.denoiser import FluxDenoiser, TextConditioning
 from lumix_core.flux_io import load_flux
 from lumix_core.train.cache import LatentCache
 from lumix_core.train.config import ConfigError
+from lumix_core.train.curves import CURVES_CSV, CURVES_PNG, EVALUATIONS, read_jsonl
 from lumix_core.train.fit import METRICS, RUN_CONFIG, run_fit
+from lumix_core.train.validation import LABEL_HEIGHT
 from lumix_core.train.objective import DrawSettings, draw_scene, make_noisy_batch, scene_losses
 from lumix_core.train.state import ADAPTER_FILE, latest_checkpoint
 
@@ -146,14 +150,18 @@ def test_validation_sheet_is_written_with_a_pluggable_decoder(files, tmp_path):
     sheets = sorted((tmp_path / "preview" / "validation").glob("*.png"))
     assert [p.name for p in sheets] == ["step-00000001.png", "step-00000002.png"]
     img = cv2.imread(str(sheets[0]))
-    # Preview decoder: 2 scenes x 3 maps of 4x4 latents enlarged 8x, 4-pixel gaps.
-    assert img.shape == (2 * 32 + 4, 3 * 32 + 2 * 4, 3)
+    # Preview decoder: 2 scenes x 3 maps of 4x4 latents enlarged 8x, then 2x so that the map
+    # names fit in the label strip above the columns; 4-pixel gaps.
+    assert img.shape == (LABEL_HEIGHT + 2 * 64 + 4, 3 * 64 + 2 * 4, 3)
+    assert (img[:LABEL_HEIGHT] < 128).any()  # the labels are drawn
     assert b"albedo,color,depth" in sheets[0].read_bytes()
 
     run_fit(fit_config(tmp_path, cache, flux, name="custom", steps=1, validate_every=1, validation_scenes=1),
             decoder=CountingDecoder())
     assert CountingDecoder.calls == 1
-    assert cv2.imread(str(tmp_path / "custom" / "validation" / "step-00000001.png")).shape == (40, 3 * 24 + 8, 3)
+    # 24-pixel-wide tiles are enlarged 2x for the labels
+    assert cv2.imread(str(tmp_path / "custom" / "validation" / "step-00000001.png")).shape == (
+        LABEL_HEIGHT + 2 * 40, 3 * 48 + 2 * 4, 3)
 
 
 def test_output_folder_is_never_overwritten_unless_asked(files, tmp_path):
@@ -189,3 +197,49 @@ def test_cache_for_another_model_is_refused(files, tmp_path):
     other = save_flux(Flux(tiny_config(context_in_dim=48, vec_in_dim=16)), tmp_path / "other.safetensors")
     with pytest.raises(ConfigError, match="text features 32 vs the model's context_in_dim 48"):
         run_fit(fit_config(tmp_path, cache, other, steps=1))
+
+
+def test_holdout_scenes_are_never_trained_on_and_are_scored_with_curves(files, tmp_path):
+    """--holdout keeps the cache's last scenes out of the data order, scores their loss at
+    every validation (plus an evaluator's scores), and the curves are rebuilt from the logs --
+    also after a resume, which trims evaluations past the checkpoint."""
+    import csv
+
+    root, cache, flux = files
+    seen = []
+
+    def evaluator(model, step):
+        assert model.lumix is not None  # the adapter is attached while evaluating
+        seen.append(step)
+        return {"toy_score": float(step)}
+
+    config = fit_config(tmp_path, cache, flux, name="held", steps=4, validate_every=2, checkpoint_every=2, holdout=1)
+    result = run_fit(config, evaluator=evaluator)
+    run = tmp_path / "held"
+    assert seen == [2, 4]
+    evaluations = read_jsonl(run / EVALUATIONS)
+    assert [e["step"] for e in evaluations] == [2, 4]
+    assert all(np.isfinite(e["holdout_loss"]) and np.isfinite(e["holdout_loss_photo"]) for e in evaluations)
+    with open(run / CURVES_CSV, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["step"]) for r in rows] == [2, 4]
+    assert {"train_loss", "holdout_loss", "holdout_loss_photo", "toy_score"} <= set(rows[0])
+    assert (run / CURVES_PNG).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # the held-out scene (the cache's last) is never drawn by the data order
+    from lumix_core.train.fit import DataOrder
+
+    order = DataOrder(len(LatentCache(cache)) - 1, config.seed)
+    assert len(LatentCache(cache)) - 1 not in {order(p) for p in range(4 * config.batch_size * 8)}
+    assert result.steps == 4
+
+    # resume from step 2 after the step-4 evaluation was logged: the log is trimmed, then regrown
+    shutil.rmtree(run / "checkpoints" / "step-00000004")
+    (run / "checkpoints" / "latest.txt").write_text("step-00000002\n")
+    run_fit(replace(config, resume=True, steps=4), evaluator=evaluator)
+    assert [e["step"] for e in read_jsonl(run / EVALUATIONS)] == [2, 4]
+
+
+def test_holdout_must_leave_scenes_to_train_on(files, tmp_path):
+    root, cache, flux = files
+    with pytest.raises(ConfigError, match="holdout"):
+        run_fit(fit_config(tmp_path, cache, flux, name="none", steps=1, holdout=len(LatentCache(cache))))

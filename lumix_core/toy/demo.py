@@ -27,6 +27,7 @@ from ..conventions import FinishedMap, conventions_metadata
 from ..export import save_maps
 from ..files import write_bytes_atomically
 from ..png import encode_png
+from ..train.validation import contact_sheet as labelled_sheet
 from .backbone import SAMPLE_STEPS, TRUE_CFG
 from .model import WEIGHTS_DIR, ToyLumiX
 
@@ -42,21 +43,10 @@ class DemoResult:
     normal_deviation: float  # mean | |n| - 1 | of the raw normal map, before renormalisation
 
 
-def contact_sheet(maps: dict[str, FinishedMap], scale: int = 4, label_height: int = 14) -> np.ndarray:
+def contact_sheet(maps: dict[str, FinishedMap], scale: int = 4) -> np.ndarray:
     """uint8 ``[H, W, 3]``: the maps of scene 0 left to right, enlarged ``scale`` x (nearest
-    neighbour, so the pixels stay the model's), each with its name underneath."""
-    from PIL import Image, ImageDraw
-
-    tiles = []
-    for name, m in maps.items():
-        img = (m.image[0].clamp(0, 1).numpy() * 255 + 0.5).astype(np.uint8)
-        img = img.repeat(scale, axis=0).repeat(scale, axis=1)
-        canvas = Image.new("RGB", (img.shape[1], img.shape[0] + label_height), "white")
-        canvas.paste(Image.fromarray(img), (0, 0))
-        ImageDraw.Draw(canvas).text((3, img.shape[0] + 1), name, fill="black")
-        tiles.append(np.asarray(canvas))
-        tiles.append(np.full((tiles[-1].shape[0], 4, 3), 255, dtype=np.uint8))
-    return np.concatenate(tiles[:-1], axis=1)
+    neighbour, so the pixels stay the model's), each named above."""
+    return labelled_sheet([torch.stack([m.image[0] for m in maps.values()])], labels=list(maps), scale=scale)
 
 
 def run_demo(prompt: str, out: "str | os.PathLike[str]", *, seed: int = 0, steps: int = SAMPLE_STEPS,

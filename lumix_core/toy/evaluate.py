@@ -1,42 +1,71 @@
-"""Scoring a toy model against the synthetic world's ground truth, on held-out scenes.
+"""Scoring a toy model on held-out scenes: ``python -m lumix_core.toy.evaluate [--weights DIR]``.
 
 Two protocols, because a caption does not pin down a scene (where exactly the box stands,
 which way the floor's stripes run), so maps generated from a caption cannot be compared
 pixel by pixel with the render the caption came from:
 
-* **decomposition** (``decompose``): the held-out render's color image is pinned in the
-  color slot (clean, t = 0, never updated -- the release's photo decomposition, guidance 1,
-  no negative pass) and the other maps are sampled; they are scored against that render's
-  ground truth: normal angular error, depth AbsRel after a scale/shift fit, albedo si-MSE
-  (:mod:`lumix_core.metrics`), and every map's edge agreement with the color image.
-* **generation** (``generate``): all five maps are sampled from the held-out caption alone;
-  only the cross-map alignment (edge agreement of each map with the *generated* color map)
-  is scored -- the coherence QBA and Tensor LoRA are meant to improve.
+* **decomposition** (:func:`evaluate_decomposition`): the held-out render's color image is
+  pinned in the color slot (clean, t = 0, never updated -- the release's photo
+  decomposition, guidance 1, no negative pass) and the other maps are sampled **with the
+  empty caption**, as a user decomposing a photo has none. Scored against that render's
+  ground truth (:func:`lumix_core.metrics.evaluate_maps`): normal angular error, depth
+  AbsRel after a scale/shift fit, albedo and irradiance si-MSE in linear light; plus
+  ``reads_photo_*``: the fraction of scenes whose predicted depth / normals are closer to
+  their own truth than to the next scene's (a model that ignores its photo scores ~0.5).
+* **generation** (:func:`evaluate_generation`): all five maps from the held-out caption
+  alone, scored by :func:`lumix_core.metrics.map_coherence` (does albedo x irradiance give
+  the color, do the depth's slopes give the normals?) -- no ground truth exists for them.
+  :func:`caption_following` checks that the maps obey the words: the named object colour
+  must dominate the albedo, and "light from the left" must brighten the left half of the
+  irradiance against "light from the right" with the same seed.
 
-Held-out scenes come from their own seed stream (:data:`EVAL_DATA_SEED`), disjoint from
-the stage-1 (seed 1) and stage-2 (seed 2) training streams.
+:func:`reference_scores` gives the scale: the true maps, the true maps through the toy VAE,
+the trivial guesses (camera-facing normals, flat depth, color as albedo, flat or luminance
+irradiance), and the two cheap ways to look coherent (color copied into every map, one
+noise per map). Held-out scenes come from their own seed stream (:data:`EVAL_DATA_SEED`),
+disjoint from the stage-1 (seed 1) and stage-2 (seed 2) training streams.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Sequence
+import argparse
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
 
 from ..conventions import FinishedMap, renormalize_normals
-from ..metrics import cross_map_alignment, evaluate_maps
+from ..metrics import evaluate_maps, map_coherence
 from ..world import RenderResult, render, sample_scene
 from ..world_dataset import scene_seed
+from ..world_scene import FLOOR_COLORS, PALETTE
 from . import vae
 from .backbone import IMAGE_SIZE, SAMPLE_STEPS, TRUE_CFG
-from .model import ToyLumiX
+from .model import WEIGHTS_DIR, ToyLumiX
+from .text import ToyTextEncoder
 
 #: Seed stream of the held-out scenes (stage 1 trains on stream 1, stage 2 on stream 2).
 EVAL_DATA_SEED = 3
-#: Maps whose alignment with color is averaged into the one alignment score.
-ALIGNED_MAPS = ("albedo", "irradiance", "depth", "normal")
-GT_METRICS = ("normal_angular_error_deg", "depth_abs_rel", "albedo_si_mse")
+GT_METRICS = ("normal_angular_error_deg", "depth_abs_rel", "albedo_si_mse", "irradiance_si_mse")
+COHERENCE_METRICS = ("recompose_error", "depth_normal_error_deg")
+#: Object colours of the colour-following test: the palette minus the neutral floor colours.
+SATURATED_COLORS = tuple(c for c in PALETTE if c not in FLOOR_COLORS)
+#: "Visibly brighter": the left-half irradiance difference, in 8-bit steps, of the light test.
+VISIBLE_STEP = 5.0 / 255.0
+
+#: The issue's targets (``python -m lumix_core.toy.evaluate`` prints each against them).
+TARGETS = {
+    "normal_angular_error_deg": ("<=", 12.0),
+    "depth_abs_rel": ("<=", 0.05),
+    "reads_photo_depth": (">=", 0.9),
+    "reads_photo_normal": (">=", 0.9),
+    "color_following": (">=", 0.8),
+    "light_following": (">=", 0.8),
+}
 
 
 def held_out_scenes(count: int, size: int = IMAGE_SIZE, data_seed: int = EVAL_DATA_SEED) -> list[RenderResult]:
@@ -45,15 +74,11 @@ def held_out_scenes(count: int, size: int = IMAGE_SIZE, data_seed: int = EVAL_DA
 
 def truth_of(result: RenderResult) -> dict[str, np.ndarray]:
     """The raw buffers :func:`lumix_core.metrics.evaluate_maps` scores against."""
-    return {"depth": result.depth, "normal": result.normal, "albedo": result.albedo, "hit": result.hit}
+    return {"depth": result.depth, "normal": result.normal, "albedo": result.albedo,
+            "irradiance": result.irradiance, "hit": result.hit}
 
 
-def alignment_score(scores: dict[str, float]) -> float:
-    """Mean edge agreement with color over :data:`ALIGNED_MAPS` (keys ``alignment_<map>``)."""
-    return float(np.mean([scores[f"alignment_{m}"] for m in ALIGNED_MAPS]))
-
-
-def _mean(rows: Sequence[dict[str, float]]) -> dict[str, float]:
+def mean_and_sem(rows: Sequence[dict[str, float]]) -> dict[str, float]:
     """Mean over scenes of every score, plus ``<score>_sem``: its standard error over scenes
     (scene-to-scene spread / sqrt(n)), so a table can say which differences are noise."""
     out: dict[str, float] = {}
@@ -68,6 +93,10 @@ def _scene_maps(maps: dict[str, FinishedMap], n: int) -> dict[str, torch.Tensor]
     return {name: m.image[n] for name, m in maps.items()}
 
 
+def _color_images(scenes: Sequence[RenderResult]) -> torch.Tensor:
+    return torch.from_numpy(np.stack([r.encode(["color"])["color"] for r in scenes]))
+
+
 @dataclass(frozen=True)
 class EvalSettings:
     scenes: int = 64
@@ -77,25 +106,40 @@ class EvalSettings:
     batch: int = 8
 
 
-def evaluate_decomposition(model: ToyLumiX, scenes: Sequence[RenderResult], settings: EvalSettings) -> dict[str, float]:
-    """Mean GT metrics and alignment of maps sampled with each scene's color pinned."""
-    rows = []
+def reads_photo(rows: list[dict[str, float]], predictions: list[dict[str, torch.Tensor]],
+                scenes: Sequence[RenderResult]) -> None:
+    """Add ``reads_photo_depth`` / ``reads_photo_normal`` (1 or 0) to each scene's row: is the
+    prediction closer to its own truth than to the next scene's? Chance is ~0.5."""
+    n = len(scenes)
+    for i, (row, pred) in enumerate(zip(rows, predictions)):
+        other = evaluate_maps({"depth": pred["depth"], "normal": pred["normal"]}, truth_of(scenes[(i + 1) % n]))
+        row["reads_photo_depth"] = float(row["depth_abs_rel"] < other["depth_abs_rel"])
+        row["reads_photo_normal"] = float(row["normal_angular_error_deg"] < other["normal_angular_error_deg"])
+
+
+def evaluate_decomposition(model: ToyLumiX, scenes: Sequence[RenderResult], settings: EvalSettings,
+                           caption: bool = False) -> dict[str, float]:
+    """Mean GT metrics of maps sampled with each scene's color pinned (empty caption unless
+    ``caption``), plus coherence and the reads-the-photo fractions."""
+    rows, predictions = [], []
     for start in range(0, len(scenes), settings.batch):
         chunk = scenes[start: start + settings.batch]
-        color = torch.from_numpy(np.stack([r.encode(["color"])["color"] for r in chunk]))
-        maps = model.generate([r.caption for r in chunk], seed=settings.seed + start, steps=settings.steps,
-                              true_cfg=1.0, color=color)
+        prompts = [r.caption if caption else "" for r in chunk]
+        maps = model.generate(prompts, seed=settings.seed + start, steps=settings.steps, true_cfg=1.0,
+                              color=_color_images(chunk))
         for n, result in enumerate(chunk):
-            scores = evaluate_maps(_scene_maps(maps, n), truth_of(result))
-            scores["alignment"] = alignment_score(scores)
+            pred = _scene_maps(maps, n)
+            scores = evaluate_maps(pred, truth_of(result))
             scores["normal_deviation"] = float(maps["normal"].deviation[n].mean())
             rows.append(scores)
-    return _mean(rows)
+            predictions.append(pred)
+    reads_photo(rows, predictions, scenes)
+    return mean_and_sem(rows)
 
 
 def evaluate_generation(model: ToyLumiX, scenes: Sequence[RenderResult], settings: EvalSettings,
                         shared_noise: bool = True) -> dict[str, float]:
-    """Mean alignment of maps sampled from each held-out caption alone (``shared_noise=False``:
+    """Mean coherence of maps sampled from each held-out caption alone (``shared_noise=False``:
     the one-noise-per-map control)."""
     rows = []
     for start in range(0, len(scenes), settings.batch):
@@ -103,36 +147,118 @@ def evaluate_generation(model: ToyLumiX, scenes: Sequence[RenderResult], setting
         maps = model.generate([r.caption for r in chunk], seed=settings.seed + start, steps=settings.steps,
                               true_cfg=settings.true_cfg, shared_noise=shared_noise)
         for n in range(len(chunk)):
-            scores = {f"alignment_{k}": v for k, v in cross_map_alignment(_scene_maps(maps, n)).items()}
-            scores["alignment"] = alignment_score(scores)
+            scores = map_coherence(_scene_maps(maps, n))
             scores["normal_deviation"] = float(maps["normal"].deviation[n].mean())
             rows.append(scores)
-    return _mean(rows)
+    return mean_and_sem(rows)
 
 
-def reference_scores(scenes: Sequence[RenderResult]) -> dict[str, dict[str, float]]:
+def dominant_color(albedo: torch.Tensor, colors: Sequence[str] = tuple(PALETTE)) -> Optional[str]:
+    """The most frequent non-floor colour of an sRGB albedo ``[H, W, 3]``: every pixel is
+    assigned its nearest palette colour, and the floor colours (neutral) are not counted.
+    None if no pixel is nearest to a saturated colour."""
+    names = list(colors)
+    palette = torch.tensor([PALETTE[c] for c in names], dtype=torch.float32)
+    nearest = torch.cdist(albedo.reshape(-1, 3).float(), palette).argmin(dim=1)
+    counts = torch.bincount(nearest, minlength=len(names))
+    for i, name in enumerate(names):
+        if name in FLOOR_COLORS:
+            counts[i] = 0
+    return names[int(counts.argmax())] if int(counts.max()) > 0 else None
+
+
+def color_prompts(shapes: Sequence[str] = ("sphere", "box")) -> list[tuple[str, str]]:
+    """``(colour, prompt)`` for one object of each saturated colour and shape on a gray floor."""
+    return [(c, f"a {c} {s} on a gray floor, light from above") for c in SATURATED_COLORS for s in shapes]
+
+
+def caption_following(model: ToyLumiX, settings: EvalSettings, seeds: int = 16) -> dict[str, float]:
+    """Do generated maps obey the caption's words? (Cheap to fool on its own -- a model could
+    paint the whole albedo red -- so read it beside the coherence scores.)
+
+    * ``color_following``: fraction of single-object prompts (each saturated colour, sphere
+      and box, two seeds) whose generated albedo's dominant colour (:func:`dominant_color`) is
+      the named one.
+    * ``light_following``: fraction of seeds for which "light from the left" makes the left
+      half of the irradiance brighter than "light from the right" (same seed, same objects) by
+      at least :data:`VISIBLE_STEP`; ``light_left_minus_right`` is the mean difference (8-bit).
+    """
+    hits = []
+    prompts = color_prompts()
+    for seed in range(2):
+        for start in range(0, len(prompts), settings.batch):
+            chunk = prompts[start: start + settings.batch]
+            maps = model.generate([p for _, p in chunk], seed=settings.seed + 1000 * seed + start,
+                                  steps=settings.steps, true_cfg=settings.true_cfg)
+            for n, (color, _) in enumerate(chunk):
+                hits.append(float(dominant_color(maps["albedo"].image[n]) == color))
+    diffs = []
+    base = "a white sphere and a gray box on a gray floor, light from "
+    for seed in range(seeds):
+        left_half = []
+        for side in ("the left", "the right"):
+            irr = model.generate([base + side], seed=settings.seed + 2000 + seed, steps=settings.steps,
+                                 true_cfg=settings.true_cfg)["irradiance"].image[0]
+            left_half.append(float(irr[:, : irr.shape[1] // 2].mean()))
+        diffs.append(left_half[0] - left_half[1])
+    d = np.array(diffs)
+    return {"color_following": float(np.mean(hits)), "color_prompts": float(len(hits)),
+            "light_following": float(np.mean(d >= VISIBLE_STEP)), "light_left_minus_right": float(d.mean() * 255),
+            "light_left_minus_right_sem": float(d.std(ddof=1) / np.sqrt(len(d)) * 255)}
+
+
+def training_evaluator(text: ToyTextEncoder, scenes: int = 16, steps: int = 8,
+                       settings: EvalSettings = EvalSettings()):
+    """The trainer's ``evaluator`` (:data:`lumix_core.train.fit.Evaluator`) for toy runs: the
+    decomposition scores of ``scenes`` held-out scenes at ``steps`` Euler steps (fewer than
+    the final evaluation's, so a run can afford one every few hundred steps)."""
+    held = held_out_scenes(scenes)
+    keep = GT_METRICS + ("reads_photo_depth", "reads_photo_normal")
+    quick = replace(settings, steps=steps)
+
+    def evaluate(backbone, step: int) -> dict[str, float]:
+        scores = evaluate_decomposition(ToyLumiX.live(backbone, text), held, quick)
+        return {f"decomposition_{k}": scores[k] for k in keep}
+
+    return evaluate
+
+
+def _luminance_guess(color: torch.Tensor) -> torch.Tensor:
+    return color.mean(dim=-1, keepdim=True).expand_as(color)
+
+
+def reference_scores(scenes: Sequence[RenderResult], seed: int = 0) -> dict[str, dict[str, float]]:
     """What the metrics give without a model, for scale:
 
-    * ``ground_truth``: the renders' own maps (alignment of the true maps with the true color
-      -- the ceiling a perfect model would reach; GT metrics are 0 by construction);
+    * ``ground_truth``: the renders' own maps (GT metrics 0 by construction; their coherence
+      is the ceiling a perfect model reaches);
     * ``ground_truth_vae``: the true maps after the toy VAE's round trip (:func:`vae.round_trip`)
       -- the ceiling of a model that must speak through that VAE;
     * ``trivial``: every normal facing the camera, a flat depth map, the color image taken as
-      albedo -- the floor a model must beat to have learned anything.
+      albedo and its luminance as irradiance -- the floor a model must beat;
+      ``trivial_flat_irradiance``: a constant irradiance;
+    * ``copy_color`` / ``independent_noise``: the color pasted into every map, and one uniform
+      noise image per map -- what "coherence" must not reward.
     """
-    gt_rows, vae_rows, trivial_rows = [], [], []
+    rows: dict[str, list[dict[str, float]]] = {k: [] for k in (
+        "ground_truth", "ground_truth_vae", "trivial", "trivial_flat_irradiance", "copy_color", "independent_noise")}
+    g = torch.Generator().manual_seed(seed)
     for r in scenes:
         enc = {k: torch.from_numpy(v) for k, v in r.encode().items()}
-        for maps, rows in ((enc, gt_rows), ({k: vae.round_trip(v[None])[0] for k, v in enc.items()}, vae_rows)):
-            scores = evaluate_maps(maps, truth_of(r))
-            scores["alignment"] = alignment_score(scores)
-            rows.append(scores)
+        truth = truth_of(r)
+        rows["ground_truth"].append(evaluate_maps(enc, truth))
+        rows["ground_truth_vae"].append(evaluate_maps({k: vae.round_trip(v[None])[0] for k, v in enc.items()}, truth))
         h, w = r.hit.shape
         facing = torch.tensor([0.5, 0.5, 1.0]).expand(h, w, 3)
         flat = torch.full((h, w, 3), 0.5)
-        trivial = evaluate_maps({"normal": facing, "depth": flat, "albedo": enc["color"]}, truth_of(r))
-        trivial_rows.append(trivial)
-    return {"ground_truth": _mean(gt_rows), "ground_truth_vae": _mean(vae_rows), "trivial": _mean(trivial_rows)}
+        color = enc["color"]
+        rows["trivial"].append(evaluate_maps({"normal": facing, "depth": flat, "albedo": color,
+                                              "irradiance": _luminance_guess(color)}, truth))
+        rows["trivial_flat_irradiance"].append(evaluate_maps({"irradiance": flat}, truth))
+        rows["copy_color"].append(evaluate_maps({k: color for k in enc}, truth))
+        rows["independent_noise"].append(evaluate_maps(
+            {k: v if k == "color" else torch.rand(v.shape, generator=g) for k, v in enc.items()}, truth))
+    return {k: mean_and_sem(v) for k, v in rows.items()}
 
 
 def random_normal_deviation(shape: tuple[int, int], seed: int = 0) -> float:
@@ -143,6 +269,82 @@ def random_normal_deviation(shape: tuple[int, int], seed: int = 0) -> float:
     return float(deviation.mean())
 
 
-__all__ = ["EVAL_DATA_SEED", "ALIGNED_MAPS", "GT_METRICS", "EvalSettings", "held_out_scenes", "truth_of",
-           "alignment_score", "evaluate_decomposition", "evaluate_generation", "reference_scores",
-           "random_normal_deviation"]
+def evaluate_all(model: ToyLumiX, settings: EvalSettings, *, following: bool = True) -> dict[str, dict[str, float]]:
+    """Every protocol on ``settings.scenes`` held-out scenes, plus the references."""
+    scenes = held_out_scenes(settings.scenes)
+    out = {"decomposition": evaluate_decomposition(model, scenes, settings),
+           "generation": evaluate_generation(model, scenes, settings), **reference_scores(scenes, settings.seed)}
+    if following:
+        out["caption_following"] = caption_following(model, settings)
+    return out
+
+
+def _fmt(scores: dict[str, float], key: str) -> str:
+    if key not in scores:
+        return "–"
+    sem = scores.get(f"{key}_sem")
+    digits = 4 if abs(scores[key]) < 0.1 else 3 if abs(scores[key]) < 10 else 1
+    return f"{scores[key]:.{digits}f}" + (f" ± {sem:.{digits}f}" if sem and np.isfinite(sem) else "")
+
+
+def summary_table(results: dict[str, dict[str, float]]) -> str:
+    """Markdown table: model vs references vs targets, one row per score."""
+    dec, gen = results["decomposition"], results["generation"]
+    refs = ("ground_truth_vae", "trivial", "trivial_flat_irradiance", "copy_color", "independent_noise")
+    lines = ["| score | model | " + " | ".join(refs) + " | target |", "|---" * (len(refs) + 3) + "|"]
+    for key in GT_METRICS + ("reads_photo_depth", "reads_photo_normal") + COHERENCE_METRICS:
+        op, value = TARGETS.get(key, ("", None))
+        target = f"{op} {value}" if value is not None else ""
+        if key == "albedo_si_mse":
+            target = f"<= {results['trivial'][key] / 2:.4f} (½ trivial)"
+        lines.append(f"| decomposition {key} | {_fmt(dec, key)} | " + " | ".join(_fmt(results[r], key) for r in refs)
+                     + f" | {target} |")
+    for key in COHERENCE_METRICS:
+        lines.append(f"| generation {key} | {_fmt(gen, key)} | " + " | ".join("" for _ in refs) + " | |")
+    follow = results.get("caption_following", {})
+    for key in ("color_following", "light_following", "light_left_minus_right"):
+        if key in follow:
+            op, value = TARGETS.get(key, ("", None))
+            target = f"{op} {value}" if value is not None else ""
+            lines.append(f"| generation {key} | {_fmt(follow, key)} | " + " | ".join("" for _ in refs)
+                         + f" | {target} |")
+    return "\n".join(lines)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    d = EvalSettings()
+    ap = argparse.ArgumentParser(prog="python -m lumix_core.toy.evaluate", description=__doc__.splitlines()[0])
+    ap.add_argument("--weights", default=str(WEIGHTS_DIR), help="toy model folder (default: the shipped one)")
+    ap.add_argument("--scenes", type=int, default=d.scenes, help="held-out scenes (default %(default)s)")
+    ap.add_argument("--steps", type=int, default=d.steps, help="Euler steps (default %(default)s)")
+    ap.add_argument("--no-following", action="store_true", help="skip the caption-following test (faster)")
+    ap.add_argument("--json", help="also write every score to this JSON file (refuses to overwrite)")
+    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (default %(default)s)")
+    args = ap.parse_args(argv)
+    if args.scenes < 2 or args.steps < 1 or args.threads < 1:
+        print("evaluate: --scenes must be >= 2, --steps and --threads >= 1", file=sys.stderr)
+        return 2
+    if args.json and Path(args.json).exists():
+        print(f"evaluate: {args.json} exists; choose a new --json path (nothing is overwritten)", file=sys.stderr)
+        return 2
+    torch.set_num_threads(args.threads)
+    settings = replace(d, scenes=args.scenes, steps=args.steps)
+    t = time.perf_counter()
+    results = evaluate_all(ToyLumiX.load(args.weights), settings, following=not args.no_following)
+    print(summary_table(results))
+    print(f"\n{settings.scenes} held-out scenes (seed stream {EVAL_DATA_SEED}), {settings.steps} steps, "
+          f"{time.perf_counter() - t:.0f} s; model: {args.weights}")
+    if args.json:
+        from ..files import write_text_atomically
+
+        write_text_atomically(Path(args.json), json.dumps({"settings": asdict(settings), **results}, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
+
+__all__ = ["EVAL_DATA_SEED", "GT_METRICS", "COHERENCE_METRICS", "TARGETS", "EvalSettings", "held_out_scenes",
+           "truth_of", "mean_and_sem", "evaluate_decomposition", "evaluate_generation", "caption_following",
+           "dominant_color", "reference_scores", "random_normal_deviation", "evaluate_all", "summary_table"]

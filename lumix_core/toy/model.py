@@ -81,9 +81,20 @@ class ToyLumiX:
         path = Path(folder) / CARD_FILE
         return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
 
+    @classmethod
+    def live(cls, backbone: Flux, text: ToyTextEncoder) -> "ToyLumiX":
+        """A view of a backbone whose adapter the trainer attached (evaluation during training):
+        the adapter is used as attached and left trainable."""
+        if backbone.lumix is None:
+            raise ValueError("ToyLumiX.live needs a backbone with an adapter attached")
+        return cls(backbone, text)
+
     @property
     def maps(self) -> MapSet:
-        return self.adapter.maps if self.adapter is not None else MapSet(("color",))
+        if self.adapter is not None:
+            return self.adapter.maps
+        attached = self.backbone.lumix
+        return attached.adapter.maps if attached is not None else MapSet(("color",))
 
     def conditioning(self, prompts: Sequence[str]) -> TextConditioning:
         with torch.no_grad():

@@ -30,7 +30,7 @@ from typing import Optional, Sequence
 import torch
 
 from ..files import write_text_atomically
-from .evaluate import EvalSettings, evaluate_decomposition, evaluate_generation, held_out_scenes, reference_scores
+from .evaluate import EvalSettings, evaluate_all, summary_table
 from .model import BACKBONE_FILE, CARD_FILE, TEXT_FILE, ToyLumiX
 from .recipe import Stage2Settings, fit_adapter, prepare_cache, train_backbone, write_maps_dataset
 from .stage1 import Stage1Settings
@@ -60,13 +60,24 @@ def assemble_weights(target: Path, stage1: Path, adapter: Path, card: dict) -> P
     return target
 
 
-def run(out: Path, stage1: Stage1Settings, stage2: Stage2Settings, evaluation: EvalSettings) -> dict:
+def run(out: Path, stage1: Stage1Settings, stage2: Stage2Settings, evaluation: EvalSettings,
+        reuse_stage1: Optional[Path] = None) -> dict:
+    """All stages into ``out``; ``reuse_stage1``: a folder with a stage-1 backbone and text
+    encoder made by this recipe (e.g. the shipped weights) to copy instead of retraining."""
     check_empty_folder(out)
     out.mkdir(parents=True, exist_ok=True)
     times: dict[str, float] = {}
     t = time.perf_counter()
-    log.info("stage 1: %d scenes, %d steps of %d", stage1.scenes, stage1.steps, stage1.batch_size)
-    s1 = train_backbone(out / "stage1", stage1, on_step=_progress("stage 1", 100, stage1.steps))
+    if reuse_stage1 is not None:
+        (out / "stage1").mkdir()
+        for name in (BACKBONE_FILE, TEXT_FILE):
+            shutil.copyfile(reuse_stage1 / name, out / "stage1" / name)
+        log.info("stage 1: reused %s", reuse_stage1)
+        stage1_loss = ToyLumiX.card(reuse_stage1).get("stage1_final_loss")
+    else:
+        log.info("stage 1: %d scenes, %d steps of %d", stage1.scenes, stage1.steps, stage1.batch_size)
+        s1 = train_backbone(out / "stage1", stage1, on_step=_progress("stage 1", 100, stage1.steps))
+        stage1_loss = sum(s1.losses[-50:]) / len(s1.losses[-50:])
     times["stage1_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -78,21 +89,20 @@ def run(out: Path, stage1: Stage1Settings, stage2: Stage2Settings, evaluation: E
     t = time.perf_counter()
     log.info("stage 2: %d scenes, %d steps of %d", stage2.scenes, stage2.steps, stage2.batch_size)
     fit = fit_adapter(out / "cache", out / "stage1" / BACKBONE_FILE, out / "stage2", stage2,
-                      on_step=_progress("stage 2", 100, stage2.steps))
+                      on_step=_progress("stage 2", 100, stage2.steps), text=text)
     times["stage2_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
     model = ToyLumiX.load(out / "stage1", adapter=fit.adapter_path)
-    scenes = held_out_scenes(evaluation.scenes)
-    scores = {"decomposition": evaluate_decomposition(model, scenes, evaluation),
-              "generation": evaluate_generation(model, scenes, evaluation), **reference_scores(scenes)}
+    scores = evaluate_all(model, evaluation)
     times["evaluation_s"] = time.perf_counter() - t
     times["total_s"] = sum(times.values())
     write_text_atomically(out / "eval.json", json.dumps(scores, indent=1, sort_keys=True) + "\n")
 
     card = {"what": "toy LumiX: text -> albedo, irradiance, color, depth, normal on the synthetic world",
             "made_by": "python -m lumix_core.toy.reproduce", "stage1": asdict(stage1), "stage2": asdict(stage2),
-            "stage1_final_loss": sum(s1.losses[-50:]) / len(s1.losses[-50:]),
+            "stage1_reused_from": str(reuse_stage1) if reuse_stage1 is not None else None,
+            "stage1_final_loss": stage1_loss,
             "stage2_final_loss": sum(fit.losses[-50:]) / len(fit.losses[-50:]),
             "evaluation": {"settings": asdict(evaluation), "held_out": scores},
             "wall_times_s": times, "torch": torch.__version__, "threads": torch.get_num_threads(),
@@ -111,17 +121,26 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--stage2-steps", type=int, default=d2.steps)
     ap.add_argument("--stage2-scenes", type=int, default=d2.scenes)
     ap.add_argument("--eval-scenes", type=int, default=de.scenes)
+    ap.add_argument("--stage2-rank", type=int, default=d2.rank)
+    ap.add_argument("--photo-prob", type=float, default=d2.photo_conditioning_prob,
+                    help="share of stage-2 scenes trained as photo decompositions")
+    ap.add_argument("--reuse-stage1", metavar="DIR",
+                    help="copy the stage-1 backbone + text encoder from DIR (e.g. lumix_core/toy/weights, made "
+                         "by this recipe's stage 1) instead of training them again")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     torch.set_num_threads(max(1, args.threads))
     try:
         card = run(Path(args.out), replace(d1, steps=args.stage1_steps, scenes=args.stage1_scenes),
-                   replace(d2, steps=args.stage2_steps, scenes=args.stage2_scenes),
-                   replace(de, scenes=args.eval_scenes))
+                   replace(d2, steps=args.stage2_steps, scenes=args.stage2_scenes, rank=args.stage2_rank,
+                           photo_conditioning_prob=args.photo_prob),
+                   replace(de, scenes=args.eval_scenes),
+                   reuse_stage1=Path(args.reuse_stage1) if args.reuse_stage1 else None)
     except FileExistsError as e:
         print(f"reproduce: {e}", file=sys.stderr)
         return 2
-    print(json.dumps({"wall_times_s": card["wall_times_s"], "held_out": card["evaluation"]["held_out"]}, indent=1))
+    print(summary_table(card["evaluation"]["held_out"]))
+    print(json.dumps({"wall_times_s": card["wall_times_s"]}, indent=1))
     print(f"model folder: {Path(args.out) / 'weights'} (copy its files into lumix_core/toy/weights to ship it)")
     return 0
 

@@ -122,6 +122,9 @@ class FitConfig:
     validate_every: int = _opt(250, "write a validation contact sheet every N steps (0: only at the end)",
                                resumable=True)
     validation_scenes: int = _opt(2, "scenes of the cache (their prompts) shown on the contact sheet", resumable=True)
+    holdout: int = _opt(0, "scenes at the end of the cache kept out of training; at every validation their "
+                           "flow-matching loss (fixed noise and t, with and without the photo pinned) goes to "
+                           "evaluations.jsonl, curves.csv and curves.png")
     validation_steps: int = _opt(20, "Euler steps of the validation samples", resumable=True)
     validation_guidance: float = _opt(3.5, "distilled guidance of the validation samples", resumable=True)
     validation_seed: int = _opt(0, "noise seed of the validation samples", resumable=True)
@@ -139,7 +142,7 @@ class FitConfig:
     def validate(self) -> None:
         for name in ("steps", "batch_size", "grad_accum", "rank", "validation_scenes", "validation_steps"):
             _check_positive(name, getattr(self, name))
-        for name in ("warmup_steps", "checkpoint_every", "keep_checkpoints", "validate_every"):
+        for name in ("warmup_steps", "checkpoint_every", "keep_checkpoints", "validate_every", "holdout"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.lr <= 0:

@@ -34,11 +34,13 @@ from ..flux_io import load_flux
 from ..latents import PATCH
 from .cache import LatentCache
 from .config import ConfigError, FitConfig, config_to_dict, resume_config
+from .curves import EVALUATIONS, METRICS, write_curves
 from .distributed import DistContext, barrier, init_distributed, mean_across, shutdown
 from ..files import write_text_atomically
 from .folders import check_new_folder, remove_previous
 from .lr_schedule import make_scheduler
-from .objective import STREAM_INIT, DrawSettings, draw_scene, make_noisy_batch, sample_generator, scene_losses
+from .objective import (STREAM_INIT, DrawSettings, SceneDraw, draw_scene, make_noisy_batch, sample_generator,
+                        scene_losses)
 from .state import (commit_checkpoint, latest_checkpoint, load_checkpoint, restore, seed_global_rngs, staging_dir,
                     write_rng)
 
@@ -46,7 +48,10 @@ log = logging.getLogger("lumix.train")
 
 RUN_CONFIG = "train_config.json"  # the resolved config; also marks the folder as a run of ours
 RUN_FORMAT = "lumix-train-run"
-METRICS = "metrics.jsonl"
+#: Timesteps of the held-out loss (fixed, so successive evaluations compare like with like).
+HOLDOUT_TIMESTEPS = (0.25, 0.5, 0.75)
+#: Sample positions of the held-out draws start here, far from any position a run trains on.
+HOLDOUT_POSITION = 1 << 40
 FINAL_ADAPTER = "adapter.safetensors"
 #: Adapter metadata saying whether it was trained with Query-Broadcast Attention (sample it the same way).
 META_SHARE_QUERY = "lumix.train.share_query"
@@ -200,25 +205,35 @@ def keep_maps_independent(adapter: LumiXAdapter) -> None:
         lora.G1.register_hook(lambda grad, mask=mask: grad * mask)
 
 
+#: ``evaluator(model, step) -> {score: value}``: extra held-out scores at each validation, e.g.
+#: ground-truth metrics of decompositions (:mod:`lumix_core.toy.evaluate`). The model has the
+#: adapter attached; the evaluator must not change it.
+Evaluator = Callable[[Flux, int], dict]
+
+
 def run_fit(config: FitConfig, *, explicit: Optional[set[str]] = None, decoder=None, progress: bool = False,
-            on_step: Optional[Callable[[int, float], None]] = None) -> FitResult:
+            on_step: Optional[Callable[[int, float], None]] = None,
+            evaluator: Optional[Evaluator] = None) -> FitResult:
     """Train; returns where the adapter went. ``on_step(step, loss)`` runs after each step (tests)."""
     config.validate()
     ctx = init_distributed(config.device, config.backend)
     try:
-        return _Trainer(config, ctx, explicit, decoder, progress, on_step).run()
+        return _Trainer(config, ctx, explicit, decoder, progress, on_step, evaluator).run()
     finally:
         shutdown(ctx)
 
 
 class _Trainer:
     def __init__(self, config: FitConfig, ctx: DistContext, explicit: Optional[set[str]], decoder,
-                 progress: bool, on_step) -> None:
+                 progress: bool, on_step, evaluator: Optional[Evaluator] = None) -> None:
         self.ctx = ctx
         self.config = config = _setup_output(config, ctx, explicit)
         self.out = Path(config.output)
-        self.decoder, self.progress, self.on_step = decoder, progress, on_step
+        self.decoder, self.progress, self.on_step, self.evaluator = decoder, progress, on_step, evaluator
         self.cache = LatentCache(config.cache)
+        if config.holdout >= len(self.cache):
+            raise ConfigError(f"--holdout {config.holdout} leaves no scene to train on (the cache has "
+                              f"{len(self.cache)}); hold out fewer scenes")
         self.weight_dtype, self.autocast_dtype = resolve_precision(config, ctx.device)
         self.model = load_flux(config.flux, device=ctx.device, dtype=self.weight_dtype)
         check_cache_fits(self.cache, self.model, config)
@@ -234,11 +249,13 @@ class _Trainer:
             module = DistributedDataParallel(
                 module, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
         self.module = module
+        self._denoise = FluxDenoiser(self.model)  # for evaluations: no DDP wrapper, no gradients
         self.optimizer = torch.optim.AdamW(self.adapter.parameters(), lr=config.lr,
                                            betas=(config.adam_beta1, config.adam_beta2), eps=config.adam_eps,
                                            weight_decay=config.weight_decay)
         self.scheduler = make_scheduler(self.optimizer, config.warmup_steps, config.steps, config.lr_schedule)
-        self.order = DataOrder(len(self.cache), config.seed)
+        self.train_scenes = len(self.cache) - config.holdout  # the held-out scenes are the cache's last ones
+        self.order = DataOrder(self.train_scenes, config.seed)
         self.draw = DrawSettings(config.timestep_sampler, config.logit_mean, config.logit_std, config.shift_schedule,
                                  config.caption_dropout, config.photo_conditioning_prob)
         self.global_batch = config.batch_size * ctx.world_size * config.grad_accum
@@ -251,7 +268,8 @@ class _Trainer:
         if folder is None:
             log.warning("--resume: %s has no checkpoint yet; starting from step 0", self.out)
             if self.ctx.is_main:
-                _trim_metrics(self.out / METRICS, 0)
+                for name in (METRICS, EVALUATIONS):
+                    _trim_metrics(self.out / name, 0)
             return
         state = load_checkpoint(folder, self.adapter, self.ctx.rank)
         restore(state, self.optimizer, self.scheduler, self.ctx.device, log.warning)
@@ -259,7 +277,8 @@ class _Trainer:
         self.step = state.step
         self.position = int(state.extra.get("data_order", {}).get("next_position", state.step * self.global_batch))
         if self.ctx.is_main:
-            _trim_metrics(self.out / METRICS, self.step)
+            for name in (METRICS, EVALUATIONS):
+                _trim_metrics(self.out / name, self.step)
         log.info("resumed from %s (step %d)", folder, self.step)
 
     def _save(self) -> None:
@@ -272,7 +291,7 @@ class _Trainer:
         write_rng(stage, self.ctx.rank)
         barrier(self.ctx)
         if self.ctx.is_main:
-            extra = {"data_order": {"seed": self.config.seed, "num_scenes": len(self.cache),
+            extra = {"data_order": {"seed": self.config.seed, "num_scenes": self.train_scenes,
                                     "global_batch": self.global_batch, "next_position": self.position,
                                     "rule": "scene(p) = permutation(seed, p // num_scenes)[p % num_scenes]; rank r, "
                                             "micro-batch a takes p = next_position + a*batch*world + r*batch + k"},
@@ -283,7 +302,7 @@ class _Trainer:
 
     def _adapter_metadata(self) -> dict[str, str]:
         return {"lumix.train.step": str(self.step), "lumix.train.base_model": Path(self.config.flux).name,
-                "lumix.train.scenes": str(len(self.cache)),
+                "lumix.train.scenes": str(self.train_scenes),
                 META_SHARE_QUERY: str(self.config.share_query).lower(),
                 "lumix.train.independent_maps": str(self.config.independent_maps).lower()}
 
@@ -332,6 +351,30 @@ class _Trainer:
         self.position += self.global_batch
         return float(mean_across(self.ctx, total)), grad_norm, lr
 
+    @torch.no_grad()
+    def _holdout_losses(self) -> dict[str, float]:
+        """Mean flow-matching loss of the held-out scenes at :data:`HOLDOUT_TIMESTEPS`, with fixed
+        noise per scene; ``holdout_loss_photo`` with the color pinned clean (decomposition)."""
+        c, maps = self.config, self.cache.maps
+        out: dict[str, float] = {}
+        for photo in ((False, True) if maps.size > 1 else (False,)):
+            total = []
+            for k in range(self.train_scenes, len(self.cache)):
+                scene = self.cache.scene(k)
+                x0 = scene.latents[None].to(self.ctx.device, torch.float32)
+                g = sample_generator(c.seed, HOLDOUT_POSITION + k)
+                noise = torch.randn(tuple(x0.shape[2:]), generator=g).to(self.ctx.device)
+                draws = [SceneDraw(noise, t, False, photo) for t in HOLDOUT_TIMESTEPS]
+                batch = make_noisy_batch(x0.expand(len(draws), *x0.shape[1:]), draws, maps.query_index)
+                txt = scene.txt[None].expand(len(draws), *scene.txt.shape).to(self.ctx.device, torch.float32)
+                y = scene.y[None].expand(len(draws), *scene.y.shape).to(self.ctx.device, torch.float32)
+                with torch.autocast(self.ctx.device.type, dtype=self.autocast_dtype,
+                                    enabled=self.autocast_dtype is not None):
+                    v = self._denoise(batch.x_t, batch.t, TextConditioning(txt, y), c.guidance)
+                total.append(float(scene_losses(v, batch).mean()))
+            out["holdout_loss_photo" if photo else "holdout_loss"] = float(np.mean(total))
+        return out
+
     def _validate(self) -> None:
         if self.ctx.is_main:
             from .validation import render_validation
@@ -345,6 +388,14 @@ class _Trainer:
                               device=self.ctx.device, autocast_dtype=self.autocast_dtype,
                               text={"lumix.step": str(self.step)})
             log.info("validation sheet: %s", path)
+            scores: dict[str, float] = self._holdout_losses() if c.holdout else {}
+            if self.evaluator is not None:
+                scores.update(self.evaluator(self.model, self.step))
+            if scores:
+                with open(self.out / EVALUATIONS, "a", encoding="utf-8") as f:
+                    f.write(json.dumps({"step": self.step, **scores}) + "\n")
+                log.info("held-out at step %d: %s", self.step, {k: round(v, 4) for k, v in scores.items()})
+            write_curves(self.out)
         barrier(self.ctx)
 
     def run(self) -> FitResult:

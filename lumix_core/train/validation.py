@@ -1,6 +1,7 @@
 """Validation contact sheets: every map of a few fixed prompts, sampled during training.
 
-Rows are scenes (prompts taken from the cache), columns are maps in group order. The noise
+Rows are scenes (prompts taken from the cache), columns are maps in group order (named
+above each column; tiles narrower than 64 px are enlarged so the names fit). The noise
 seed and prompts are fixed, so sheets of successive steps are comparable. Decoding is
 pluggable (:class:`~lumix_core.train.encoder.Decoder`): a cache made with ComfyUI needs
 ComfyUI's VAE to show real pixels, so the default :class:`PreviewDecoder` shows the first
@@ -10,7 +11,7 @@ and whether the maps of a scene agree, with no VAE in memory.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
@@ -39,12 +40,25 @@ class PreviewDecoder:
         return x.permute(0, 2, 3, 1).contiguous()
 
 
-def contact_sheet(rows: Sequence[Tensor], gap: int = 4) -> np.ndarray:
-    """``rows[i]`` = ``[M, H, W, 3]`` in [0, 1] -> one uint8 image, white gaps between tiles."""
+#: Height of the label strip above the columns (Pillow's default bitmap font is ~11 px tall).
+LABEL_HEIGHT = 14
+
+
+def contact_sheet(rows: Sequence[Tensor], gap: int = 4, labels: Optional[Sequence[str]] = None,
+                  scale: int = 1) -> np.ndarray:
+    """``rows[i]`` = ``[M, H, W, 3]`` in [0, 1] -> one uint8 image, white gaps between tiles.
+
+    ``labels``: one name per column, written above it (map names, "input", "truth" ...);
+    ``scale``: nearest-neighbour enlargement, so the model's pixels stay visible.
+    """
+    from PIL import Image, ImageDraw
+
+    rows = [r.repeat_interleave(scale, dim=1).repeat_interleave(scale, dim=2) if scale > 1 else r for r in rows]
     widths = [r.shape[0] * r.shape[2] + (r.shape[0] - 1) * gap for r in rows]
-    height = sum(r.shape[1] for r in rows) + (len(rows) - 1) * gap
+    top = LABEL_HEIGHT if labels else 0
+    height = top + sum(r.shape[1] for r in rows) + (len(rows) - 1) * gap
     sheet = np.full((height, max(widths), 3), 255, dtype=np.uint8)
-    y = 0
+    y = top
     for r in rows:
         tiles = (r.clamp(0, 1).cpu().numpy() * 255 + 0.5).astype(np.uint8)
         x = 0
@@ -52,6 +66,13 @@ def contact_sheet(rows: Sequence[Tensor], gap: int = 4) -> np.ndarray:
             sheet[y: y + tile.shape[0], x: x + tile.shape[1]] = tile
             x += tile.shape[1] + gap
         y += r.shape[1] + gap
+    if labels:
+        image = Image.fromarray(sheet)
+        draw = ImageDraw.Draw(image)
+        tile_w = rows[0].shape[2]
+        for i, name in enumerate(labels):
+            draw.text((i * (tile_w + gap) + 2, 1), str(name), fill="black")
+        sheet = np.asarray(image).copy()
     return sheet
 
 
@@ -74,4 +95,5 @@ def render_validation(model: Flux, cache: LatentCache, path: Path, *, scenes: in
         rows.append(decoder.decode_latents(x.float()).float().cpu())
         prompts.append(scene.record.caption)
     meta = {"lumix.maps": maps.to_string(), "lumix.prompts": " | ".join(prompts), **(text or {})}
-    return write_bytes_atomically(path, encode_png(contact_sheet(rows), text=meta))
+    sheet = contact_sheet(rows, labels=maps.names, scale=max(1, 64 // max(r.shape[2] for r in rows)))
+    return write_bytes_atomically(path, encode_png(sheet, text=meta))

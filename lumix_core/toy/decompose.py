@@ -1,0 +1,205 @@
+"""``lumix decompose IMAGE ... --out DIR``: a photo's five maps from the shipped toy model.
+
+The photo goes where the release puts it: encoded into the color slot, fed clean at t = 0
+at every step, never updated, while the other maps are denoised from one shared noise
+(:meth:`lumix_core.toy.model.ToyLumiX.generate` with ``color=``). No caption by default, as
+a user decomposing a photo has none; ``--prompt`` may add one in the toy's vocabulary.
+
+Sizes: any image PIL reads (grey, palette, alpha and EXIF-rotated files included) is turned
+into RGB and resized to the model's 64 x 64 -- the whole frame, so a non-square photo is
+squeezed, not cropped -- and every map is resized back to the input's size, so the maps lie
+pixel on pixel over the photo (normals are renormalised after the resize). The color map
+written is the photo as the model saw it (through the toy VAE), resized back.
+
+Files: ``DIR/<stem>_<map>.png`` (8-bit, with the settings in PNG text chunks). Nothing is
+overwritten: if any of an image's five names exists, the whole set gets the first free
+counter, ``<stem>_<n>_<map>.png``, and the command says so. A bad input (missing, a folder,
+not an image, unreadable) gets one line on stderr; the other images are still decomposed
+and the exit status is 1.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..conventions import renormalize_normals
+from ..files import write_bytes_atomically
+from ..png import encode_png
+from .backbone import IMAGE_SIZE, SAMPLE_STEPS
+from .model import WEIGHTS_DIR, ToyLumiX
+
+#: Largest input side we read (a guard against decompression bombs; far above any photo).
+MAX_SIDE = 16384
+
+
+class InputError(ValueError):
+    """An input file that cannot be decomposed, with the reason in words."""
+
+
+@dataclass
+class Decomposition:
+    source: Path
+    files: list[Path] = field(default_factory=list)
+    note: Optional[str] = None  # e.g. that a counter was added
+
+
+def load_photo(path: "str | os.PathLike[str]") -> torch.Tensor:
+    """``[H, W, 3]`` float in [0, 1] from any image file PIL reads, or an :class:`InputError`."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    p = Path(path)
+    if not p.exists():
+        raise InputError("no such file")
+    if p.is_dir():
+        raise InputError("is a folder, not an image (pass the image files, e.g. DIR/*.png)")
+    try:
+        with Image.open(p) as img:
+            if max(img.size) > MAX_SIDE:
+                raise InputError(f"is {img.size[0]} x {img.size[1]} pixels; the limit is {MAX_SIDE} per side")
+            img = ImageOps.exif_transpose(img)
+            if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+                img = img.convert("RGBA")
+                background = Image.new("RGBA", img.size, (255, 255, 255, 255))
+                img = Image.alpha_composite(background, img)
+            rgb = np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0
+    except InputError:
+        raise
+    except UnidentifiedImageError:
+        raise InputError("is not an image PIL can read (PNG, JPEG, WebP, TIFF, BMP ...)") from None
+    except (OSError, ValueError, Image.DecompressionBombError) as e:
+        raise InputError(f"cannot be read: {e}") from None
+    if rgb.shape[0] < 1 or rgb.shape[1] < 1:
+        raise InputError("has no pixels")
+    return torch.from_numpy(rgb.copy())
+
+
+def _resize(image: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """``[H, W, C]`` -> ``[height, width, C]``: area averaging down, bilinear up."""
+    x = image.permute(2, 0, 1)[None].float()
+    shrinking = height < image.shape[0] and width < image.shape[1]
+    mode = {"mode": "area"} if shrinking else {"mode": "bilinear", "align_corners": False}
+    return F.interpolate(x, size=(height, width), **mode)[0].permute(1, 2, 0).clamp(0.0, 1.0)
+
+
+def decompose_photo(model: ToyLumiX, photo: torch.Tensor, *, prompt: str = "", steps: int = SAMPLE_STEPS,
+                    seed: int = 0) -> dict[str, torch.Tensor]:
+    """The maps of one photo ``[H, W, 3]``, each ``[H, W, 3]`` in [0, 1] at the photo's size."""
+    h, w = photo.shape[:2]
+    small = _resize(photo, IMAGE_SIZE, IMAGE_SIZE)
+    with torch.inference_mode():
+        maps = model.generate([prompt], seed=seed, steps=steps, true_cfg=1.0, color=small[None])
+    out = {}
+    for name, m in maps.items():
+        full = _resize(m.image[0], h, w)
+        out[name] = renormalize_normals(full)[0] if name == "normal" else full
+    return out
+
+
+def output_paths(out: Path, stem: str, names: Sequence[str]) -> tuple[dict[str, Path], Optional[str]]:
+    """``{map: path}`` for one image: ``<stem>_<map>.png``, or the first counter that frees all five."""
+    def paths(tag: str) -> dict[str, Path]:
+        return {n: out / f"{tag}_{n}.png" for n in names}
+
+    chosen = paths(stem)
+    if not any(p.exists() for p in chosen.values()):
+        return chosen, None
+    counter = 1
+    while any(p.exists() for p in paths(f"{stem}_{counter}").values()):
+        counter += 1
+    return paths(f"{stem}_{counter}"), f"{stem}_<map>.png exists; wrote {stem}_{counter}_<map>.png instead"
+
+
+def _to_uint8(image: torch.Tensor) -> np.ndarray:
+    return (image.clamp(0, 1).numpy() * 255.0 + 0.5).astype(np.uint8)
+
+
+def run_decompose(inputs: Sequence[str], out: "str | os.PathLike[str]", *, prompt: str = "",
+                  steps: int = SAMPLE_STEPS, seed: int = 0, weights: "str | os.PathLike[str]" = WEIGHTS_DIR,
+                  model: Optional[ToyLumiX] = None) -> tuple[list[Decomposition], list[tuple[str, str]]]:
+    """Decompose every input; returns ``(done, failed)`` with ``failed`` = ``(input, reason)``."""
+    model = model or ToyLumiX.load(weights)
+    if prompt:
+        model.text.check_prompt(prompt)
+    out = Path(out)
+    done, failed = [], []
+    for raw in inputs:
+        try:
+            photo = load_photo(raw)
+        except InputError as e:
+            failed.append((raw, str(e)))
+            continue
+        maps = decompose_photo(model, photo, prompt=prompt, steps=steps, seed=seed)
+        out.mkdir(parents=True, exist_ok=True)
+        paths, note = output_paths(out, Path(raw).stem, list(maps))
+        text = {"lumix.source": Path(raw).name, "lumix.prompt": prompt, "lumix.seed": str(seed),
+                "lumix.steps": str(steps), "lumix.model": "toy (lumix_core.toy)"}
+        result = Decomposition(Path(raw), note=note)
+        for name, image in maps.items():
+            data = encode_png(_to_uint8(image), {**text, "lumix.map": name})
+            result.files.append(write_bytes_atomically(paths[name], data, overwrite=False))
+        done.append(result)
+    return done, failed
+
+
+def add_parser(sub) -> argparse.ArgumentParser:
+    """The ``decompose`` sub-command of ``lumix`` (:mod:`lumix_core.cli`)."""
+    p = sub.add_parser("decompose", help="albedo, irradiance, color, depth and normal maps of photos (toy model)",
+                       description="Decompose photos into albedo, irradiance, color, depth and normal maps with the "
+                                   "toy LumiX model shipped in the package (color pinned, no caption). Writes "
+                                   "OUT/<stem>_<map>.png at the input's size; never overwrites (a counter is added).")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (any format PIL reads)")
+    p.add_argument("--out", required=True, help="output folder (created if missing)")
+    p.add_argument("--prompt", default="", help="optional caption in the toy's vocabulary (default: none)")
+    p.add_argument("--steps", type=int, default=SAMPLE_STEPS, help="Euler steps (default %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="noise seed (default %(default)s)")
+    p.add_argument("--weights", default=None, help="toy model folder (default: the shipped weights)")
+    p.add_argument("--threads", type=int, default=1, help="CPU threads for torch (default %(default)s)")
+    return p
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run the parsed ``decompose`` command; exit status 0, 1 (some inputs failed) or 2 (usage)."""
+    from .text import PromptError
+
+    if args.steps < 1 or args.threads < 1:
+        print("lumix decompose: --steps and --threads must be >= 1", file=sys.stderr)
+        return 2
+    if not 0 <= args.seed < 2**63:
+        print(f"lumix decompose: --seed must be between 0 and 2**63-1, got {args.seed}", file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    if not str(args.out).strip():
+        print("lumix decompose: --out is empty; name an output folder", file=sys.stderr)
+        return 2
+    if out.exists() and not out.is_dir():
+        print(f"lumix decompose: --out {out} is a file, not a folder; choose a folder", file=sys.stderr)
+        return 2
+    torch.set_num_threads(args.threads)
+    start = time.perf_counter()
+    try:
+        done, failed = run_decompose(args.images, out, prompt=args.prompt, steps=args.steps, seed=args.seed,
+                                     weights=args.weights or WEIGHTS_DIR)
+    except (PromptError, FileNotFoundError, ValueError) as e:
+        print(f"lumix decompose: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        print(f"lumix decompose: cannot write into {out}: {e.strerror or e}; choose a folder you can write to",
+              file=sys.stderr)
+        return 2
+    for d in done:
+        print(f"{d.source} -> {', '.join(str(f) for f in d.files)}")
+        if d.note:
+            print(f"  note: {d.note}")
+    for raw, reason in failed:
+        print(f"lumix decompose: {raw}: {reason}", file=sys.stderr)
+    print(f"{len(done)} decomposed, {len(failed)} failed, {time.perf_counter() - start:.1f} s")
+    return 1 if failed else 0

@@ -1,0 +1,107 @@
+"""``lumix decompose`` with the shipped toy weights: files at the input's size, no overwrite,
+one clear line per bad input, and maps that follow the photo they were given."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from lumix_core.cli import main
+from lumix_core.toy.decompose import decompose_photo, load_photo
+from lumix_core.toy.evaluate import held_out_scenes, reads_photo, truth_of
+from lumix_core.metrics import evaluate_maps
+from lumix_core.toy.model import ToyLumiX
+
+MAPS = ("albedo", "irradiance", "color", "depth", "normal")
+
+
+@pytest.fixture(scope="module")
+def model() -> ToyLumiX:
+    return ToyLumiX.load()
+
+
+def _photo(path: Path, size=(96, 48), mode="RGB") -> Path:
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)
+    Image.fromarray(pixels).convert(mode).save(path)
+    return path
+
+
+def test_decompose_writes_five_maps_at_the_input_size_and_never_overwrites(tmp_path, capsys):
+    wide = _photo(tmp_path / "wide.png")
+    grey = _photo(tmp_path / "grey.jpg", size=(40, 72), mode="L")
+    rgba = _photo(tmp_path / "alpha.png", size=(64, 64), mode="RGBA")
+    out = tmp_path / "maps"
+    assert main(["decompose", str(wide), str(grey), str(rgba), "--out", str(out), "--steps", "2"]) == 0
+    for stem, size in (("wide", (96, 48)), ("grey", (40, 72)), ("alpha", (64, 64))):
+        for m in MAPS:
+            with Image.open(out / f"{stem}_{m}.png") as img:
+                assert img.size == size and img.mode == "RGB", (stem, m)
+                assert img.text["lumix.map"] == m and img.text["lumix.source"].startswith(stem)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    capsys.readouterr()
+    assert main(["decompose", str(wide), "--out", str(out), "--steps", "2"]) == 0
+    text = capsys.readouterr().out
+    assert "wide_<map>.png exists; wrote wide_1_<map>.png instead" in text
+    assert all((out / f"wide_1_{m}.png").is_file() for m in MAPS)
+    assert all((out / name).read_bytes() == data for name, data in before.items())  # nothing replaced
+
+
+def test_bad_inputs_get_one_line_each_and_the_rest_is_still_done(tmp_path, capsys):
+    good = _photo(tmp_path / "good.png", size=(32, 32))
+    (tmp_path / "notes.png").write_text("not an image")
+    truncated = tmp_path / "cut.png"
+    truncated.write_bytes(good.read_bytes()[:60])
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    out = tmp_path / "out"
+    rc = main(["decompose", str(tmp_path / "missing.png"), str(folder), str(tmp_path / "notes.png"), str(truncated),
+               str(good), "--out", str(out), "--steps", "1"])
+    captured = capsys.readouterr()
+    assert rc == 1
+    err = captured.err.splitlines()
+    assert len(err) == 4, err
+    assert "missing.png: no such file" in err[0]
+    assert "folder: is a folder, not an image" in err[1]
+    assert "notes.png: is not an image PIL can read" in err[2]
+    assert "cut.png: " in err[3]
+    assert "Traceback" not in captured.err
+    assert sorted(p.name for p in out.iterdir()) == sorted(f"good_{m}.png" for m in MAPS)
+    assert "1 decomposed, 4 failed" in captured.out
+
+
+def test_usage_errors_write_nothing(tmp_path, capsys):
+    photo = _photo(tmp_path / "p.png", size=(16, 16))
+    a_file = tmp_path / "file.txt"
+    a_file.write_text("x")
+    assert main(["decompose", str(photo), "--out", str(a_file)]) == 2
+    assert "is a file, not a folder" in capsys.readouterr().err
+    assert main(["decompose", str(photo), "--out", str(tmp_path / "o"), "--steps", "0"]) == 2
+    assert main(["decompose", str(photo), "--out", str(tmp_path / "o"), "--prompt", "a flying teapot"]) == 2
+    assert "unknown" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_load_photo_applies_exif_rotation(tmp_path):
+    img = Image.new("RGB", (30, 10), (200, 10, 10))
+    exif = img.getexif()
+    exif[0x0112] = 6  # rotate 90 degrees on display
+    img.save(tmp_path / "rot.jpg", exif=exif)
+    assert tuple(load_photo(tmp_path / "rot.jpg").shape) == (30, 10, 3)
+
+
+def test_decomposed_maps_follow_the_photo_they_were_given(model):
+    """The shipped model must read its photo: on held-out renders (never trained on) each
+    decomposed depth and normal map is closer to its own scene's truth than to the other's."""
+    scenes = held_out_scenes(2)
+    rows, preds = [], []
+    for r in scenes:
+        color = torch.from_numpy(r.encode(["color"])["color"])
+        pred = decompose_photo(model, color, steps=8)
+        rows.append(evaluate_maps(pred, truth_of(r)))
+        preds.append(pred)
+    reads_photo(rows, preds, scenes)
+    assert all(row["reads_photo_depth"] == 1.0 and row["reads_photo_normal"] == 1.0 for row in rows), rows
