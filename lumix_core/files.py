@@ -13,6 +13,22 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
+#: Temp files and folders are named ``.<final name>.<random>.tmp`` beside their target, so
+#: what a killed process left behind is recognisable as ours (and safe to delete).
+TEMP_SUFFIX = ".tmp"
+
+
+def temp_prefix(name: str) -> str:
+    """The start of every temp name for a file or folder that will be called ``name``."""
+    return f".{name}."
+
+
+def is_temp_name(name: str, target: "str | None" = None) -> bool:
+    """Whether ``name`` is one of our temp names (for ``target`` only, if given)."""
+    if target is not None:
+        return name.startswith(temp_prefix(target)) and name.endswith(TEMP_SUFFIX)
+    return name.startswith(".") and name.endswith(TEMP_SUFFIX) and len(name) > len(TEMP_SUFFIX) + 1
+
 
 def write_atomically(path: "str | os.PathLike[str]", write: Callable[[str], None], *,
                      overwrite: bool = False) -> Path:
@@ -21,7 +37,7 @@ def write_atomically(path: "str | os.PathLike[str]", write: Callable[[str], None
     path.parent.mkdir(parents=True, exist_ok=True)
     if not overwrite and path.exists():
         raise FileExistsError(f"refusing to overwrite existing file {path}")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path.name), suffix=TEMP_SUFFIX, dir=path.parent)
     os.close(fd)
     try:
         write(tmp)

@@ -25,15 +25,18 @@ def latent_out(x: Tensor) -> Tensor:
     return x / LATENT_SCALE + LATENT_SHIFT
 
 
+def nearest_size(pixels: int) -> int:
+    """The valid side (a positive multiple of 16) closest to ``pixels``, to suggest as a fix."""
+    return max(SIZE_MULTIPLE, round(pixels / SIZE_MULTIPLE) * SIZE_MULTIPLE)
+
+
 def check_size(width: int, height: int) -> None:
     """Raise a clear error unless both sides are positive multiples of 16 pixels."""
     bad = [f"{name} {v}" for name, v in (("width", width), ("height", height)) if v <= 0 or v % SIZE_MULTIPLE]
     if bad:
-        def fix(v: int) -> int:
-            return max(SIZE_MULTIPLE, round(v / SIZE_MULTIPLE) * SIZE_MULTIPLE)
         raise ValueError(
             f"{' and '.join(bad)} not a multiple of {SIZE_MULTIPLE} pixels: FLUX works on 2x2 patches of "
-            f"8x-downsampled latents. Use e.g. {fix(width)}x{fix(height)}.")
+            f"8x-downsampled latents. Use e.g. {nearest_size(width)}x{nearest_size(height)}.")
 
 
 def pack(x: Tensor, patch: int = PATCH) -> Tensor:

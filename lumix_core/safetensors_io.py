@@ -26,7 +26,56 @@ _DTYPE_SIZES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I1
 
 
 class CheckpointError(ValueError):
-    """A weights file that cannot be used, with a message that says what to do."""
+    """A weights file that cannot be used, with a message that says what to do.
+
+    ``problem`` (what is wrong) and ``remedy`` (what to do) are kept apart because the right
+    remedy depends on where the file came from: a damaged download is fetched again, a
+    damaged file shipped inside this package is fixed by reinstalling it
+    (:func:`lumix_core.toy.model.ToyLumiX.load` swaps the remedy).
+    """
+
+    def __init__(self, problem: str, remedy: Optional[str] = None) -> None:
+        self.problem, self.remedy = problem, remedy
+        super().__init__(f"{problem}; {remedy}" if remedy else problem)
+
+
+#: Remedy for a file that is truncated or corrupt.
+DOWNLOAD_AGAIN = "download it again"
+
+
+@dataclass(frozen=True)
+class ForeignFormat:
+    """A common file format that is not safetensors, recognised by its first bytes."""
+
+    what: str  # "a PNG image"
+    pickled: bool  # loading it would unpickle (may run code), so it gets the conversion advice
+
+
+#: Leading bytes of the formats people hand us by mistake. A zip is what ``torch.save``
+#: writes (``.pt``/``.ckpt``); GGUF is how quantised FLUX files are often shared.
+_MAGIC: tuple[tuple[bytes, ForeignFormat], ...] = (
+    (b"\x89PNG\r\n\x1a\n", ForeignFormat("a PNG image", False)),
+    (b"\xff\xd8\xff", ForeignFormat("a JPEG image", False)),
+    (b"GGUF", ForeignFormat("a GGUF file (quantised weights for ComfyUI-GGUF)", False)),
+    (b"PK\x03\x04", ForeignFormat("a zip archive, the format torch.save writes (.pt / .ckpt)", True)),
+)
+#: Bytes :func:`foreign_format` needs to recognise every format it knows.
+MAGIC_LENGTH = 8
+
+
+def foreign_format(head: bytes) -> Optional[ForeignFormat]:
+    """What a file starting with ``head`` is, if it is a common non-safetensors format
+    (PNG, JPEG, GGUF, zip / torch.save, pickle); ``None`` for anything else.
+
+    One function for every loader (FLUX, adapters, encoders), so that a file given to the
+    wrong flag is named by what it is instead of by a meaningless header length.
+    """
+    for magic, fmt in _MAGIC:
+        if head.startswith(magic):
+            return fmt
+    if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):  # PROTO opcode, protocol 2-5
+        return ForeignFormat("Python pickle data", True)
+    return None
 
 
 @dataclass(frozen=True)
@@ -54,22 +103,25 @@ class SafetensorsHeader:
 
 def _refuse_pickle(path: Path, why: str) -> CheckpointError:
     return CheckpointError(
-        f"{path.name}: {why}. Pickled weights can execute arbitrary code when loaded, so LumiX "
-        "only reads .safetensors files. Convert it once in a trusted environment, e.g. "
-        "`safetensors.torch.save_file(torch.load(f, weights_only=True), 'out.safetensors')`."
-    )
+        f"{path.name}: {why}",
+        "pickled weights can execute arbitrary code when loaded, so LumiX only reads .safetensors files. "
+        "Convert it once in a trusted environment, e.g. "
+        "`safetensors.torch.save_file(torch.load(f, weights_only=True), 'out.safetensors')`")
 
 
-def _looks_pickled(head: bytes) -> bool:
-    """Pickle protocol 2-5 opcodes, or the zip container of ``torch.save``."""
-    return (head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05")) or head[:4] == b"PK\x03\x04"
+def _refuse_foreign(path: Path, fmt: ForeignFormat) -> CheckpointError:
+    if fmt.pickled:
+        return _refuse_pickle(path, f"this file is a pickle ({fmt.what}) despite its name")
+    return CheckpointError(f"{path.name}: this file is {fmt.what}, not a safetensors weights file",
+                           "check the path: pass the .safetensors weights file here")
 
 
 def read_header(path: "str | os.PathLike[str]") -> SafetensorsHeader:
     """Parse and check a safetensors header without reading tensor data.
 
-    Raises :class:`CheckpointError` for a pickle/zip file, an unreadable or truncated file,
-    or a malformed header.
+    Raises :class:`CheckpointError` for a pickle/zip file or another known non-safetensors
+    format (named by :func:`foreign_format`), an unreadable or truncated file, or a
+    malformed header.
     """
     path = Path(path)
     if path.suffix.lower() in PICKLE_SUFFIXES:
@@ -77,17 +129,23 @@ def read_header(path: "str | os.PathLike[str]") -> SafetensorsHeader:
     try:
         size = path.stat().st_size
         with open(path, "rb") as f:
-            head = f.read(9)
+            head = f.read(max(9, MAGIC_LENGTH))
             n = struct.unpack("<Q", head[:8])[0] if len(head) >= 8 else -1
-            looks_safetensors = 0 <= n <= _MAX_HEADER and 8 + n <= size and head[8:9] == b"{"
-            if not looks_safetensors and _looks_pickled(head):
-                raise _refuse_pickle(path, "this file is a pickle (PyTorch torch.save format) despite its name")
+            starts_like_header = 0 <= n <= _MAX_HEADER and head[8:9] == b"{"
+            if not starts_like_header:
+                fmt = foreign_format(head)
+                if fmt is not None:
+                    raise _refuse_foreign(path, fmt)
             if len(head) < 9:
-                raise CheckpointError(f"{path.name}: file is empty or truncated ({size} bytes); download it again")
-            if not looks_safetensors:
+                raise CheckpointError(f"{path.name}: file is empty or truncated ({size} bytes)", DOWNLOAD_AGAIN)
+            if not starts_like_header:
                 raise CheckpointError(
-                    f"{path.name}: not a valid safetensors file (header length {n} for a {size}-byte file); "
-                    "the file is truncated or corrupt — download it again")
+                    f"{path.name}: not a safetensors file (it starts with bytes {head[:8].hex(' ')}, which begin "
+                    "no safetensors header); if it should be one, it is truncated or corrupt",
+                    "check the path, or download it again")
+            if 8 + n > size:
+                raise CheckpointError(f"{path.name}: the file is truncated or corrupt: its header needs {8 + n} "
+                                      f"bytes, the file has {size}", DOWNLOAD_AGAIN)
             f.seek(8)
             raw = f.read(n)
     except OSError as e:
@@ -97,7 +155,7 @@ def read_header(path: "str | os.PathLike[str]") -> SafetensorsHeader:
         if not isinstance(header, dict):
             raise ValueError("header is not a JSON object")
     except (UnicodeDecodeError, ValueError) as e:
-        raise CheckpointError(f"{path.name}: corrupt safetensors header ({e}); download the file again") from e
+        raise CheckpointError(f"{path.name}: corrupt safetensors header ({e})", DOWNLOAD_AGAIN) from e
     metadata = header.pop("__metadata__", None) or {}
     tensors: dict[str, TensorInfo] = {}
     data_end = 0
@@ -115,8 +173,8 @@ def read_header(path: "str | os.PathLike[str]") -> SafetensorsHeader:
         data_end = max(data_end, end)
     if 8 + n + data_end > size:
         raise CheckpointError(
-            f"{path.name}: file is truncated: its header describes {8 + n + data_end} bytes, the file has "
-            f"{size}. Download it again.")
+            f"{path.name}: file is truncated: its header describes {8 + n + data_end} bytes, the file has {size}",
+            DOWNLOAD_AGAIN)
     return SafetensorsHeader(path, tensors, {str(k): str(v) for k, v in metadata.items()})
 
 

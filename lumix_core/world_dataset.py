@@ -24,7 +24,9 @@ from typing import Sequence
 
 import numpy as np
 
+from .cli_args import OneLineParser, output_folder, write_error
 from .files import write_bytes_atomically
+from .latents import SIZE_MULTIPLE, check_size, nearest_size
 from .maps import RELEASE
 from .png import encode_png
 from .world import RenderResult, render, sample_scene
@@ -90,14 +92,17 @@ def write_world_dataset(root: str | os.PathLike, count: int, seed: int = 0, size
 
     A non-empty ``root`` is refused unless ``overwrite`` is set; then files of the same
     names are replaced, other files are left alone (the manifest lists this run's ids).
+    ``size`` must be a multiple of 16, as for everything FLUX and ``lumix-train prepare`` read.
     """
     if count < 0:
         raise ValueError(f"count must be >= 0, got {count}")
+    check_size(size, size)
     root = Path(root)
     if root.exists() and not root.is_dir():
         raise NotADirectoryError(f"{root} exists and is not a folder")
     if root.is_dir() and any(root.iterdir()) and not overwrite:
-        raise FileExistsError(f"{root} is not empty; pass overwrite=True (CLI: --overwrite) to write into it")
+        raise FileExistsError(f"{root} is not empty; choose a new or empty folder, or write into it anyway with "
+                              "--overwrite (scenes of the same ids are replaced, other files are kept)")
     folders = [RELEASE.folder_name(m) for m in RELEASE.names]
     for sub in folders + [CAPTION_FOLDER, GROUND_TRUTH_FOLDER]:
         (root / sub).mkdir(parents=True, exist_ok=True)
@@ -126,12 +131,27 @@ def contact_sheet(results: Sequence[RenderResult]) -> np.ndarray:
     return _to_uint8(np.concatenate(rows, axis=0))
 
 
+def image_side(text: str) -> int:
+    """``--size``: checked here, not first by ``lumix-train prepare`` after the set is written."""
+    try:
+        side = int(text)
+    except ValueError:
+        side = 0
+    try:
+        check_size(side, side)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"the image side must be a positive multiple of {SIZE_MULTIPLE} pixels, as FLUX and lumix-train prepare "
+            f"need; got '{text}', use e.g. --size {nearest_size(side)}") from None
+    return side
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m lumix_core.world_dataset", description=__doc__.splitlines()[0])
-    ap.add_argument("--out", required=True, help="dataset root (must be empty unless --overwrite)")
+    ap = OneLineParser(prog="python -m lumix_core.world_dataset", description=__doc__.splitlines()[0])
+    ap.add_argument("--out", required=True, type=output_folder, help="dataset root (must be empty unless --overwrite)")
     ap.add_argument("--count", type=int, required=True, help="number of scenes")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--size", type=int, default=64, help="image side in pixels")
+    ap.add_argument("--size", type=image_side, default=64, help=f"image side in pixels, a multiple of {SIZE_MULTIPLE}")
     ap.add_argument("--overwrite", action="store_true", help="write into a non-empty folder")
     ap.add_argument("--sheet", help="also save a contact sheet of the first 8 scenes to this PNG")
     args = ap.parse_args(argv)
@@ -140,12 +160,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         ap.error(f"{sheet_path} exists; pass --overwrite to replace it")
     try:
         ids = write_world_dataset(args.out, args.count, args.seed, args.size, args.overwrite)
+        if sheet_path is not None and args.count > 0:
+            sheet = contact_sheet([render(sample_scene(scene_seed(args.seed, i)), args.size)
+                                   for i in range(min(8, args.count))])
+            write_bytes_atomically(sheet_path, encode_png(sheet))
     except (FileExistsError, NotADirectoryError, ValueError) as err:
         ap.error(str(err))
-    if sheet_path is not None and args.count > 0:
-        sheet = contact_sheet([render(sample_scene(scene_seed(args.seed, i)), args.size)
-                               for i in range(min(8, args.count))])
-        write_bytes_atomically(sheet_path, encode_png(sheet))
+    except OSError as err:
+        ap.error(write_error(args.out, err))
     print(f"wrote {len(ids)} scenes to {args.out}")
     return 0
 

@@ -77,9 +77,12 @@ def test_usage_errors_write_nothing(tmp_path, capsys):
     photo = _photo(tmp_path / "p.png", size=(16, 16))
     a_file = tmp_path / "file.txt"
     a_file.write_text("x")
-    assert main(["decompose", str(photo), "--out", str(a_file)]) == 2
-    assert "is a file, not a folder" in capsys.readouterr().err
-    assert main(["decompose", str(photo), "--out", str(tmp_path / "o"), "--steps", "0"]) == 2
+    with pytest.raises(SystemExit) as e:  # argparse-level checks exit 2 with one line
+        main(["decompose", str(photo), "--out", str(a_file)])
+    assert e.value.code == 2 and "is a file, not a folder" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        main(["decompose", str(photo), "--out", str(tmp_path / "o"), "--steps", "0"])
+    assert e.value.code == 2
     assert main(["decompose", str(photo), "--out", str(tmp_path / "o"), "--prompt", "a flying teapot"]) == 2
     assert "unknown" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()

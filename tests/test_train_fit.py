@@ -13,6 +13,7 @@ from lumix_core.checkpoint import ModelShape, inspect_adapter, load_adapter
 from lumix_core.denoiser import FluxDenoiser, TextConditioning
 from lumix_core.flux_io import load_flux
 from lumix_core.train.cache import LatentCache
+from lumix_core.train.cli import main as train_main
 from lumix_core.train.config import ConfigError
 from lumix_core.train.curves import CURVES_CSV, CURVES_PNG, EVALUATIONS, read_jsonl
 from lumix_core.train.fit import METRICS, RUN_CONFIG, run_fit
@@ -243,3 +244,70 @@ def test_holdout_must_leave_scenes_to_train_on(files, tmp_path):
     root, cache, flux = files
     with pytest.raises(ConfigError, match="holdout"):
         run_fit(fit_config(tmp_path, cache, flux, name="none", steps=1, holdout=len(LatentCache(cache))))
+
+
+def _killed_while_starting(out):
+    """What a run killed before train_config.json existed leaves: the temp copy of that file."""
+    out.mkdir()
+    partial = out / f".{RUN_CONFIG}.k3x9q2.tmp"
+    partial.write_text('{"format": "lumix-tr')
+    return partial
+
+
+def test_run_killed_before_its_config_restarts_and_resume_says_how(files, tmp_path, capsys):
+    root, cache, flux = files
+    out = tmp_path / "run"
+    partial = _killed_while_starting(out)
+    args = ["fit", "--cache", str(cache), "--flux", str(flux), "--output", str(out), "--steps", "1",
+            "--no-gradient-checkpointing", "--validate-every", "0", "--device", "cpu"]
+    assert train_main(args + ["--resume"]) == 2
+    err = capsys.readouterr().err
+    assert f"--resume: {out} holds no run (no {RUN_CONFIG})" in err and "a fresh start cleans it up" in err
+    assert "start one without --resume" in err and partial.exists()
+    assert train_main(args) == 0  # a fresh start takes the folder over
+    assert not partial.exists() and json.loads((out / RUN_CONFIG).read_text())["config"]["steps"] == 1
+    # --overwrite accepts such a folder too.
+    partial = _killed_while_starting(tmp_path / "run2")
+    assert train_main(args[:6] + [str(tmp_path / "run2")] + args[7:] + ["--overwrite"]) == 0
+    assert not partial.exists() and (tmp_path / "run2" / "adapter.safetensors").is_file()
+
+
+def test_a_foreign_temp_file_does_not_make_a_folder_ours(files, tmp_path):
+    root, cache, flux = files
+    out = tmp_path / "run"
+    _killed_while_starting(out)
+    (out / ".notes.tmp").write_text("someone else's")
+    for overwrite in (False, True):
+        with pytest.raises(FileExistsError):
+            run_fit(fit_config(tmp_path, cache, flux, steps=1, overwrite=overwrite))
+    assert (out / ".notes.tmp").read_text() == "someone else's"
+
+
+def test_resume_deletes_stale_temp_files_of_the_run(files, tmp_path):
+    root, cache, flux = files
+    run_fit(fit_config(tmp_path, cache, flux, steps=1, checkpoint_every=1))
+    out = tmp_path / "run"
+    stale = [out / ".metrics.jsonl.a1b2c3.tmp", out / "checkpoints" / ".latest.txt.d4e5f6.tmp",
+             out / "checkpoints" / ".step-00000002.tmp" / "rng-rank0.safetensors"]
+    for path in stale:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"half")
+    (out / "notes.tmp").write_text("not ours: no leading dot")
+    run_fit(fit_config(tmp_path, cache, flux, steps=2, checkpoint_every=1, resume=True))
+    assert not any(p.exists() for p in stale) and not (out / "checkpoints" / ".step-00000002.tmp").exists()
+    assert (out / "notes.tmp").read_text() == "not ours: no leading dot"
+    assert latest_checkpoint(out).name == "step-00000002"
+
+
+def test_a_png_as_flux_is_named_and_no_run_folder_is_left(files, tmp_path, capsys):
+    root, cache, _ = files
+    from PIL import Image
+
+    png = tmp_path / "flux1-dev.safetensors"
+    Image.new("RGB", (8, 8)).save(png, format="PNG")
+    out = tmp_path / "run"
+    assert train_main(["fit", "--cache", str(cache), "--flux", str(png), "--output", str(out), "--steps", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "flux1-dev.safetensors: this file is a PNG image, not a safetensors weights file" in err
+    assert "check the path" in err and err.count("\n") == 1
+    assert not out.exists()  # a corrected rerun is not refused for a half-started run

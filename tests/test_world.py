@@ -363,3 +363,30 @@ def test_cli_writes_a_dataset(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         main(["--out", str(out), "--count", "1"])
     assert exc.value.code == 2 and "not empty" in capsys.readouterr().err
+
+
+def test_cli_refuses_sizes_that_prepare_would_refuse(tmp_path, capsys):
+    out = tmp_path / "never"
+    for size, fix in (("40", "--size 32"), ("8", "--size 16"), ("0", "--size 16")):
+        with pytest.raises(SystemExit) as exc:
+            main(["--out", str(out), "--count", "1", "--size", size])
+        err = capsys.readouterr().err
+        assert exc.value.code == 2 and err.count("\n") == 1, err
+        assert "argument --size: the image side must be a positive multiple of 16 pixels" in err
+        assert "lumix-train prepare" in err and fix in err
+    with pytest.raises(ValueError, match="not a multiple of 16"):
+        write_world_dataset(out, count=1, size=40)
+    assert not out.exists()
+
+
+def test_cli_not_empty_message_names_the_flag_not_the_python_argument(tmp_path, capsys):
+    out = tmp_path / "set"
+    out.mkdir()
+    (out / "mine.txt").write_text("keep")
+    with pytest.raises(SystemExit) as exc:
+        main(["--out", str(out), "--count", "1", "--size", "16"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and err.count("\n") == 1
+    assert "is not empty; choose a new or empty folder, or write into it anyway with --overwrite" in err
+    assert "overwrite=True" not in err
+    assert sorted(p.name for p in out.iterdir()) == ["mine.txt"]

@@ -156,33 +156,24 @@ def add_parser(sub) -> argparse.ArgumentParser:
                        description="Decompose photos into albedo, irradiance, color, depth and normal maps with the "
                                    "toy LumiX model shipped in the package (color pinned, no caption). Writes "
                                    "OUT/<stem>_<map>.png at the input's size; never overwrites (a counter is added).")
+    from ..cli_args import output_folder, positive_int, seed_value, thread_count
+
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (any format PIL reads)")
-    p.add_argument("--out", required=True, help="output folder (created if missing)")
+    p.add_argument("--out", type=output_folder, required=True, help="output folder (made if missing)")
     p.add_argument("--prompt", default="", help="optional caption in the toy's vocabulary (default: none)")
-    p.add_argument("--steps", type=int, default=SAMPLE_STEPS, help="Euler steps (default %(default)s)")
-    p.add_argument("--seed", type=int, default=0, help="noise seed (default %(default)s)")
+    p.add_argument("--steps", type=positive_int, default=SAMPLE_STEPS, help="Euler steps (default %(default)s)")
+    p.add_argument("--seed", type=seed_value, default=0, help="noise seed, 0 to 2**64-1 (default %(default)s)")
     p.add_argument("--weights", default=None, help="toy model folder (default: the shipped weights)")
-    p.add_argument("--threads", type=int, default=1, help="CPU threads for torch (default %(default)s)")
+    p.add_argument("--threads", type=thread_count, default=1, help="CPU threads for torch (default %(default)s)")
     return p
 
 
 def main(args: argparse.Namespace) -> int:
     """Run the parsed ``decompose`` command; exit status 0, 1 (some inputs failed) or 2 (usage)."""
+    from ..cli_args import write_error
     from .text import PromptError
 
-    if args.steps < 1 or args.threads < 1:
-        print("lumix decompose: --steps and --threads must be >= 1", file=sys.stderr)
-        return 2
-    if not 0 <= args.seed < 2**63:
-        print(f"lumix decompose: --seed must be between 0 and 2**63-1, got {args.seed}", file=sys.stderr)
-        return 2
-    out = Path(args.out)
-    if not str(args.out).strip():
-        print("lumix decompose: --out is empty; name an output folder", file=sys.stderr)
-        return 2
-    if out.exists() and not out.is_dir():
-        print(f"lumix decompose: --out {out} is a file, not a folder; choose a folder", file=sys.stderr)
-        return 2
+    out = args.out  # checked by the parser: a folder we can make and write into
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
     try:
@@ -191,9 +182,8 @@ def main(args: argparse.Namespace) -> int:
     except (PromptError, FileNotFoundError, ValueError) as e:
         print(f"lumix decompose: {e}", file=sys.stderr)
         return 2
-    except OSError as e:
-        print(f"lumix decompose: cannot write into {out}: {e.strerror or e}; choose a folder you can write to",
-              file=sys.stderr)
+    except OSError as e:  # the checked --out failed while writing (disk full, remounted read-only)
+        print(f"lumix decompose: {write_error(out, e)}", file=sys.stderr)
         return 2
     for d in done:
         print(f"{d.source} -> {', '.join(str(f) for f in d.files)}")

@@ -67,7 +67,11 @@ def run_demo(prompt: str, out: "str | os.PathLike[str]", *, seed: int = 0, steps
     sheet_path = out / f"{stem}_sheet.png"
     data = encode_png(contact_sheet(maps), {"lumix.prompt": prompt, "lumix.seed": str(seed),
                                             "lumix.maps": ",".join(maps)})
-
-    write_bytes_atomically(sheet_path, data, overwrite=False)
+    try:
+        write_bytes_atomically(sheet_path, data, overwrite=False)
+    except OSError:
+        for s in saved:  # this run's own new files: a failed run leaves none of them behind
+            Path(s.path).unlink(missing_ok=True)
+        raise
     return DemoResult([Path(s.path) for s in saved], sheet_path, time.perf_counter() - start,
                       float(maps["normal"].deviation.mean()))

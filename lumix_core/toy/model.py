@@ -14,7 +14,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence, TypeVar
 
 import torch
 from torch import Tensor
@@ -26,6 +26,7 @@ from ..denoiser import TextConditioning
 from ..flux import Flux
 from ..flux_io import load_flux
 from ..maps import MapSet
+from ..safetensors_io import CheckpointError
 from ..train.fit import META_SHARE_QUERY
 from . import vae
 from .backbone import IMAGE_SIZE, SAMPLE_STEPS, TRUE_CFG, sample_maps
@@ -36,6 +37,24 @@ BACKBONE_FILE = "backbone.safetensors"
 TEXT_FILE = "text_encoder.safetensors"
 ADAPTER_FILE = "adapter.safetensors"
 CARD_FILE = "model_card.json"
+#: What to do when a file of :data:`WEIGHTS_DIR` is missing or unreadable: it came with the
+#: package (not from a download), so a fresh copy of the package is the fix.
+REINSTALL = ("this file ships with the package, so reinstall it: pip install --force-reinstall --no-deps "
+             "lumix-intrinsics (from a git clone: git checkout -- lumix_core/toy/weights)")
+
+
+T = TypeVar("T")
+
+
+def _read(path: Path, load: Callable[[Path], T]) -> T:
+    """``load(path)``; if a file of the shipped weights cannot be read, say to reinstall
+    instead of the loaders' "download it again" (nobody downloaded it)."""
+    try:
+        return load(path)
+    except CheckpointError as e:
+        if path.resolve().parent != WEIGHTS_DIR:
+            raise
+        raise CheckpointError(f"{e.problem} (in {WEIGHTS_DIR})", REINSTALL) from None
 
 
 @dataclass
@@ -63,15 +82,17 @@ class ToyLumiX:
         missing = [f for f in (BACKBONE_FILE, TEXT_FILE) + ((ADAPTER_FILE,) if with_adapter and adapter is None else ())
                    if not (folder / f).is_file()]
         if missing:
+            remedy = REINSTALL if folder.resolve() == WEIGHTS_DIR else "make one with python -m lumix_core.toy.reproduce"
             raise FileNotFoundError(f"{folder}: missing {', '.join(missing)}; a toy model folder holds {BACKBONE_FILE}, "
-                                    f"{TEXT_FILE} and {ADAPTER_FILE} (make one with python -m lumix_core.toy.reproduce)")
-        backbone = load_flux(folder / BACKBONE_FILE, dtype=torch.float32)
-        text = ToyTextEncoder.load(folder / TEXT_FILE)
+                                    f"{TEXT_FILE} and {ADAPTER_FILE} ({remedy})")
+        backbone = _read(folder / BACKBONE_FILE, lambda p: load_flux(p, dtype=torch.float32))
+        text = _read(folder / TEXT_FILE, ToyTextEncoder.load)
         lora = None
         if with_adapter:
             c = backbone.config
-            path = adapter or folder / ADAPTER_FILE
-            lora = load_adapter(path, ModelShape(c.hidden_size, c.depth, c.depth_single_blocks), dtype=torch.float32)
+            path = Path(adapter) if adapter is not None else folder / ADAPTER_FILE
+            shape = ModelShape(c.hidden_size, c.depth, c.depth_single_blocks)
+            lora = _read(path, lambda p: load_adapter(p, shape, dtype=torch.float32))
             if share_query is None:
                 share_query = inspect_adapter(path).metadata.get(META_SHARE_QUERY, "true") == "true"
         return cls(backbone, text, lora, True if share_query is None else share_query)

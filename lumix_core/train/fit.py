@@ -37,7 +37,7 @@ from .config import ConfigError, FitConfig, config_to_dict, resume_config
 from .curves import EVALUATIONS, METRICS, write_curves
 from .distributed import DistContext, barrier, init_distributed, mean_across, shutdown
 from ..files import write_text_atomically
-from .folders import check_new_folder, remove_previous
+from .folders import check_new_folder, is_unused_dir, remove_previous, remove_temp_files
 from .lr_schedule import make_scheduler
 from .objective import (STREAM_INIT, DrawSettings, SceneDraw, draw_scene, make_noisy_batch, sample_generator,
                         scene_losses)
@@ -130,29 +130,45 @@ def check_cache_fits(cache: LatentCache, model: Flux, config: FitConfig) -> None
                 "batches, or prepare with one --size")
 
 
-def _setup_output(config: FitConfig, ctx: DistContext, explicit: Optional[set[str]]) -> FitConfig:
-    """Claim (or re-open) the run folder on rank 0; every rank returns the effective config."""
+def _resolve_config(config: FitConfig, ctx: DistContext, explicit: Optional[set[str]]) -> FitConfig:
+    """The effective config (a resumed run's saved settings + the flags that may change);
+    refuses an output folder it may not use. Writes nothing: the folder is claimed only
+    once every input has loaded (:func:`_claim_output`), so a bad ``--flux`` or cache leaves
+    no half-started run behind that a corrected rerun would then refuse."""
     out = Path(config.output)
     if config.resume:
         saved_path = out / RUN_CONFIG
         if not saved_path.is_file():
-            raise ConfigError(f"--resume: {out} holds no run (no {RUN_CONFIG}); start one without --resume")
+            why = (" (only the temp copy of a run killed while starting is there; a fresh start cleans it up)"
+                   if out.exists() and is_unused_dir(out, RUN_CONFIG) and any(out.iterdir()) else "")
+            raise ConfigError(f"--resume: {out} holds no run (no {RUN_CONFIG}){why}; start one without --resume")
         saved = json.loads(saved_path.read_text(encoding="utf-8"))
         if saved.get("format") != RUN_FORMAT:
             raise ConfigError(f"{saved_path} is not a lumix-train run config")
-        config = resume_config(saved["config"], config, explicit)
-        if ctx.is_main:
-            _write_run_config(out, config)
-        barrier(ctx)
-        return config
+        return resume_config(saved["config"], config, explicit)
     if ctx.is_main:
         check_new_folder(out, overwrite=config.overwrite, marker=RUN_CONFIG, what="lumix-train run")
-        if config.overwrite:
-            remove_previous(out, marker=RUN_CONFIG, what="lumix-train run")
-        out.mkdir(parents=True, exist_ok=True)
+    return config
+
+
+def _claim_output(config: FitConfig, ctx: DistContext) -> None:
+    """Rank 0 (re)writes ``train_config.json``, after deleting a previous run (``--overwrite``)
+    or the temp files an interrupted run left (a fresh start into an unused folder, ``--resume``)."""
+    if ctx.is_main:
+        out = Path(config.output)
+        if config.resume:
+            removed = remove_temp_files(out)
+        else:
+            check_new_folder(out, overwrite=config.overwrite, marker=RUN_CONFIG, what="lumix-train run")
+            if config.overwrite:
+                remove_previous(out, marker=RUN_CONFIG, what="lumix-train run")
+            out.mkdir(parents=True, exist_ok=True)
+            removed = remove_temp_files(out, marker=RUN_CONFIG)
+        if removed:
+            log.info("removed %d temp file(s) left by an interrupted run: %s", len(removed),
+                     ", ".join(str(p.relative_to(out)) for p in removed))
         _write_run_config(out, config)
     barrier(ctx)
-    return config
 
 
 def _write_run_config(out: Path, config: FitConfig) -> None:
@@ -227,7 +243,7 @@ class _Trainer:
     def __init__(self, config: FitConfig, ctx: DistContext, explicit: Optional[set[str]], decoder,
                  progress: bool, on_step, evaluator: Optional[Evaluator] = None) -> None:
         self.ctx = ctx
-        self.config = config = _setup_output(config, ctx, explicit)
+        self.config = config = _resolve_config(config, ctx, explicit)
         self.out = Path(config.output)
         self.decoder, self.progress, self.on_step, self.evaluator = decoder, progress, on_step, evaluator
         self.cache = LatentCache(config.cache)
@@ -238,6 +254,7 @@ class _Trainer:
         self.model = load_flux(config.flux, device=ctx.device, dtype=self.weight_dtype)
         check_cache_fits(self.cache, self.model, config)
         self.adapter = build_adapter(config, self.model, self.cache, ctx.device)
+        _claim_output(config, ctx)
         if config.independent_maps:
             keep_maps_independent(self.adapter)
         self.model.attach(self.adapter, share_query=config.share_query)
