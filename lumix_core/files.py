@@ -21,7 +21,7 @@ def write_atomically(path: "str | os.PathLike[str]", write: Callable[[str], None
     path.parent.mkdir(parents=True, exist_ok=True)
     if not overwrite and path.exists():
         raise FileExistsError(f"refusing to overwrite existing file {path}")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{_short(path.name)}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         write(tmp)
@@ -41,6 +41,11 @@ def write_atomically(path: "str | os.PathLike[str]", write: Callable[[str], None
         if os.path.exists(tmp):
             os.unlink(tmp)
     return path
+
+
+def _short(name: str, limit: int = 64) -> str:
+    """At most ``limit`` UTF-8 bytes of ``name``: a temp name must fit wherever the final name fits."""
+    return name.encode("utf-8", "surrogateescape")[:limit].decode("utf-8", "ignore")
 
 
 def _read_umask() -> int:

@@ -195,6 +195,29 @@ def test_sampling_guard_refuses_split_batches_and_context_windows(caplog):
     assert "different noise" in caplog.text
 
 
+def test_sampling_guard_checks_the_map_set_the_latent_carries_and_refuses_non_finite_latents():
+    from lumix_core.layout import tag_maps
+
+    four = MapSet.parse("albedo,color,depth,normal")
+    guard = patches.LumiXSamplingGuard(four, "four.safetensors")
+    noise = torch.randn(20, 16, 2, 2)
+    five_scenes = tag_maps(torch.zeros(20, 16, 2, 2), RELEASE)  # 4 scenes x 5 maps: 20 divides by 4 as well
+    with pytest.raises(ValueError, match=r"^the latent holds maps albedo,irradiance,color,depth,normal \(M=5\) but the "
+                                         r"adapter four.safetensors was trained for albedo,color,depth,normal \(M=4\); set "
+                                         r"the latent node's 'maps' to 'albedo,color,depth,normal'$"):
+        guard(_Executor(), noise, five_scenes)
+    reordered = tag_maps(torch.zeros(8, 16, 2, 2), MapSet.parse("color,albedo,depth,normal"))
+    with pytest.raises(ValueError, match=r"holds maps color,albedo,depth,normal \(M=4\) but the adapter four"):
+        guard(_Executor(), noise[:8], reordered)
+    shared = torch.randn(2, 1, 16, 2, 2).repeat(1, 4, 1, 1, 1).reshape(8, 16, 2, 2)
+    assert guard(_Executor(), shared, tag_maps(torch.zeros(8, 16, 2, 2), four))[0] is shared  # the right maps pass
+    bad = tag_maps(torch.zeros(8, 16, 2, 2), four)
+    bad[5, 1] = float("nan")
+    with pytest.raises(ValueError, match=r"^the LATENT to sample holds 4 NaN/inf value\(s\) of 512 \(first in map "
+                                         r"color of scene 1\); the node that made it produced invalid values"):
+        guard(_Executor(), shared, bad)
+
+
 # ----------------------------------------------------------------------------- workflows
 @pytest.mark.parametrize("name", WORKFLOWS)
 def test_workflow_matches_our_node_definitions(name):
