@@ -7,6 +7,7 @@ from the UI file the way the frontend queues it.
 """
 import asyncio
 import inspect
+import json
 import time
 import zlib
 from pathlib import Path
@@ -170,7 +171,7 @@ def test_text_to_intrinsics_runs_end_to_end(host, tmp_path):
 @pytest.mark.parametrize("name", ["photo_to_intrinsics", "relight"])
 def test_the_other_workflows_run_at_a_small_size(host, tmp_path, name):
     """Same graphs, 64 px and 4 steps instead of 512 px / 50 steps, to keep CPU time short."""
-    small = {("ImageScale", "width"): 64, ("ImageScale", "height"): 64, ("LumiXEmptyMapsLatent", "width"): 64,
+    small = {("ImageScale", "width"): 64, ("LumiXEmptyMapsLatent", "width"): 64,
              ("LumiXEmptyMapsLatent", "height"): 64, ("LumiXSampler", "steps"): 4,
              ("LumiXConsistencyReport", "analysis_size"): 64, ("LumiXSaveMaps", "save_exr"): _has_openexr()}
     prompt = api_prompt(host, name, small)
@@ -185,7 +186,12 @@ def test_the_other_workflows_run_at_a_small_size(host, tmp_path, name):
         assert len(saved["SaveImage"]) == 5
     else:
         assert len(saved["LumiXSaveMaps"]) == 5 and len(saved["SaveImage"]) == 1  # maps + the relit image
-        assert len(saved["PreviewImage"]) == 5  # recompose (2) + consistency heat-maps (3)
+        assert len(saved["PreviewImage"]) == 3  # color estimate, recompose error, depth vs normal
+        shown = [out["text"] for nid, out in ex.history_result["outputs"].items()
+                 if prompt[nid]["class_type"] == "PreviewAny"]
+        (report_file,) = (tmp_path / "LumiX").glob("maps_*_report.json")
+        report = json.loads(report_file.read_text())
+        assert report["scenes"] and json.loads("".join(shown[0])) == report  # the numbers, shown and saved
 
 
 def _has_openexr():
