@@ -201,3 +201,14 @@ def _has_openexr():
         return True
     except ImportError:
         return False
+
+
+def test_a_missing_adapter_file_is_reported_with_where_it_goes(host):
+    """What the browser shows on Queue when models/lumix lacks the file (instead of 'Value not in list')."""
+    prompt = api_prompt(host, "text_to_intrinsics", {("LumiXLoadAdapter", "adapter"): "lumix_v2.safetensors"})
+    valid = asyncio.run(execution.validate_prompt("lumix-missing", prompt, None))
+    assert not valid[0]
+    details = [e["details"] for node in valid[3].values() for e in node["errors"]]
+    assert any("adapter file 'lumix_v2.safetensors' is in neither ComfyUI/models/lumix nor models/loras: put the LumiX "
+               "adapter (e.g. lumix.safetensors) into ComfyUI/models/lumix" in d for d in details), details
+    assert not any("not in list" in d for d in details)
