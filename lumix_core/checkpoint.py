@@ -8,6 +8,7 @@ and shape is checked and the first offending one is named.
 """
 from __future__ import annotations
 
+import math
 import os
 import re
 from dataclasses import dataclass
@@ -25,6 +26,14 @@ META_FORMAT = "lumix.format"
 META_MAPS = "lumix.modalities"
 META_RANK = "lumix.rank"
 META_ALPHA = "lumix.alpha"
+
+#: safetensors dtypes a Tensor LoRA factor may be stored in (the trainer writes F32/BF16; F8 files are quantised).
+FLOAT_DTYPES = frozenset({"F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2"})
+
+#: Largest |value| accepted in a factor. Trained factors are O(1) or smaller (G1 starts at N(0, 0.02²),
+#: G2 at N(0, 1/(d R))); the three factors multiply, so anything near this bound already makes deltas
+#: that swamp the FLUX activations. Larger values mean a broken export or a diverged training run.
+MAX_ABS_FACTOR = 1e4
 
 _KEY = re.compile(r"^(double_blocks|single_blocks)\.(\d+)\.processor\.(kv_tt_lora|proj_tt_lora)\.(G1|G2|G3)$")
 
@@ -87,6 +96,12 @@ def _info_from_header(header: SafetensorsHeader) -> AdapterInfo:
     g2p = next((k for k in sorted(keys) if k.endswith("proj_tt_lora.G2")), None)
     if g1 is None or g2p is None:
         raise CheckpointError(f"{path.name}: missing G1 or proj_tt_lora.G2 factors (first key '{first}')")
+    not_float = next((k for k in keys if header.tensors[k].dtype not in FLOAT_DTYPES), None)
+    if not_float is not None:
+        raise CheckpointError(
+            f"{path.name}: '{not_float}' is stored as {header.tensors[not_float].dtype}, but Tensor LoRA factors are "
+            f"floating point ({', '.join(sorted(FLOAT_DTYPES))}); the file was not written by a LumiX trainer — "
+            "export the adapter again (lumix_core.checkpoint.save_adapter)")
     M, M2, R = (header.tensors[g1].shape + (0, 0, 0))[:3]
     hidden = header.tensors[g2p].shape[1] if len(header.tensors[g2p].shape) == 4 else -1
     meta = header.metadata
@@ -96,12 +111,11 @@ def _info_from_header(header: SafetensorsHeader) -> AdapterInfo:
         alpha = None
     else:
         if meta[META_FORMAT] != FORMAT_VERSION:
-            raise CheckpointError(f"{path.name}: LumiX format version {meta[META_FORMAT]} is newer than this "
-                                  f"pack understands ({FORMAT_VERSION}); update comfyui-lumix")
-        maps = MapSet.parse(meta.get(META_MAPS, RELEASE.to_string()))
-        a = meta.get(META_ALPHA, "none")
-        alpha = None if a.lower() in ("", "none", "null") else float(a)
-        if META_RANK in meta and int(meta[META_RANK]) != R:
+            raise CheckpointError(f"{path.name}: LumiX format version {meta[META_FORMAT]!r} is not one this pack "
+                                  f"understands ({FORMAT_VERSION}); update comfyui-lumix")
+        maps = _meta_maps(path, meta)
+        alpha = _meta_alpha(path, meta)
+        if META_RANK in meta and _meta_int(path, meta, META_RANK, "the rank, e.g. 8") != R:
             raise CheckpointError(f"{path.name}: metadata says rank {meta[META_RANK]} but '{g1}' has shape "
                                   f"{list(header.tensors[g1].shape)} (rank {R})")
     if M != maps.size:
@@ -121,6 +135,59 @@ def _info_from_header(header: SafetensorsHeader) -> AdapterInfo:
         if got != shape:
             raise CheckpointError(_shape_message(path, key, shape, got, spec))
     return AdapterInfo(path, spec, len(keys), header.num_params(), is_release, dict(meta))
+
+
+def _bad_metadata(path: Path, key: str, value: str, expected: str) -> CheckpointError:
+    return CheckpointError(f"{path.name}: metadata '{key}' is {value!r}, expected {expected}; fix that entry "
+                           "(or export the adapter again with lumix_core.checkpoint.save_adapter)")
+
+
+def _meta_int(path: Path, meta: dict[str, str], key: str, expected: str) -> int:
+    try:
+        return int(meta[key])
+    except ValueError:
+        raise _bad_metadata(path, key, meta[key], f"an integer ({expected})") from None
+
+
+def _meta_alpha(path: Path, meta: dict[str, str]) -> Optional[float]:
+    """``lumix.alpha``: 'none' or a positive finite number (it scales every delta; NaN would poison them all)."""
+    text = meta.get(META_ALPHA, "none")
+    if text.strip().lower() in ("", "none", "null"):
+        return None
+    try:
+        alpha = float(text)
+    except ValueError:
+        raise _bad_metadata(path, META_ALPHA, text, "a positive number or 'none'") from None
+    if not math.isfinite(alpha) or alpha <= 0:
+        raise _bad_metadata(path, META_ALPHA, text, "a positive finite number or 'none'")
+    return alpha
+
+
+def _meta_maps(path: Path, meta: dict[str, str]) -> MapSet:
+    text = meta.get(META_MAPS, RELEASE.to_string())
+    try:
+        return MapSet.parse(text)
+    except (ValueError, KeyError) as e:
+        raise _bad_metadata(path, META_MAPS, text, f"the adapter's map order, e.g. '{RELEASE.to_string()}' ({e})") \
+            from None
+
+
+def _check_values(path: Path, tensors: dict[str, torch.Tensor], order: list[str]) -> None:
+    """Refuse NaN/inf or absurdly large factors, naming the first bad tensor (in block order)."""
+    for key in order:
+        values = tensors[key].detach().float()
+        finite = torch.isfinite(values)
+        if not bool(finite.all()):
+            bad = int((~finite).sum())
+            raise CheckpointError(
+                f"{path.name}: '{key}' holds {bad} NaN/inf value(s) of {values.numel()}; the file is damaged or "
+                "was saved from a diverged training run — use another adapter file (an earlier checkpoint)")
+        biggest = float(values.abs().max()) if values.numel() else 0.0
+        if biggest > MAX_ABS_FACTOR:
+            raise CheckpointError(
+                f"{path.name}: '{key}' has values up to {biggest:.3g}, far beyond any trained Tensor LoRA factor "
+                f"(limit {MAX_ABS_FACTOR:g}); the file is damaged or was saved from a diverged training run — use "
+                "another adapter file (an earlier checkpoint)")
 
 
 def _shape_message(path: Path, key: str, expected: tuple, got: tuple, spec: AdapterSpec) -> str:
@@ -169,7 +236,14 @@ def load_adapter(path: "str | os.PathLike[str]", model: Optional[ModelShape] = N
         check_fits(info, ModelShape(info.spec.hidden, max(info.spec.double_blocks, default=-1) + 1,
                                     max(info.spec.single_blocks, default=-1) + 1),
                    maps=maps, rank=rank, require_all_blocks=False)
-    tensors = load_tensors(header, device)
+    from safetensors import SafetensorError
+
+    try:
+        tensors = load_tensors(header, device)
+    except (SafetensorError, OSError) as e:  # the library's own errors do not name the file
+        raise CheckpointError(f"{info.path.name}: the tensors cannot be read ({type(e).__name__}: {e}); the file is "
+                              "damaged — download or export it again") from e
+    _check_values(info.path, tensors, list(info.spec.expected_shapes()))
     if dtype is not None:
         tensors = {k: v.to(dtype) for k, v in tensors.items()}
     with torch.device("meta"):

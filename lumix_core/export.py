@@ -5,6 +5,7 @@ File names (``<counter>`` counts up like ComfyUI's SaveImage, so nothing is over
     <prefix>_<counter:05>_<scene:02>_<map>.png         8-bit, every map (depth as grey)
     <prefix>_<counter:05>_<scene:02>_<map>_16bit.png   16-bit, depth (grey) and normal (RGB)
     <prefix>_<counter:05>_<scene:02>.exr               float32, all maps as layers
+    <prefix>_<counter:05>_report.json                  the consistency report, when one is given
 
 EXR layers (channel names ``<map>.<channel>``): ``albedo.R/G/B``, ``irradiance.R/G/B``,
 ``color.R/G/B`` in *linear* light (sRGB primaries; the sRGB EOTF is undone, as compositors
@@ -21,7 +22,9 @@ because ComfyUI reads a ``prompt`` text chunk as its graph JSON.
 
 Safety: the prefix may name sub-folders but never leave the output folder; every file is
 written to a temporary file in the target folder and then published under its final name
-with an operation that fails instead of replacing an existing file.
+with an operation that fails instead of replacing an existing file. A set (all files of one
+call) is written completely or not at all: names are checked first, a later failure removes
+what the call wrote. Non-finite maps are refused; metadata is sanitised, never fatal.
 """
 from __future__ import annotations
 
@@ -39,13 +42,14 @@ from .conventions import (
     check_image,
     check_same_size,
     conventions_metadata,
+    require_finite,
     rgb,
     single_channel,
     srgb_to_linear,
 )
 from .files import write_atomically, write_bytes_atomically
 from .maps import canonical
-from .png import encode_png
+from .png import encode_png, escape_unencodable, safe_text
 
 FORMATS: tuple[str, ...] = ("png8", "png16", "exr")
 
@@ -54,6 +58,14 @@ PNG16_MAPS: tuple[str, ...] = ("depth", "normal")
 
 #: Maps stored as linear light in the EXR (sRGB-encoded in PNG).
 LINEAR_IN_EXR: tuple[str, ...] = ("albedo", "irradiance", "color")
+
+#: Longest file or folder name in bytes (ext4, XFS, APFS, NTFS all store 255).
+NAME_MAX = 255
+#: Longest path in bytes, terminating NUL included (Linux PATH_MAX).
+PATH_MAX = 4096
+
+#: File name suffix of the consistency report saved beside the maps.
+REPORT_SUFFIX = "_report.json"
 
 #: EXR channel names per map; other maps get R, G, B.
 EXR_CHANNELS: dict[str, tuple[str, ...]] = {"normal": ("X", "Y", "Z"), "depth": ("Z",)}
@@ -66,7 +78,7 @@ class SavedFile:
     path: str
     filename: str
     subfolder: str
-    scene: int
+    scene: Optional[int]  # None for the report, which covers every scene
     map: Optional[str]
     format: str
 
@@ -81,6 +93,10 @@ def resolve_prefix(output_dir: "str | os.PathLike[str]", filename_prefix: str) -
     prefix = str(filename_prefix).strip()
     if not prefix:
         raise ValueError("filename_prefix is empty; give a name such as 'LumiX/maps'")
+    if "\x00" in prefix:
+        raise ValueError(f"filename_prefix {filename_prefix!r} contains a NUL character, which no file name can hold; "
+                         "remove it (e.g. 'LumiX/maps')")
+    _fs_bytes(prefix)
     if os.path.isabs(prefix) or re.match(r"^[A-Za-z]:", prefix) or prefix.startswith(("/", "\\")):
         raise ValueError(
             f"filename_prefix {filename_prefix!r} is an absolute path; it must be relative to the "
@@ -110,6 +126,34 @@ def next_counter(folder: str, base: str) -> int:
             if match:
                 highest = max(highest, int(match.group(1)))
     return highest + 1
+
+
+def _fs_bytes(name: str) -> bytes:
+    """``name`` as the file system stores it, or a clear refusal (e.g. a lone surrogate)."""
+    try:
+        return os.fsencode(name)
+    except UnicodeEncodeError as e:
+        raise ValueError(f"filename_prefix contains {name[e.start:e.end]!r}, which the file system cannot store in a "
+                         "file name; remove it. Nothing was written.") from None
+
+
+def check_target_names(output_dir: "str | os.PathLike[str]", subfolder: str, filenames: Iterable[str]) -> None:
+    """Refuse a set of file names the file system cannot store, before anything is created.
+
+    Checked up front because the first failing name used to surface only after some files of the
+    set were written. Limits: :data:`NAME_MAX` bytes per name and folder, :data:`PATH_MAX` per path.
+    """
+    root = os.path.realpath(os.fspath(output_dir))
+    for name in [p for p in subfolder.split("/") if p] + list(filenames):
+        size = len(_fs_bytes(name))
+        if size > NAME_MAX:
+            raise ValueError(
+                f"filename_prefix is too long: the name {name[:40]!r}... would be {size} bytes, file systems store "
+                f"at most {NAME_MAX}; shorten the prefix by {size - NAME_MAX} bytes or more. Nothing was written.")
+        path = os.path.join(root, subfolder, name)
+        if len(_fs_bytes(path)) >= PATH_MAX:
+            raise ValueError(f"the path of {name[:40]!r}... would be longer than {PATH_MAX - 1} bytes; use a shorter "
+                             "filename_prefix or a shorter output folder. Nothing was written.")
 
 
 # ----------------------------------------------------------------------------- pixels
@@ -167,6 +211,17 @@ def write_exr(path: str, layers: Mapping[str, np.ndarray], header: Mapping[str, 
 
 
 # ----------------------------------------------------------------------------- saving
+@dataclass(frozen=True)
+class _Planned:
+    """One file of a set: its name and how to write it (bytes, or a writer of a temp path)."""
+
+    filename: str
+    content: Callable[[], "bytes | Callable[[str], None]"]
+    scene: Optional[int]
+    map: Optional[str]
+    format: str
+
+
 def save_maps(
     maps: Mapping[str, Tensor],
     output_dir: "str | os.PathLike[str]",
@@ -177,17 +232,26 @@ def save_maps(
     formats: Iterable[str] = FORMATS,
     conventions: Optional[Mapping[str, object]] = None,
     extra_text: Optional[Mapping[str, str]] = None,
+    report: Optional[str] = None,
     compress_level: int = 6,
 ) -> list[SavedFile]:
     """Save display-range maps ``{name: [N,H,W,C]}`` of ``N`` scenes; return the written files.
 
-    ``conventions`` describes the maps as given (default: :func:`conventions_metadata`);
-    ``extra_text`` adds PNG text chunks (the ComfyUI node puts the graph there).
+    A set is written completely or not at all: every name is checked before anything is
+    created, and if writing still fails (disk full, a concurrent writer) the files already
+    written for the set are removed. ``conventions`` describes the maps as given (default:
+    :func:`conventions_metadata`); ``extra_text`` adds PNG text chunks (the ComfyUI node puts the
+    graph there); metadata is sanitised (:func:`lumix_core.png.safe_text`), never a reason to
+    lose the images. ``report`` (a JSON string, e.g. LumiX Consistency Report's) is saved as
+    ``<prefix>_<counter>_report.json``.
     """
     if not maps:
         raise ValueError("save_maps: no maps given; connect at least one map")
     images = {canonical(k): check_image(v, k, channels=(1, 3, 4)) for k, v in maps.items()}
     count, _, _ = check_same_size(images)
+    for name, batch in images.items():
+        require_finite(batch, f"the {name} map", "it comes from a failed decode or sampling; fix that node and run "
+                       "again. Nothing was saved.", lambda i: f"scene {i}")
     wanted = [str(f).strip().lower() for f in formats]
     unknown = sorted(set(wanted) - set(FORMATS))
     if unknown:
@@ -196,45 +260,83 @@ def save_maps(
         raise ValueError("save_maps: no format selected; choose at least one of " + ", ".join(FORMATS))
     if seed is not None and not isinstance(seed, (int, np.integer)):
         raise TypeError(f"seed must be an integer or None, got {type(seed).__name__}")
+    if report is not None:
+        try:
+            json.loads(report)
+        except ValueError as e:
+            raise ValueError(f"report_json is not JSON ({e}); connect the report_json output of LumiX Consistency "
+                             "Report, or leave the input unconnected. Nothing was saved.") from None
     exr = _import_openexr() if "exr" in wanted else None  # fail before writing anything
 
     folder, subfolder, base = resolve_prefix(output_dir, filename_prefix)
-    os.makedirs(folder, exist_ok=True)
     counter = next_counter(folder, base)
     conventions_text = json.dumps(dict(conventions or conventions_metadata()), ensure_ascii=False, sort_keys=True)
-    common = {"lumix.prompt": str(prompt), "lumix.conventions": conventions_text}
+    common = {"lumix.prompt": escape_unencodable(str(prompt)), "lumix.conventions": conventions_text}
     if seed is not None:
         common["lumix.seed"] = str(int(seed))
 
-    saved: list[SavedFile] = []
-
-    def emit(filename: str, content: "bytes | Callable[[str], None]", scene: int, name: Optional[str],
-             fmt: str) -> None:
-        path = os.path.join(folder, filename)
-        if isinstance(content, bytes):
-            write_bytes_atomically(path, content, overwrite=False)
-        else:
-            write_atomically(path, content, overwrite=False)
-        saved.append(SavedFile(path, filename, subfolder, scene, name, fmt))
-
+    plan: list[_Planned] = []
     for scene in range(count):
         stem = f"{base}_{counter:05d}_{scene:02d}"
         for name, batch in images.items():
             text = dict(extra_text or {})
             text.update(common, **{"lumix.map": name, "lumix.scene": str(scene)})
-            if "png8" in wanted:
-                data = encode_png(_png_pixels(name, batch[scene], 8), text, compress_level)
-                emit(f"{stem}_{name}.png", data, scene, name, "png8")
-            if "png16" in wanted and name in PNG16_MAPS:
-                data = encode_png(_png_pixels(name, batch[scene], 16), text, compress_level)
-                emit(f"{stem}_{name}_16bit.png", data, scene, name, "png16")
+            text = safe_text(text)
+            for fmt, bits, suffix in (("png8", 8, ""), ("png16", 16, "_16bit")):
+                if fmt in wanted and (fmt == "png8" or name in PNG16_MAPS):
+                    plan.append(_Planned(
+                        f"{stem}_{name}{suffix}.png",
+                        lambda n=name, b=batch[scene], k=bits, t=text: encode_png(_png_pixels(n, b, k), t, compress_level),
+                        scene, name, fmt))
         if exr is not None:
-            layers: dict[str, np.ndarray] = {}
-            for name, batch in images.items():
-                layers.update(_exr_layers(name, batch[scene]))
             header: dict[str, object] = dict(common, **{"lumix.scene": str(scene)})
             header["lumix.exr_encoding"] = json.dumps(exr_encoding(list(images)), sort_keys=True)
-            emit(f"{stem}.exr", lambda p, L=layers, H=header: write_exr(p, L, H), scene, None, "exr")
+
+            def exr_writer(sc: int = scene, h: dict = header) -> Callable[[str], None]:
+                layers: dict[str, np.ndarray] = {}
+                for name, batch in images.items():
+                    layers.update(_exr_layers(name, batch[sc]))
+                return lambda p: write_exr(p, layers, h)
+
+            plan.append(_Planned(f"{stem}.exr", exr_writer, scene, None, "exr"))
+    if report is not None:
+        plan.append(_Planned(f"{base}_{counter:05d}{REPORT_SUFFIX}", lambda: report.encode("utf-8"), None, None, "json"))
+    check_target_names(output_dir, subfolder, [p.filename for p in plan])
+    return _write_set(plan, folder, subfolder)
+
+
+def _write_set(plan: list[_Planned], folder: str, subfolder: str) -> list[SavedFile]:
+    """Write every planned file, or none: on a failure the files written so far (all new) are removed."""
+    created = []
+    parent = folder
+    while not os.path.isdir(parent):
+        created.append(parent)
+        parent = os.path.dirname(parent)
+    saved: list[SavedFile] = []
+    try:
+        os.makedirs(folder, exist_ok=True)
+        for item in plan:
+            path = os.path.join(folder, item.filename)
+            content = item.content()
+            if isinstance(content, bytes):
+                write_bytes_atomically(path, content, overwrite=False)
+            else:
+                write_atomically(path, content, overwrite=False)
+            saved.append(SavedFile(path, item.filename, subfolder, item.scene, item.map, item.format))
+    except BaseException as e:  # interruption included: a set is never left half-written
+        for f in saved:
+            os.unlink(f.path)
+        for d in created:  # innermost first; only the folders this call made, and only if empty
+            try:
+                os.rmdir(d)
+            except OSError:
+                break
+        if not isinstance(e, OSError):
+            raise
+        failed = plan[len(saved)].filename
+        raise OSError(f"saving {failed} failed ({e.strerror or e}); the {len(saved)} file(s) already written for this "
+                      "set were removed, nothing was saved. Free disk space or fix the output folder's permissions, "
+                      "then run again.") from e
     return saved
 
 

@@ -19,8 +19,9 @@ TEMP_SUFFIX = ".tmp"
 
 
 def temp_prefix(name: str) -> str:
-    """The start of every temp name for a file or folder that will be called ``name``."""
-    return f".{name}."
+    """The start of every temp name for a file or folder that will be called ``name`` (the name
+    cut to :func:`_short`, so a temp name fits wherever the final name fits)."""
+    return f".{_short(name)}."
 
 
 def is_temp_name(name: str, target: "str | None" = None) -> bool:
@@ -57,6 +58,11 @@ def write_atomically(path: "str | os.PathLike[str]", write: Callable[[str], None
         if os.path.exists(tmp):
             os.unlink(tmp)
     return path
+
+
+def _short(name: str, limit: int = 64) -> str:
+    """At most ``limit`` UTF-8 bytes of ``name``: a temp name must fit wherever the final name fits."""
+    return name.encode("utf-8", "surrogateescape")[:limit].decode("utf-8", "ignore")
 
 
 def _read_umask() -> int:

@@ -16,12 +16,12 @@ Nothing here imports a host. ComfyUI's sigma is LumiX's ``t`` (FLUX flow matchin
 """
 from __future__ import annotations
 
-from typing import Mapping, Optional, Sequence
+from typing import Callable, Mapping, Optional, Sequence
 
 import torch
 from torch import Tensor
 
-from .conventions import FinishedMap, check_image, finish_map, split_groups
+from .conventions import FinishedMap, check_image, finish_map, require_finite, split_groups
 from .latents import LATENT_CHANNELS, SIZE_MULTIPLE, VAE_FACTOR, check_size
 from .maps import QUERY_SOURCE, RELEASE, MapSet, check_group_batch
 from .sampling import ScheduleKind, schedule_for
@@ -54,6 +54,36 @@ def check_same_maps(latent_maps: MapSet, adapter_maps: MapSet, adapter_name: str
             f"the latent holds maps {latent_maps.to_string()} (M={latent_maps.size}) but the adapter "
             f"{adapter_name} was trained for {adapter_maps.to_string()} (M={adapter_maps.size}); set the "
             f"latent node's 'maps' to '{adapter_maps.to_string()}'")
+
+
+def tag_maps(samples: Tensor, maps: MapSet) -> Tensor:
+    """Attach ``maps`` to the latent tensor itself (attribute ``MAPS_KEY``); returns ``samples``.
+
+    Why on the tensor as well as in the LATENT dict: stock samplers (KSampler,
+    SamplerCustomAdvanced) hand the model's wrappers only the samples tensor, so a check at
+    sampling time can only see what travels with the tensor. Latents from other nodes carry
+    no tag; for them only the batch size and the noise can be checked.
+    """
+    setattr(samples, MAPS_KEY, maps.to_string())
+    return samples
+
+
+def tagged_maps(samples: object) -> Optional[MapSet]:
+    """The map set :func:`tag_maps` attached to a tensor, or None for an untagged one."""
+    value = getattr(samples, MAPS_KEY, None)
+    return None if value is None else MapSet.parse(value)
+
+
+def describe_item(maps: MapSet, batch: int) -> Callable[[int], str]:
+    """``item -> "map depth of scene 2"`` for a batch of whole groups (``"item i"`` otherwise)."""
+    if batch % maps.size:
+        return lambda i: f"item {i}"
+    return lambda i: f"map {maps.names[i % maps.size]} of scene {i // maps.size}"
+
+
+def require_finite_groups(x: Tensor, maps: MapSet, what: str, fix: str) -> Tensor:
+    """:func:`~lumix_core.conventions.require_finite` naming the map and scene of the first bad value."""
+    return require_finite(x, what, fix, describe_item(maps, x.shape[0]))
 
 
 def scene_count(batch: int, maps: MapSet, what: str = "LATENT batch") -> int:
@@ -112,6 +142,21 @@ def center_crop_box(width: int, height: int, multiple: int = SIZE_MULTIPLE) -> t
         raise ValueError(f"image of {width}x{height} pixels is smaller than {multiple}x{multiple}; "
                          f"LumiX needs at least {multiple} pixels per side")
     return ((width - w) // 2, (height - h) // 2, w, h)
+
+
+def photo_rgb(image: Tensor) -> Tensor:
+    """Photos ``[N, H, W, C]`` as the FLUX VAE takes them: RGB, centre-cropped to multiples of 16.
+
+    Grey (1 channel) and grey + alpha (2) become RGB with three equal channels; an alpha
+    channel is dropped. The VAE reads exactly three channels, and a grey photo is a colour
+    photo whose channels agree. Non-finite pixels are refused (see ``require_finite``).
+    """
+    image = check_image(image, "photo", channels=(1, 2, 3, 4))
+    require_finite(image, "the photo", "the node that made this IMAGE produced invalid pixels; fix or replace it "
+                   "(e.g. load the photo again with Load Image). Nothing was encoded.", lambda i: f"image {i}")
+    x0, y0, w, h = center_crop_box(int(image.shape[2]), int(image.shape[1]))
+    pixels = image[:, y0:y0 + h, x0:x0 + w]
+    return pixels[..., :1].repeat(1, 1, 1, 3) if pixels.shape[-1] <= 2 else pixels[..., :3]
 
 
 # ----------------------------------------------------------------------------- pinning
@@ -185,7 +230,10 @@ def finish_group_images(
     for depth), so a fixed set of node outputs works with custom map sets; ``info`` says so.
     """
     ms = MapSet.parse(maps)
-    groups = split_groups(check_image(images01, "decoded maps"), ms)
+    images01 = check_image(images01, "decoded maps")
+    require_finite_groups(images01, ms, "the decoded maps", "the VAE or the sampling produced invalid values; "
+                          "check the adapter file, lower the strength or run the VAE in fp32 (--fp32-vae)")
+    groups = split_groups(images01, ms)
     some = next(iter(groups.values()))
     out: dict[str, FinishedMap] = {}
     for name in outputs:

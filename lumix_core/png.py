@@ -7,6 +7,7 @@ one code path for every bit depth.
 """
 from __future__ import annotations
 
+import re
 import struct
 import zlib
 from typing import Mapping, Optional
@@ -38,6 +39,37 @@ def _check_keyword(key: str) -> bytes:
             "no leading/trailing or double spaces"
         )
     return raw
+
+
+def escape_unencodable(value: str) -> str:
+    """``value`` with what UTF-8 cannot hold (lone surrogates) and NUL written as backslash escapes.
+
+    Why: a prompt pasted from elsewhere can carry a lone surrogate, and metadata must never cost
+    the user the image it describes; the escaped text still shows what was there.
+    """
+    text = value.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text.replace("\x00", "\\x00")
+
+
+def safe_keyword(key: str) -> str:
+    """A valid PNG keyword close to ``key``: unprintable / non-Latin-1 characters become '_',
+    runs of spaces one space, no leading/trailing space, at most 79 bytes ('comment' if nothing is left)."""
+    chars = "".join(c if 32 <= ord(c) <= 126 or 161 <= ord(c) <= 255 else "_" for c in key)
+    return re.sub(" +", " ", chars).strip()[:79].rstrip() or "comment"
+
+
+def safe_text(text: Mapping[str, object]) -> dict[str, str]:
+    """Text chunks that always encode: keywords made valid (:func:`safe_keyword`, made unique with
+    a ' 2', ' 3' ... suffix where two collide), values escaped (:func:`escape_unencodable`)."""
+    out: dict[str, str] = {}
+    for key, value in text.items():
+        keyword = base = safe_keyword(str(key))
+        n = 1
+        while keyword in out:
+            n += 1
+            keyword = f"{base[:79 - len(str(n)) - 1]} {n}"
+        out[keyword] = escape_unencodable(str(value))
+    return out
 
 
 def text_chunk(key: str, value: str) -> bytes:

@@ -158,10 +158,12 @@ def read_header(path: "str | os.PathLike[str]") -> SafetensorsHeader:
         raise CheckpointError(f"{path.name}: corrupt safetensors header ({e})", DOWNLOAD_AGAIN) from e
     metadata = header.pop("__metadata__", None) or {}
     tensors: dict[str, TensorInfo] = {}
+    spans: list[tuple[int, int, str]] = []
     data_end = 0
     for key, entry in header.items():
         try:
             dtype, shape, (begin, end) = entry["dtype"], tuple(int(s) for s in entry["shape"]), entry["data_offsets"]
+            begin, end = int(begin), int(end)
         except (KeyError, TypeError, ValueError) as e:
             raise CheckpointError(f"{path.name}: corrupt header entry for '{key}'") from e
         n_el = 1
@@ -170,12 +172,33 @@ def read_header(path: "str | os.PathLike[str]") -> SafetensorsHeader:
         if dtype in _DTYPE_SIZES and end - begin != n_el * _DTYPE_SIZES[dtype]:
             raise CheckpointError(f"{path.name}: corrupt header: '{key}' {dtype}{list(shape)} has {end - begin} bytes")
         tensors[key] = TensorInfo(dtype, shape, end - begin)
+        spans.append((begin, end, key))
         data_end = max(data_end, end)
+    _check_spans(path, spans)
     if 8 + n + data_end > size:
         raise CheckpointError(
             f"{path.name}: file is truncated: its header describes {8 + n + data_end} bytes, the file has {size}",
             DOWNLOAD_AGAIN)
     return SafetensorsHeader(path, tensors, {str(k): str(v) for k, v in metadata.items()})
+
+
+def _check_spans(path: Path, spans: list[tuple[int, int, str]]) -> None:
+    """Tensor data must tile the data section without overlaps or gaps, as safetensors requires.
+
+    Checked here so the file is named in the message (the library's ``InvalidOffset`` is not).
+    """
+    position, previous = 0, None
+    for begin, end, key in sorted(spans):
+        if begin != position or end < begin:
+            if end < begin:
+                where = "ends before it begins"
+            elif begin < position:
+                where = f"overlaps '{previous}'"
+            else:
+                where = f"leaves a gap after '{previous}'" if previous else "does not start at the first data byte"
+            raise CheckpointError(f"{path.name}: corrupt header: the data of '{key}' (bytes {begin}-{end}) {where}; "
+                                  "the file is damaged — download or export it again")
+        position, previous = end, key
 
 
 def load_tensors(header: SafetensorsHeader, device: "str | torch.device" = "cpu",

@@ -34,20 +34,32 @@ ADAPTERS = AdapterCache(max_entries=2)
 
 
 def register_adapter_folder() -> None:
-    """Register ``models/lumix`` (safetensors only) with ``folder_paths``; no-op without ComfyUI."""
+    """Register ``models/lumix`` (safetensors only) with ``folder_paths`` and create it; no-op without ComfyUI.
+
+    Created so the user finds the folder the adapter goes into (the README and the loader's tooltip
+    name it); a read-only models folder is only logged: ``models/loras`` still works.
+    """
     try:
         import folder_paths
     except ImportError:
         return
     path = os.path.join(folder_paths.models_dir, ADAPTER_FOLDER)
-    if ADAPTER_FOLDER in folder_paths.folder_names_and_paths:
-        paths, exts = folder_paths.folder_names_and_paths[ADAPTER_FOLDER]
-        if path not in paths:
-            paths.append(path)
-        if isinstance(exts, set):
-            exts.update(ADAPTER_EXTENSIONS)
-    else:
+    entry = folder_paths.folder_names_and_paths.get(ADAPTER_FOLDER)
+    if entry is not None and path in entry[0]:
+        if isinstance(entry[1], set):
+            entry[1].update(ADAPTER_EXTENSIONS)
+        return
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as e:
+        log.warning("LumiX: cannot create %s (%s); put adapters into models/%s instead", path, e.strerror or e,
+                    LORA_FOLDER)
+    if entry is None:
         folder_paths.folder_names_and_paths[ADAPTER_FOLDER] = ([path], set(ADAPTER_EXTENSIONS))
+    else:
+        entry[0].append(path)
+        if isinstance(entry[1], set):
+            entry[1].update(ADAPTER_EXTENSIONS)
 
 
 def adapter_files() -> list[str]:
@@ -132,17 +144,6 @@ def flux_attention():
     import comfy.ldm.flux.math
 
     return comfy.ldm.flux.math.attention
-
-
-def lumix_patches(patcher: Any) -> list:
-    """The LumiX block patches installed on a MODEL (empty if it is not patched).
-
-    Matched by class name, not identity: a second copy of the pack (installed twice, or
-    imported by tests beside ComfyUI's copy) defines its own class object.
-    """
-    to = getattr(patcher, "model_options", {}).get("transformer_options", {})
-    dit = to.get("patches_replace", {}).get("dit", {})
-    return [p for p in dit.values() if type(p).__name__ == "LumiXBlockPatch" and hasattr(p, "maps")]
 
 
 def interrupted_check() -> None:

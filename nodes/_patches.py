@@ -19,7 +19,8 @@ import torch
 from torch import Tensor, nn
 
 from ..lumix_core.adapter import BlockLoRA
-from ..lumix_core.layout import noise_is_shared, pin_inputs, scene_count
+from ..lumix_core.layout import (check_same_maps, noise_is_shared, pin_inputs, require_finite_groups, scene_count,
+                                 tagged_maps)
 from ..lumix_core.maps import MapSet
 from ..lumix_core.qba import double_block_forward, single_block_forward
 
@@ -102,9 +103,11 @@ class LumiXBlockPatch(_Shared):
 class LumiXSamplingGuard(_Shared):
     """``OUTER_SAMPLE`` wrapper: refuses batches QBA cannot run before the first step.
 
-    Checks, for any sampler node (stock KSampler, SamplerCustomAdvanced, ours): the LATENT batch
-    is whole groups of M maps; no context-window handler slices the batch dimension; and warns
-    when the maps of a scene did not get the same noise (a LATENT without LumiX batch indices).
+    Checks, for any sampler node (stock KSampler, SamplerCustomAdvanced, ours): a LATENT from the
+    LumiX latent nodes holds the adapter's map set, in its order (the tag on the samples tensor,
+    see ``lumix_core.layout.tag_maps``); the batch is whole groups of M maps and finite; no
+    context-window handler slices the batch dimension; and warns when the maps of a scene did
+    not get the same noise (a LATENT without LumiX batch indices).
     """
 
     def __init__(self, maps: MapSet, adapter_name: str) -> None:
@@ -119,11 +122,17 @@ class LumiXSamplingGuard(_Shared):
                 f"LumiX scene groups of {self.maps.size} maps; remove the context-window node when sampling with "
                 f"{self.adapter_name}")
         if isinstance(latent_image, Tensor) and not getattr(latent_image, "is_nested", False):
+            latent_maps = tagged_maps(latent_image)
+            if latent_maps is not None:
+                check_same_maps(latent_maps, self.maps, self.adapter_name)
             try:
                 scene_count(latent_image.shape[0], self.maps)
             except ValueError as e:
                 raise ValueError(f"{e}. The model is patched with LumiX adapter {self.adapter_name}: create the "
                                  "latent with LumiX Empty Maps Latent or LumiX Photo To Maps Latent") from None
+            require_finite_groups(latent_image, self.maps, "the LATENT to sample",
+                                  "the node that made it produced invalid values; make it again with LumiX Empty "
+                                  "Maps Latent or LumiX Photo To Maps Latent")
             if isinstance(noise, Tensor) and not getattr(noise, "is_nested", False) and noise.any() \
                     and not noise_is_shared(noise, self.maps.size):
                 log.warning("LumiX: the maps of a scene got different noise; use a LumiX latent node (its "

@@ -38,7 +38,9 @@ class LumiXSaveMaps:
         "Saves LumiX maps into the output folder: 8-bit PNG per map, 16-bit PNG for depth and "
         "normal, and one multi-layer float EXR per scene (albedo/irradiance/color.R/G/B linear, "
         "normal.X/Y/Z, depth.Z). Prompt, seed and map conventions are embedded. Never overwrites: "
-        "files are numbered <prefix>_<counter>_<scene>_<map>."
+        "files are numbered <prefix>_<counter>_<scene>_<map>. A connected consistency report is saved "
+        "beside them as <prefix>_<counter>_report.json. A set is written completely or not at all; maps with "
+        "NaN/inf values are refused; metadata that PNG cannot hold is escaped, never a reason to lose the maps."
     )
     CATEGORY = CATEGORY
     FUNCTION = "save"
@@ -50,6 +52,7 @@ class LumiXSaveMaps:
     def INPUT_TYPES(cls):
         optional = {name: ("IMAGE", {"tooltip": _map_tooltip(name) + " Optional: unconnected maps are not saved."}) for name in RELEASE_MAPS}
         optional["prompt_text"] = ("STRING", {"default": "", "multiline": True, "tooltip": "Prompt to record in the files' metadata."})
+        optional["report_json"] = ("STRING", {"forceInput": True, "tooltip": "Optional: the report_json output of LumiX Consistency Report, saved as <prefix>_<counter>_report.json beside the maps."})
         optional["seed"] = ("INT", {"default": -1, "min": -1, "max": 0xFFFFFFFFFFFFFFFF, "tooltip": "Seed to record in the metadata; -1 records none."})
         return {
             "required": {
@@ -65,7 +68,7 @@ class LumiXSaveMaps:
         }
 
     def save(self, filename_prefix, save_png8, save_png16, save_exr, normal_convention, depth_far_bright,
-             prompt_text="", seed=-1, prompt=None, extra_pnginfo=None, **maps):
+             prompt_text="", seed=-1, report_json=None, prompt=None, extra_pnginfo=None, **maps):
         import folder_paths  # ComfyUI; imported here so the module loads without it
 
         images = {name: maps[name] for name in RELEASE_MAPS if maps.get(name) is not None}
@@ -79,6 +82,7 @@ class LumiXSaveMaps:
             formats=formats,
             conventions=conventions_metadata(normal_convention, depth_invert=bool(depth_far_bright)),
             extra_text=_workflow_text(prompt, extra_pnginfo),
+            report=report_json,
         )
         shown = [f for f in saved if f.format == "png8"] or [f for f in saved if f.format == "png16"]
         return {"ui": {"images": [{"filename": f.filename, "subfolder": f.subfolder, "type": "output"} for f in shown]}}

@@ -9,8 +9,9 @@ from __future__ import annotations
 import torch
 
 from ..lumix_core.latents import SIZE_MULTIPLE
-from ..lumix_core.layout import (MAPS_KEY, PIN_KEY, PIN_SLOT, center_crop_box, group_photo_latents,
-                                 maps_latent_shape, scene_batch_index)
+from ..lumix_core.conventions import require_finite
+from ..lumix_core.layout import (MAPS_KEY, PIN_KEY, PIN_SLOT, group_photo_latents, maps_latent_shape, photo_rgb,
+                                 scene_batch_index, tag_maps)
 from ..lumix_core.maps import RELEASE, MapSet
 from . import _host
 
@@ -22,8 +23,8 @@ _MAPS_TOOLTIP = ("Maps of each scene, in the adapter's order (comma-separated; m
 
 
 def maps_latent(samples: torch.Tensor, maps: MapSet, num_scenes: int, pin_slot: "str | None" = None) -> dict:
-    """The LATENT dict of a LumiX batch: samples plus map set, per-scene noise indices, pin."""
-    latent = {"samples": samples, "batch_index": scene_batch_index(num_scenes, maps), MAPS_KEY: maps.to_string()}
+    """The LATENT dict of a LumiX batch: samples (tagged with the map set) plus map set, noise indices, pin."""
+    latent = {"samples": tag_maps(samples, maps), "batch_index": scene_batch_index(num_scenes, maps), MAPS_KEY: maps.to_string()}
     if pin_slot is not None:
         latent[PIN_KEY] = pin_slot
     return latent
@@ -63,7 +64,8 @@ class LumiXPhotoToMapsLatent:
     DESCRIPTION = (
         "Latent for photo -> maps (decomposition): each photo is VAE-encoded into the color slot of its scene, "
         "the other maps start from the scene's shared noise. The sampler pins the color slot (clean, t = 0), "
-        f"so the photo comes back unchanged. Photos are centre-cropped to multiples of {SIZE_MULTIPLE} pixels."
+        f"so the photo comes back unchanged. Photos are centre-cropped to multiples of {SIZE_MULTIPLE} pixels; grey "
+        "photos are used as RGB, alpha is dropped, photos with NaN/inf pixels are refused."
     )
     CATEGORY = CATEGORY
     FUNCTION = "encode"
@@ -75,7 +77,7 @@ class LumiXPhotoToMapsLatent:
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "image": ("IMAGE", {"tooltip": "N photos (one scene each). Resize to about 512 px first: the release was trained at 512x512."}),
+                "image": ("IMAGE", {"tooltip": "N photos (one scene each; RGB, RGBA, grey or grey + alpha). Resize to about 512 px first: the release was trained at 512x512."}),
                 "vae": ("VAE", {"tooltip": "The FLUX VAE (ae.safetensors)."}),
                 "maps": ("STRING", {"default": RELEASE.to_string(), "tooltip": _MAPS_TOOLTIP}),
             }
@@ -83,9 +85,9 @@ class LumiXPhotoToMapsLatent:
 
     def encode(self, image, vae, maps=RELEASE.to_string()):
         ms = MapSet.parse(maps)
-        x0, y0, w, h = center_crop_box(int(image.shape[2]), int(image.shape[1]))
-        pixels = image[:, y0:y0 + h, x0:x0 + w, :3]
-        photo = vae.encode(pixels)
+        photo = vae.encode(photo_rgb(image))
+        require_finite(photo, "the VAE's latent of the photo", "the VAE overflowed on finite pixels; run ComfyUI with "
+                       "--fp32-vae or load the FLUX VAE (ae.safetensors) in bf16/fp32", lambda i: f"image {i}")
         samples = group_photo_latents(photo, ms, PIN_SLOT)
         return (maps_latent(samples, ms, int(photo.shape[0]), pin_slot=PIN_SLOT),)
 

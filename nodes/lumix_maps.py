@@ -6,7 +6,7 @@ The conventions (unit normals, depth near = bright, one channel, min-max) are ap
 from __future__ import annotations
 
 from ..lumix_core.conventions import DEFAULT_NORMAL_CONVENTION, NORMAL_CONVENTIONS
-from ..lumix_core.layout import finish_group_images, maps_of
+from ..lumix_core.layout import finish_group_images, maps_of, require_finite_groups
 from ..lumix_core.maps import RELEASE, RELEASE_MAPS, MapSet
 from . import _host
 
@@ -64,6 +64,9 @@ class LumiXDecodeMaps:
 
     def decode(self, samples, vae, normal_convention=DEFAULT_NORMAL_CONVENTION, depth_far_bright=False):
         maps = maps_of(samples)
+        require_finite_groups(samples["samples"], maps, "the LATENT to decode",
+                              "sampling diverged; check the adapter file of LumiX Load Adapter, lower its strength "
+                              "or the cfg, and sample again. Nothing was decoded.")
         _host.interrupted_check()
         images = vae.decode(samples["samples"])
         if images.dim() == 5:  # video VAEs return [B, T, H, W, C]

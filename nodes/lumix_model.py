@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any
+from typing import Any, Optional
 
 from ..lumix_core.layout import PIN_KEY, maps_of, slot_latents
 from . import _host
@@ -26,9 +26,33 @@ def _wrappers_mp():
     return comfy.patcher_extension.WrappersMP
 
 
+def installed_adapter(model: Any) -> Optional[LumiXSamplingGuard]:
+    """The sampling guard :func:`patch_model` put on ``model`` (its adapter's maps and file name), or None.
+
+    Matched by class name, not identity: a second copy of the pack (installed twice, or imported by
+    tests beside ComfyUI's copy) defines its own class object.
+    """
+    getter = getattr(model, "get_wrappers", None)
+    if getter is None:
+        return None
+    guards = [w for w in getter(_wrappers_mp().OUTER_SAMPLE, GUARD_WRAPPER_KEY)
+              if type(w).__name__ == "LumiXSamplingGuard"]
+    return guards[-1] if guards else None
+
+
 def patch_model(model: Any, adapter_name: str, strength: float) -> Any:
-    """Clone ``model`` and route every block the adapter names through QBA + Tensor LoRA."""
+    """Clone ``model`` and route every block the adapter names through QBA + Tensor LoRA.
+
+    One adapter per model: a model that already carries one is refused (its G1 mixes the maps of
+    one map set; a second adapter would silently replace it, and stacking is not defined).
+    """
     shape = _host.flux_shape(model)  # refuses non-FLUX.1 models before any file is read
+    present = installed_adapter(model)
+    if present is not None:
+        raise ValueError(
+            f"this MODEL already has the LumiX adapter {present.adapter_name}; LumiX runs one adapter at a time, "
+            f"so {os.path.basename(adapter_name)} is not loaded over it. Connect the FLUX model itself (UNETLoader) "
+            "to this LumiX Load Adapter, or remove one of the two LumiX Load Adapter nodes")
     path = _host.adapter_path(adapter_name) if not os.path.isabs(adapter_name) else adapter_name
     adapter, info = _host.ADAPTERS.get(path, shape)
     maps = adapter.maps
@@ -45,8 +69,6 @@ def patch_model(model: Any, adapter_name: str, strength: float) -> Any:
             LumiXBlockPatch("single", i, dm.single_blocks[i], adapter.for_single(i), maps, strength, attention),
             "dit", "single_block", i)
     wrappers = _wrappers_mp()
-    if hasattr(patched, "remove_wrappers_with_key"):
-        patched.remove_wrappers_with_key(wrappers.OUTER_SAMPLE, GUARD_WRAPPER_KEY)
     patched.add_wrapper_with_key(wrappers.OUTER_SAMPLE, GUARD_WRAPPER_KEY, LumiXSamplingGuard(maps, info.path.name))
     return patched
 
@@ -84,7 +106,9 @@ class LumiXLoadAdapter:
         "Turns a FLUX.1 MODEL (UNETLoader, a checkpoint, fp8 or GGUF) into LumiX: every block named in the "
         "adapter file runs Query-Broadcast Attention and Tensor LoRA, so one sampling pass generates "
         "albedo, irradiance, color, depth and normal maps that agree. The adapter is checked against the "
-        "model first and loaded once (shared by every clone). Sample with a LumiX latent."
+        "model first and loaded once (shared by every clone). Sample with a LumiX latent. One adapter per "
+        "model: a MODEL that already has a LumiX adapter is refused (connect the FLUX model itself). "
+        f"Adapter files go into ComfyUI/models/{_host.ADAPTER_FOLDER} (models/{_host.LORA_FOLDER} is listed too)."
     )
     CATEGORY = CATEGORY
     FUNCTION = "load"
@@ -97,10 +121,19 @@ class LumiXLoadAdapter:
         return {
             "required": {
                 "model": ("MODEL", {"tooltip": "A FLUX.1 model (dev or schnell; bf16, fp8 or GGUF). Other model families are refused."}),
-                "adapter": (_host.adapter_files(), {"tooltip": "LumiX adapter (.safetensors) from models/lumix or models/loras, e.g. lumix.safetensors."}),
+                "adapter": (_host.adapter_files(), {"tooltip": f"LumiX adapter (.safetensors), e.g. lumix.safetensors. Put the file into ComfyUI/models/{_host.ADAPTER_FOLDER} (or models/{_host.LORA_FOLDER}) and press R (refresh) if the list is empty."}),
                 "strength": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 2.0, "step": 0.05, "tooltip": "Tensor LoRA strength. 0 keeps only the shared queries: the color map is then the plain FLUX image."}),
             }
         }
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, adapter):
+        """Replaces ComfyUI's bare "Value not in list" for a missing file with where the file goes."""
+        if adapter in _host.adapter_files():
+            return True
+        return (f"adapter file '{adapter}' is in neither ComfyUI/models/{_host.ADAPTER_FOLDER} nor "
+                f"models/{_host.LORA_FOLDER}: put the LumiX adapter (e.g. lumix.safetensors) into "
+                f"ComfyUI/models/{_host.ADAPTER_FOLDER}, press R in ComfyUI to refresh, and pick it in LumiX Load Adapter")
 
     def load(self, model, adapter, strength):
         return (patch_model(model, adapter, float(strength)),)

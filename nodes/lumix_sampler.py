@@ -6,9 +6,9 @@ the release schedule as custom sigmas, and the colour slot pinned for photo late
 """
 from __future__ import annotations
 
-from ..lumix_core.layout import PIN_KEY, check_same_maps, maps_of, pixel_size, release_sigmas, scene_count
+from ..lumix_core.layout import PIN_KEY, check_same_maps, maps_of, pixel_size, release_sigmas, scene_count, tag_maps
 from . import _host
-from .lumix_model import pin_model
+from .lumix_model import installed_adapter, pin_model
 
 CATEGORY = "LumiX/Sampling"
 #: Scheduler entry that selects lumix_core.sampling's "release" schedule.
@@ -20,7 +20,8 @@ class LumiXSampler:
         "Samples a LumiX latent like KSampler (same inputs, progress, previews). Adds the released LumiX "
         "schedule ('lumix_release': FLUX shift computed as in the published script) and, for latents from "
         "LumiX Photo To Maps Latent, pins the photo in the color slot (clean, t = 0) so the other maps are "
-        "decomposed from it. The published settings: 50 steps, cfg 3.0 with a negative prompt, guidance 3.5 "
+        "decomposed from it. Refuses a MODEL without a LumiX adapter and a latent whose maps are not the "
+        "adapter's. The published settings: 50 steps, cfg 3.0 with a negative prompt, guidance 3.5 "
         "(text); cfg 1, guidance 1 (photo)."
     )
     CATEGORY = CATEGORY
@@ -54,9 +55,13 @@ class LumiXSampler:
 
         samples = comfy.sample.fix_empty_latent_channels(model, latent_image["samples"])
         maps = maps_of(latent_image)
-        patches = _host.lumix_patches(model)
-        if patches:
-            check_same_maps(maps, patches[0].maps, "on this model")
+        adapter = installed_adapter(model)
+        if adapter is None:
+            raise ValueError(
+                f"LumiX Sampler: the MODEL ({_host.model_family(model)}) has no LumiX adapter, so it would sample "
+                f"{samples.shape[0]} unrelated plain images instead of coherent maps; connect the model through "
+                "LumiX Load Adapter (FLUX model -> LumiX Load Adapter -> LumiX Sampler)")
+        check_same_maps(maps, adapter.maps, adapter.adapter_name)
         scene_count(samples.shape[0], maps)
         work = pin_model(model, latent_image) if latent_image.get(PIN_KEY) else model
         noise = comfy.sample.prepare_noise(samples, seed, latent_image.get("batch_index"))
@@ -74,7 +79,7 @@ class LumiXSampler:
                                       denoise=denoise, noise_mask=noise_mask, callback=callback,
                                       disable_pbar=disable_pbar, seed=seed)
         result = dict(latent_image)
-        result["samples"] = out
+        result["samples"] = tag_maps(out, maps)  # a second sampler downstream checks it too
         return (result,)
 
 

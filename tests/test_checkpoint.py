@@ -165,3 +165,107 @@ def test_pickles_are_refused(tmp_path):
     pt.write_bytes(b"anything")
     with pytest.raises(CheckpointError, match=r"'\.pt' files are pickles.*execute arbitrary code"):
         inspect_adapter(pt)
+
+
+# ----------------------------------------------------------------------------- damaged values and metadata
+def ours(tmp_path, name="mine.safetensors", **meta):
+    """One of our files (with metadata), its metadata entries replaced by ``meta``."""
+    adapter = randomize_(LumiXAdapter(default_spec(rank=R, hidden=D, double_blocks=ND, single_blocks=NS)))
+    state = {k: v.contiguous() for k, v in adapter.state_dict().items()}
+    metadata = {"lumix.format": "1", "lumix.modalities": "albedo,irradiance,color,depth,normal", "lumix.rank": str(R),
+                "lumix.alpha": "none"}
+    metadata.update(meta)
+    path = tmp_path / name
+    save_file(state, str(path), metadata=metadata)
+    return path, state
+
+
+def rewrite_header(path, edit):
+    """Apply ``edit(header_dict)`` to a safetensors file's JSON header, keeping the data bytes."""
+    data = path.read_bytes()
+    n = struct.unpack("<Q", data[:8])[0]
+    header = json.loads(data[8:8 + n])
+    edit(header)
+    raw = json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(raw)) + raw + data[8 + n:])
+
+
+BAD_KEY = "single_blocks.1.processor.kv_tt_lora.G2"
+
+
+@pytest.mark.parametrize("value, what", [(float("nan"), "holds 1 NaN/inf value"), (float("inf"), "holds 1 NaN/inf value"),
+                                         (1e30, "has values up to 1e\\+30, far beyond")])
+def test_non_finite_or_absurd_factors_are_refused_naming_file_and_tensor(tmp_path, value, what):
+    path, state = release_like(tmp_path)
+    state[BAD_KEY][0, 3, 1, 2] = value
+    state["single_blocks.2.processor.kv_tt_lora.G2"][0, 0, 0, 0] = value  # a later one is not the first
+    save_file(state, str(path))
+    with pytest.raises(CheckpointError, match=rf"^lumix.safetensors: '{BAD_KEY}' {what}.*use another adapter file"):
+        load_adapter(path, MODEL)
+    state = {k: v.to(torch.bfloat16) for k, v in state.items()}  # also in the dtypes we cast from
+    save_file(state, str(path))
+    with pytest.raises(CheckpointError, match=rf"'{BAD_KEY}' {what}"):
+        load_adapter(path, MODEL)
+
+
+@pytest.mark.parametrize("meta, message", [
+    ({"lumix.alpha": "nan"}, r"metadata 'lumix.alpha' is 'nan', expected a positive finite number or 'none'"),
+    ({"lumix.alpha": "inf"}, r"metadata 'lumix.alpha' is 'inf', expected a positive finite number"),
+    ({"lumix.alpha": "-2"}, r"metadata 'lumix.alpha' is '-2', expected a positive finite number"),
+    ({"lumix.alpha": "banana"}, r"metadata 'lumix.alpha' is 'banana', expected a positive number or 'none'"),
+    ({"lumix.rank": "eight"}, r"metadata 'lumix.rank' is 'eight', expected an integer \(the rank, e.g. 8\)"),
+    ({"lumix.modalities": "albedo,color,color,depth,normal"},
+     r"metadata 'lumix.modalities' is 'albedo,color,color,depth,normal', expected the adapter's map order.*duplicate"),
+    ({"lumix.format": "banana"}, r"LumiX format version 'banana' is not one this pack understands"),
+])
+def test_malformed_metadata_names_the_file_the_entry_and_the_fix(tmp_path, meta, message):
+    path, _ = ours(tmp_path, **meta)
+    with pytest.raises(CheckpointError, match=rf"^mine.safetensors: {message}"):
+        load_adapter(path, MODEL)
+
+
+def test_integer_or_unknown_dtype_factors_are_refused_before_loading(tmp_path):
+    path, state = release_like(tmp_path)
+    state["double_blocks.0.processor.kv_tt_lora.G1"] = torch.ones(5, 5, R, dtype=torch.int32)
+    save_file(state, str(path))
+    with pytest.raises(CheckpointError, match=r"^lumix.safetensors: 'double_blocks.0.processor.kv_tt_lora.G1' is "
+                                              r"stored as I32, but Tensor LoRA factors are floating point"):
+        load_adapter(path, MODEL)
+    path, _ = release_like(tmp_path, "odd.safetensors")
+    rewrite_header(path, lambda h: h[BAD_KEY].update(dtype="Q4_K"))
+    with pytest.raises(CheckpointError, match=rf"^odd.safetensors: '{BAD_KEY}' is stored as Q4_K, but"):
+        inspect_adapter(path)
+
+
+def test_overlapping_or_gapped_offsets_are_refused_with_the_file_name(tmp_path):
+    path, _ = release_like(tmp_path)
+
+    def overlap(h):
+        spans = sorted((v["data_offsets"], k) for k, v in h.items() if k != "__metadata__")
+        (b0, e0), _ = spans[0]
+        (b1, e1), second = spans[1]
+        h[second]["data_offsets"] = [b1 - 4, e1 - 4]
+
+    rewrite_header(path, overlap)
+    with pytest.raises(CheckpointError, match=r"^lumix.safetensors: corrupt header: the data of '.*' \(bytes \d+-\d+\) "
+                                              r"overlaps '.*'; the file is damaged"):
+        load_adapter(path, MODEL)
+
+    path, _ = release_like(tmp_path, "gap.safetensors")
+
+    def gap(h):
+        for v in h.values():
+            if isinstance(v, dict) and "data_offsets" in v and v["data_offsets"][0] > 0:
+                v["data_offsets"] = [v["data_offsets"][0] + 4, v["data_offsets"][1] + 4]
+
+    rewrite_header(path, gap)
+    with pytest.raises(CheckpointError, match=r"^gap.safetensors: corrupt header: .* leaves a gap after"):
+        inspect_adapter(path)
+
+
+def test_a_library_read_failure_still_names_the_file(tmp_path):
+    path, _ = release_like(tmp_path)
+    with open(path, "ab") as f:  # trailing bytes: our header checks pass, the safetensors library refuses
+        f.write(b"\0" * 16)
+    with pytest.raises(CheckpointError, match=r"^lumix.safetensors: the tensors cannot be read \(SafetensorError"):
+        load_adapter(path, MODEL)

@@ -172,3 +172,87 @@ def test_bad_save_arguments(tmp_path):
     with pytest.raises(ValueError, match="no maps"):
         save_maps({}, tmp_path, "x")
     assert os.listdir(tmp_path) == []
+
+
+# ----------------------------------------------------------------------------- all or nothing, metadata never fatal
+def tree(root):
+    return sorted(os.path.relpath(os.path.join(d, f), root) for d, dirs, files in os.walk(root) for f in files + dirs)
+
+
+@pytest.mark.parametrize("prefix, message", [
+    ("maps\x00x", r"filename_prefix 'maps\\x00x' contains a NUL character.*remove it"),
+    ("sub/" + "m" * 240, r"filename_prefix is too long: the name 'm{40}'... would be \d+ bytes, file systems store at "
+                         r"most 255; shorten the prefix by \d+ bytes or more. Nothing was written."),
+    ("é" * 130 + "/maps", r"filename_prefix is too long: the name 'é{40}'... would be 260 bytes"),  # a folder, in bytes
+    ("maps\ud800", r"filename_prefix contains '\\ud800', which the file system cannot store"),
+])
+def test_a_prefix_the_file_system_cannot_store_is_refused_before_anything_is_written(tmp_path, prefix, message):
+    with pytest.raises(ValueError, match=message):
+        save_maps(scene_maps(), tmp_path, prefix, formats=["png8", "png16", "exr"])
+    assert tree(tmp_path) == []  # not even the sub-folder
+
+
+def test_the_longest_storable_names_are_written(tmp_path):
+    prefix = "m" * (255 - len("_00001_00_normal_16bit.png"))
+    saved = save_maps(scene_maps(1), tmp_path, prefix, formats=["png8", "png16"])
+    assert max(len(f.filename) for f in saved) == 255 and len(saved) == 7
+
+
+def test_a_failure_in_the_middle_of_a_set_removes_what_was_written(tmp_path, monkeypatch):
+    import lumix_core.export as export
+
+    real, calls = export.write_bytes_atomically, []
+
+    def disk_full_on_the_fourth(path, data, **kw):
+        calls.append(path)
+        if len(calls) == 4:
+            raise OSError(28, "No space left on device")
+        return real(path, data, **kw)
+
+    monkeypatch.setattr(export, "write_bytes_atomically", disk_full_on_the_fourth)
+    with pytest.raises(OSError, match=r"saving run_00001_00_depth.png failed \(No space left on device\); the 3 "
+                                      r"file\(s\) already written for this set were removed, nothing was saved"):
+        save_maps(scene_maps(), tmp_path, "new/run", formats=["png8", "png16"])
+    assert len(calls) == 4 and tree(tmp_path) == []  # the folder it made is gone too
+    existing = tmp_path / "kept"
+    existing.mkdir()
+    (existing / "mine.txt").write_text("user data")
+    calls.clear()
+    with pytest.raises(OSError):
+        save_maps(scene_maps(), tmp_path, "kept/run", formats=["png8"])
+    assert tree(tmp_path) == ["kept", "kept/mine.txt"]
+
+
+@pytest.mark.parametrize("name", ["color", "normal"])
+def test_maps_with_nan_or_inf_are_refused_and_nothing_is_written(tmp_path, name):
+    maps = scene_maps()
+    maps[name][1, 2, 3, 0] = float("nan")
+    maps[name][1, 0, 0, 1] = float("inf")
+    with pytest.raises(ValueError, match=rf"the {name} map holds 2 NaN/inf value\(s\) of \d+ \(first in scene 1\); it comes "
+                                         r"from a failed decode or sampling.*Nothing was saved"):
+        save_maps(maps, tmp_path, "x")
+    assert tree(tmp_path) == []
+
+
+def test_metadata_that_png_cannot_hold_is_escaped_and_the_maps_are_saved(tmp_path):
+    prompt = "a lamp \ud83d, glowing"  # a lone surrogate, as pasted from a broken clipboard
+    extra = {"workflow 🎨": json.dumps({"nodes": []}), "  two  spaces ": "x", "prompt": "{}"}
+    saved = save_maps(scene_maps(1), tmp_path, "x", prompt=prompt, formats=["png8", "exr"], extra_text=extra)
+    assert len(saved) == 6
+    text = png_text(saved[0].path)
+    assert text["lumix.prompt"] == "a lamp \\ud83d, glowing"
+    assert text["workflow _"] == '{"nodes": []}' and text["two spaces"] == "x" and text["prompt"] == "{}"
+    header = OpenEXR.File(saved[-1].path).header()
+    assert header["lumix.prompt"] == "a lamp \\ud83d, glowing"
+
+
+def test_the_report_is_saved_beside_the_maps_as_part_of_the_set(tmp_path):
+    report = json.dumps({"scenes": [{"recompose_error": 0.1}]})
+    saved = save_maps(scene_maps(), tmp_path, "r/x", formats=["png8"], report=report)
+    assert saved[-1].filename == "x_00001_report.json" and saved[-1].scene is None
+    assert json.loads((tmp_path / "r" / "x_00001_report.json").read_text()) == json.loads(report)
+    assert next_counter(str(tmp_path / "r"), "x") == 2
+    with pytest.raises(ValueError, match=r"report_json is not JSON .*connect the report_json output of LumiX "
+                                         r"Consistency Report.*Nothing was saved"):
+        save_maps(scene_maps(), tmp_path, "r/y", formats=["png8"], report="not json")
+    assert not [f for f in os.listdir(tmp_path / "r") if f.startswith("y")]

@@ -10,8 +10,8 @@ from lumix_core.adapter import LumiXAdapter, default_spec
 from lumix_core.adapter_cache import AdapterCache
 from lumix_core.checkpoint import ModelShape, save_adapter
 from lumix_core.layout import (MAPS_KEY, center_crop_box, check_same_maps, finish_group_images, group_photo_latents,
-                               maps_latent_shape, maps_of, noise_is_shared, pin_inputs, release_sigmas,
-                               scene_batch_index, slot_latents)
+                               maps_latent_shape, maps_of, noise_is_shared, photo_rgb, pin_inputs, release_sigmas,
+                               require_finite_groups, scene_batch_index, slot_latents, tag_maps, tagged_maps)
 from lumix_core.maps import RELEASE, MapSet
 from lumix_core.model_check import NotFluxError, flux1_shape
 from lumix_core.safetensors_io import CheckpointError
@@ -150,3 +150,39 @@ def test_adapter_cache_refuses_pickles(tmp_path):
     torch.save({"double_blocks.0.processor.kv_tt_lora.G1": torch.zeros(1)}, path)
     with pytest.raises(CheckpointError, match="pickle"):
         AdapterCache().get(path, ModelShape(64, 1, 1))
+
+
+@pytest.mark.parametrize("channels", [1, 2, 3, 4])
+def test_photos_of_any_channel_count_become_cropped_rgb(channels):
+    image = torch.rand(2, 40, 37, channels)
+    rgb = photo_rgb(image)
+    assert rgb.shape == (2, 32, 32, 3)
+    crop = image[:, 4:36, 2:34]
+    if channels <= 2:  # grey (+ alpha): three equal channels from the grey one
+        assert torch.equal(rgb, crop[..., :1].expand(-1, -1, -1, 3))
+    else:  # RGB (+ alpha): alpha dropped
+        assert torch.equal(rgb, crop[..., :3])
+    with pytest.raises(ValueError, match=r"photo: expected 1 or 2 or 3 or 4 channels"):
+        photo_rgb(torch.rand(1, 32, 32, 5))
+
+
+def test_non_finite_photos_and_latents_are_refused_naming_where():
+    photo = torch.rand(3, 32, 32, 3)
+    photo[1, 5, 5, 0] = float("nan")
+    with pytest.raises(ValueError, match=r"^the photo holds 1 NaN/inf value\(s\) of 9216 \(first in image 1\); the node "
+                                         r"that made this IMAGE produced invalid pixels.*Nothing was encoded"):
+        photo_rgb(photo)
+    latent = torch.zeros(10, 16, 2, 2)
+    latent[8, 0, 0, 0] = float("-inf")
+    with pytest.raises(ValueError, match=r"^the LATENT holds 1 NaN/inf value\(s\) of 640 \(first in map depth of scene 1\); "
+                                         r"make it again"):
+        require_finite_groups(latent, RELEASE, "the LATENT", "make it again")
+    assert require_finite_groups(torch.zeros(10, 1), RELEASE, "x", "y") is not None
+
+
+def test_the_map_set_travels_on_the_samples_tensor():
+    samples = torch.zeros(4, 16, 2, 2)
+    assert tagged_maps(samples) is None
+    maps = MapSet.parse("albedo,color,depth,normal")
+    assert tag_maps(samples, maps) is samples and tagged_maps(samples) == maps
+    assert tagged_maps(samples.clone()) is None  # a new tensor from another node carries no tag

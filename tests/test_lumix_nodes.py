@@ -25,7 +25,7 @@ LUMIX_NODES = {
 WORKFLOWS = ("text_to_intrinsics", "photo_to_intrinsics", "relight")
 #: ComfyUI's own nodes used by the workflows (checked against the host in tests/host).
 CORE_NODES = frozenset({"UNETLoader", "DualCLIPLoader", "VAELoader", "CLIPTextEncode", "FluxGuidance", "SaveImage",
-                        "PreviewImage", "LoadImage", "ImageScale"})
+                        "PreviewImage", "LoadImage", "ImageScale", "PreviewAny"})
 
 patches = pack_module("nodes._patches")
 
@@ -195,6 +195,29 @@ def test_sampling_guard_refuses_split_batches_and_context_windows(caplog):
     assert "different noise" in caplog.text
 
 
+def test_sampling_guard_checks_the_map_set_the_latent_carries_and_refuses_non_finite_latents():
+    from lumix_core.layout import tag_maps
+
+    four = MapSet.parse("albedo,color,depth,normal")
+    guard = patches.LumiXSamplingGuard(four, "four.safetensors")
+    noise = torch.randn(20, 16, 2, 2)
+    five_scenes = tag_maps(torch.zeros(20, 16, 2, 2), RELEASE)  # 4 scenes x 5 maps: 20 divides by 4 as well
+    with pytest.raises(ValueError, match=r"^the latent holds maps albedo,irradiance,color,depth,normal \(M=5\) but the "
+                                         r"adapter four.safetensors was trained for albedo,color,depth,normal \(M=4\); set "
+                                         r"the latent node's 'maps' to 'albedo,color,depth,normal'$"):
+        guard(_Executor(), noise, five_scenes)
+    reordered = tag_maps(torch.zeros(8, 16, 2, 2), MapSet.parse("color,albedo,depth,normal"))
+    with pytest.raises(ValueError, match=r"holds maps color,albedo,depth,normal \(M=4\) but the adapter four"):
+        guard(_Executor(), noise[:8], reordered)
+    shared = torch.randn(2, 1, 16, 2, 2).repeat(1, 4, 1, 1, 1).reshape(8, 16, 2, 2)
+    assert guard(_Executor(), shared, tag_maps(torch.zeros(8, 16, 2, 2), four))[0] is shared  # the right maps pass
+    bad = tag_maps(torch.zeros(8, 16, 2, 2), four)
+    bad[5, 1] = float("nan")
+    with pytest.raises(ValueError, match=r"^the LATENT to sample holds 4 NaN/inf value\(s\) of 512 \(first in map "
+                                         r"color of scene 1\); the node that made it produced invalid values"):
+        guard(_Executor(), shared, bad)
+
+
 # ----------------------------------------------------------------------------- workflows
 @pytest.mark.parametrize("name", WORKFLOWS)
 def test_workflow_matches_our_node_definitions(name):
@@ -222,6 +245,50 @@ def test_published_settings_are_in_the_workflows():
     assert sampler["widgets_values"][3] == 1.0 and by_type(photo, "FluxGuidance")[0]["widgets_values"] == [1.0]
     relight = wt.load(ROOT / "workflows" / "relight.json")
     assert {"LumiXRelight", "LumiXRecompose", "LumiXConsistencyReport", "LumiXSaveMaps"} <= {n["type"] for n in relight["nodes"]}
+
+
+def test_workflows_tell_a_new_user_what_to_fetch_and_do_something_new_on_every_run():
+    import re
+
+    for name in WORKFLOWS:
+        wf = wt.load(ROOT / "workflows" / f"{name}.json")
+        seeds = [n["widgets_values"][1] for n in wf["nodes"] if n["type"] in ("LumiXSampler", "PrimitiveNode")
+                 and isinstance(n["widgets_values"][0], int)]
+        assert seeds and set(seeds) == {"randomize"}, name
+        for node in wf["nodes"]:
+            if node["type"] in ("UNETLoader", "DualCLIPLoader", "VAELoader", "LumiXLoadAdapter"):
+                models = node["properties"]["models"]
+                names = {m["name"] for m in models}
+                assert names <= set(node["widgets_values"]) and names, (name, node["type"])
+                assert all(m["directory"] for m in models)
+                if node["type"] != "LumiXLoadAdapter":  # FLUX files are published; the adapter's URL is not known
+                    assert all(m["url"].startswith("https://huggingface.co/") and m["url"].endswith(m["name"]) for m in models)
+        for note in (n for n in wf["nodes"] if n["type"] == "MarkdownNote"):
+            for path in re.findall(r"\b(?:docs|workflows)/[\w./-]+\.\w+", note["widgets_values"][0]):
+                assert (ROOT / path).is_file(), (name, path)
+    photo = wt.load(ROOT / "workflows" / "photo_to_intrinsics.json")
+    (scale,) = [n for n in photo["nodes"] if n["type"] == "ImageScale"]
+    assert scale["widgets_values"][2:] == [0, "disabled"]  # height follows the width: nothing cut off
+    assert "scaled to 512 x 512" not in json.dumps(photo)
+
+
+def test_relight_shows_the_report_and_only_informative_pictures():
+    wf = wt.load(ROOT / "workflows" / "relight.json")
+    nodes = {n["id"]: n for n in wf["nodes"]}
+    links = {l[0]: l for l in wf["links"]}
+    (report,) = [n for n in wf["nodes"] if n["type"] == "LumiXConsistencyReport"]
+    targets = {nodes[links[l][3]]["type"] for l in report["outputs"][0]["links"]}
+    assert targets == {"PreviewAny", "LumiXSaveMaps"}
+    shown = {report["outputs"][links[l][2]]["name"] for o in report["outputs"][1:] for l in o["links"]}
+    assert shown == {"depth_normal_error"}  # normal deviation is black after Decode Maps; recompose error is shown once
+    previews = [n for n in wf["nodes"] if n["type"] in ("PreviewImage", "PreviewAny", "SaveImage")]
+    assert all(n.get("title") and "heat-map 1" not in n["title"] for n in previews)
+    prompt = wt.to_api_prompt(wf, all_classes() | {t: _Core for t in CORE_NODES})
+    sampler = next(v for v in prompt.values() if v["class_type"] == "LumiXSampler")["inputs"]
+    save = next(v for v in prompt.values() if v["class_type"] == "LumiXSaveMaps")["inputs"]
+    encode = next(v for k, v in prompt.items() if nodes[int(k)].get("title") == "Positive prompt")["inputs"]
+    assert sampler["seed"] == save["seed"] == 0 and save["prompt_text"] == encode["text"] and "cozy" in save["prompt_text"]
+    assert save["report_json"][0] == str(report["id"])
 
 
 def test_the_workflow_check_catches_shifted_widgets_and_bad_links():

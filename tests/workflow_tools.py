@@ -162,7 +162,7 @@ def check_workflow(workflow: Mapping, classes: Mapping[str, Any], *, check_combo
             continue
         if lid not in (out.get("links") or []) or inp.get("link") != lid:
             problems.append(f"link {lid}: not recorded on both ends")
-        if not (out["type"] == inp["type"] == ltype):
+        if not (out["type"] == ltype and inp["type"] in (ltype, "*")):  # "*": an input that takes any type
             problems.append(f"link {lid}: types {out['type']} -> {inp['type']} (link says {ltype})")
     for nid, node in nodes.items():
         for slot, inp in enumerate(node.get("inputs", [])):
@@ -185,10 +185,12 @@ def to_api_prompt(workflow: Mapping, classes: Mapping[str, Any], replace: Option
     """UI workflow -> API prompt ``{id: {"class_type", "inputs"}}`` (what the frontend queues).
 
     ``replace`` maps node types to stand-in types with the same sockets and widgets (tests
-    swap the real model loaders for tiny ones).
+    swap the real model loaders for tiny ones). A widget fed by a PrimitiveNode gets the
+    primitive's value, as the frontend sends it.
     """
     replace = dict(replace or {})
     links = {link[0]: link for link in workflow["links"]}
+    nodes = {n["id"]: n for n in workflow["nodes"]}
     prompt = {}
     for node in workflow["nodes"]:
         if node["type"] in VIRTUAL_NODES or node.get("mode", 0) in (2, 4):  # muted / bypassed
@@ -198,7 +200,10 @@ def to_api_prompt(workflow: Mapping, classes: Mapping[str, Any], replace: Option
         for inp in node.get("inputs", []):
             if inp.get("link") is not None:
                 _, src, src_slot, *_ = links[inp["link"]]
-                inputs[inp["name"]] = [str(src), src_slot]
+                if nodes[src]["type"] == "PrimitiveNode":  # the frontend queues a primitive's value, not a link
+                    inputs[inp["name"]] = nodes[src]["widgets_values"][0]
+                else:
+                    inputs[inp["name"]] = [str(src), src_slot]
         prompt[str(node["id"])] = {"class_type": t, "inputs": inputs}
     return prompt
 

@@ -164,3 +164,18 @@ def load_pack_as_comfyui(tmp_root: Path) -> tuple[bool, dict]:
         added = {k: nodes.NODE_CLASS_MAPPINGS[k] for k in set(nodes.NODE_CLASS_MAPPINGS) - before}
         _PACK.update(ok=ok, classes=added)
     return _PACK["ok"], _PACK["classes"]
+
+
+def pack_classes(tmp_path_factory: Any) -> dict:
+    """Body of a module's ``pack`` fixture: the pack loaded as ComfyUI loads it, its node classes."""
+    ok, classes = load_pack_as_comfyui(tmp_path_factory.mktemp("comfyui"))
+    assert ok, "nodes.load_custom_node returned False (see the log for the import error)"
+    return classes
+
+
+def models_folder(tmp_path_factory: Any, name: str) -> Path:
+    """Body of a module's ``models`` fixture: a models/lumix folder holding a random lumix.safetensors."""
+    folder = tmp_path_factory.mktemp(name)
+    register_models_dir(folder)
+    write_adapter(folder / "lumix.safetensors", seed=0)
+    return folder

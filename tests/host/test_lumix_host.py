@@ -39,17 +39,12 @@ POS, NEG = H.conditioning(1), H.conditioning(2)
 
 @pytest.fixture(scope="module")
 def pack(tmp_path_factory):
-    ok, classes = H.load_pack_as_comfyui(tmp_path_factory.mktemp("comfyui"))
-    assert ok, "nodes.load_custom_node returned False (see the log for the import error)"
-    return classes
+    return H.pack_classes(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("models_lumix")
-    H.register_models_dir(folder)
-    H.write_adapter(folder / "lumix.safetensors", seed=0)
-    return folder
+    return H.models_folder(tmp_path_factory, "models_lumix")
 
 
 def load(pack, model, name="lumix.safetensors", strength=1.0):
@@ -397,7 +392,7 @@ def test_a_size_that_is_not_a_multiple_of_16_is_refused(pack):
 
 def test_latent_maps_must_match_the_adapter_and_context_windows_are_refused(pack, models):
     patched = load(pack, H.tiny_flux())
-    with pytest.raises(ValueError, match=r"holds maps albedo,color \(M=2\) but the adapter on this model was trained for"):
+    with pytest.raises(ValueError, match=r"holds maps albedo,color \(M=2\) but the adapter lumix.safetensors was trained for"):
         pack["LumiXSampler"]().sample(patched, 0, 1, 1.0, "euler", "simple", POS, NEG, empty(pack, maps="albedo,color"), 1.0)
 
     class BatchWindows:  # a context-window handler over dim 0, as comfy.context_windows defines them

@@ -7,6 +7,7 @@ from the UI file the way the frontend queues it.
 """
 import asyncio
 import inspect
+import json
 import time
 import zlib
 from pathlib import Path
@@ -170,7 +171,7 @@ def test_text_to_intrinsics_runs_end_to_end(host, tmp_path):
 @pytest.mark.parametrize("name", ["photo_to_intrinsics", "relight"])
 def test_the_other_workflows_run_at_a_small_size(host, tmp_path, name):
     """Same graphs, 64 px and 4 steps instead of 512 px / 50 steps, to keep CPU time short."""
-    small = {("ImageScale", "width"): 64, ("ImageScale", "height"): 64, ("LumiXEmptyMapsLatent", "width"): 64,
+    small = {("ImageScale", "width"): 64, ("LumiXEmptyMapsLatent", "width"): 64,
              ("LumiXEmptyMapsLatent", "height"): 64, ("LumiXSampler", "steps"): 4,
              ("LumiXConsistencyReport", "analysis_size"): 64, ("LumiXSaveMaps", "save_exr"): _has_openexr()}
     prompt = api_prompt(host, name, small)
@@ -185,7 +186,12 @@ def test_the_other_workflows_run_at_a_small_size(host, tmp_path, name):
         assert len(saved["SaveImage"]) == 5
     else:
         assert len(saved["LumiXSaveMaps"]) == 5 and len(saved["SaveImage"]) == 1  # maps + the relit image
-        assert len(saved["PreviewImage"]) == 5  # recompose (2) + consistency heat-maps (3)
+        assert len(saved["PreviewImage"]) == 3  # color estimate, recompose error, depth vs normal
+        shown = [out["text"] for nid, out in ex.history_result["outputs"].items()
+                 if prompt[nid]["class_type"] == "PreviewAny"]
+        (report_file,) = (tmp_path / "LumiX").glob("maps_*_report.json")
+        report = json.loads(report_file.read_text())
+        assert report["scenes"] and json.loads("".join(shown[0])) == report  # the numbers, shown and saved
 
 
 def _has_openexr():
@@ -195,3 +201,14 @@ def _has_openexr():
         return True
     except ImportError:
         return False
+
+
+def test_a_missing_adapter_file_is_reported_with_where_it_goes(host):
+    """What the browser shows on Queue when models/lumix lacks the file (instead of 'Value not in list')."""
+    prompt = api_prompt(host, "text_to_intrinsics", {("LumiXLoadAdapter", "adapter"): "lumix_v2.safetensors"})
+    valid = asyncio.run(execution.validate_prompt("lumix-missing", prompt, None))
+    assert not valid[0]
+    details = [e["details"] for node in valid[3].values() for e in node["errors"]]
+    assert any("adapter file 'lumix_v2.safetensors' is in neither ComfyUI/models/lumix nor models/loras: put the LumiX "
+               "adapter (e.g. lumix.safetensors) into ComfyUI/models/lumix" in d for d in details), details
+    assert not any("not in list" in d for d in details)

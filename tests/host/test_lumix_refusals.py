@@ -1,0 +1,243 @@
+"""Bad inputs a new user feeds the LumiX nodes inside a real ComfyUI (COMFYUI_PATH), and what they see.
+
+Each test feeds one bad input through ComfyUI's own nodes and samplers and checks that the
+message names the problem and the fix, and that nothing was written or silently produced.
+Refusals are matched as ``ValueError`` / ``OSError``: the pack ComfyUI loaded has its own
+copy of lumix_core, so its exception classes are not this process's.
+"""
+import json
+import math
+import os
+
+import pytest
+import torch
+
+import lumix_host as H  # skips the module without COMFYUI_PATH
+
+import comfy.sample  # noqa: E402
+import comfy.samplers  # noqa: E402
+import folder_paths  # noqa: E402
+import nodes as comfy_nodes  # noqa: E402  (ComfyUI's nodes.py)
+from lumix_core.maps import RELEASE, MapSet  # noqa: E402
+from safetensors.torch import save_file  # noqa: E402
+
+POS, NEG = H.conditioning(1), H.conditioning(2)
+FOUR = MapSet.parse("albedo,color,depth,normal")
+
+
+@pytest.fixture(scope="module")
+def pack(tmp_path_factory):
+    return H.pack_classes(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    folder = H.models_folder(tmp_path_factory, "models_lumix_refusals")
+    H.write_adapter(folder / "four.safetensors", maps=FOUR, seed=1)
+    return folder
+
+
+@pytest.fixture
+def output_dir(tmp_path):
+    old = folder_paths.get_output_directory()
+    folder_paths.set_output_directory(str(tmp_path))
+    yield tmp_path
+    folder_paths.set_output_directory(old)
+
+
+def load(pack, model, name="lumix.safetensors"):
+    return pack["LumiXLoadAdapter"]().load(model, name, 1.0)[0]
+
+
+def empty(pack, scenes=1, maps=RELEASE.to_string()):
+    return pack["LumiXEmptyMapsLatent"]().make(64, 64, scenes, maps)[0]
+
+
+def ksampler(model, latent, steps=1):
+    with torch.no_grad():
+        return comfy_nodes.KSampler().sample(model, 0, steps, 1.0, "euler", "simple", POS, NEG, latent, 1.0)[0]
+
+
+def custom_advanced(model, latent):
+    """What SamplerCustomAdvanced does with its inputs: a guider samples the latent's tensor."""
+    guider = comfy.samplers.CFGGuider(model)
+    guider.set_conds(POS, NEG)
+    guider.set_cfg(1.0)
+    noise = comfy.sample.prepare_noise(latent["samples"], 0, latent.get("batch_index"))
+    sigmas = torch.tensor([1.0, 0.0])
+    with torch.no_grad():
+        return guider.sample(noise, latent["samples"], comfy.samplers.sampler_object("euler"), sigmas)
+
+
+def lumix_sampler(pack, model, latent):
+    with torch.no_grad():
+        return pack["LumiXSampler"]().sample(model, 0, 1, 1.0, "euler", "simple", POS, NEG, latent, 1.0)[0]
+
+
+def message(call):
+    with pytest.raises(ValueError) as info:
+        call()
+    return str(info.value)
+
+
+# ----------------------------------------------------------------------------- item 1: map set checked by every sampler
+@pytest.mark.parametrize("adapter, maps, scenes", [
+    ("four.safetensors", RELEASE.to_string(), 4),  # 4 scenes x 5 maps = 20 = 5 groups of 4: only the map set tells
+    ("lumix.safetensors", "color,albedo,irradiance,depth,normal", 1),  # the adapter's maps in another order
+])
+def test_every_sampler_refuses_a_latent_of_another_map_set_with_lumix_samplers_message(pack, models, adapter, maps,
+                                                                                      scenes):
+    model = load(pack, H.tiny_flux(), adapter)
+    latent = empty(pack, scenes, maps)
+    ours = message(lambda: lumix_sampler(pack, model, latent))
+    ms = MapSet.parse(maps)
+    wanted = "albedo,color,depth,normal" if adapter == "four.safetensors" else RELEASE.to_string()
+    assert ours == (f"the latent holds maps {ms.to_string()} (M={ms.size}) but the adapter {adapter} was trained for "
+                    f"{wanted} (M={len(wanted.split(','))}); set the latent node's 'maps' to '{wanted}'")
+    assert message(lambda: ksampler(model, latent)) == ours
+    assert message(lambda: custom_advanced(model, latent)) == ours
+    sampled = lumix_sampler(pack, model, empty(pack, 1, wanted))  # LumiX Sampler's output carries the map set on
+    assert ksampler(model, sampled)["samples"].isfinite().all()  # and a second stock pass over it is accepted
+    print(f"LumiX Sampler, KSampler and SamplerCustomAdvanced all say: {ours}")
+
+
+def test_matching_latents_still_sample_with_stock_samplers(pack, models):
+    model = load(pack, H.tiny_flux(), "four.safetensors")
+    out = ksampler(model, empty(pack, 2, FOUR.to_string()))
+    assert out["samples"].shape == (8, 16, 8, 8) and out["samples"].isfinite().all()
+    assert custom_advanced(model, empty(pack, 1, FOUR.to_string())).shape == (4, 16, 8, 8)
+
+
+# ----------------------------------------------------------------------------- items 2, 3: adapter twice, no adapter
+def test_a_second_adapter_on_a_patched_model_is_refused_naming_both_files(pack, models):
+    once = load(pack, H.tiny_flux())
+    text = message(lambda: load(pack, once, "four.safetensors"))
+    assert text == ("this MODEL already has the LumiX adapter lumix.safetensors; LumiX runs one adapter at a time, so "
+                    "four.safetensors is not loaded over it. Connect the FLUX model itself (UNETLoader) to this LumiX "
+                    "Load Adapter, or remove one of the two LumiX Load Adapter nodes")
+    print(text)
+
+
+def test_lumix_sampler_refuses_a_flux_model_without_an_adapter(pack, models):
+    text = message(lambda: lumix_sampler(pack, H.tiny_flux(), empty(pack)))
+    assert text.startswith("LumiX Sampler: the MODEL (Flux") and "has no LumiX adapter, so it would sample 5 unrelated " \
+        "plain images" in text and text.endswith("connect the model through LumiX Load Adapter (FLUX model -> LumiX Load "
+                                                 "Adapter -> LumiX Sampler)")
+    print(text)
+
+
+# ----------------------------------------------------------------------------- items 4, 5: photos and NaN
+@pytest.mark.parametrize("channels", [1, 2])
+def test_grey_photos_are_decomposed_as_rgb(pack, models, channels):
+    vae = H.tiny_vae()
+    grey = torch.rand(1, 64, 64, 1, generator=torch.Generator().manual_seed(4))
+    photo = grey if channels == 1 else torch.cat((grey, torch.ones_like(grey)), dim=-1)
+    with torch.no_grad():
+        (latent,) = pack["LumiXPhotoToMapsLatent"]().encode(photo, vae, RELEASE.to_string())
+        (rgb,) = pack["LumiXPhotoToMapsLatent"]().encode(grey.repeat(1, 1, 1, 3), vae, RELEASE.to_string())
+        out = lumix_sampler(pack, load(pack, H.tiny_flux()), latent)
+    assert torch.equal(latent["samples"], rgb["samples"])
+    assert (out["samples"][2] - latent["samples"][2]).abs().max() <= 1e-5 and out["samples"].isfinite().all()
+
+
+def test_non_finite_values_are_refused_where_they_enter(pack, models, output_dir):
+    photo = torch.rand(2, 64, 64, 3)
+    photo[1, 10, 10] = float("nan")
+    text = message(lambda: pack["LumiXPhotoToMapsLatent"]().encode(photo, H.tiny_vae(), RELEASE.to_string()))
+    assert text.startswith("the photo holds 3 NaN/inf value(s) of 24576 (first in image 1); the node that made this "
+                           "IMAGE produced invalid pixels; fix or replace it")
+    print(text)
+    model = load(pack, H.tiny_flux())
+    latent = empty(pack)
+    latent["samples"][3, 0, 0, 0] = float("inf")
+    for call in (lambda: ksampler(model, latent), lambda: lumix_sampler(pack, model, latent)):
+        text = message(call)
+        assert text.startswith("the LATENT to sample holds 1 NaN/inf value(s) of 5120 (first in map depth of scene 0); "
+                               "the node that made it produced invalid values; make it again with LumiX Empty Maps Latent")
+    print(text)
+    text = message(lambda: pack["LumiXDecodeMaps"]().decode(latent, H.tiny_vae(), "opengl", False))
+    assert text.startswith("the LATENT to decode holds 1 NaN/inf value(s) of 5120 (first in map depth of scene 0); "
+                           "sampling diverged; check the adapter file of LumiX Load Adapter")
+    maps = {name: torch.rand(1, 64, 64, 3) for name in RELEASE.names}
+    maps["normal"][0, 1, 1, 1] = float("nan")
+    text = message(lambda: save(pack, maps))
+    assert text.startswith("the normal map holds 1 NaN/inf value(s) of 12288 (first in scene 0)")
+    assert "Nothing was saved" in text and list(output_dir.iterdir()) == []
+
+
+# ----------------------------------------------------------------------------- items 6, 7: damaged adapter files
+def _damaged(models, name, edit=None, metadata=None):
+    state = {k: v.contiguous() for k, v in H.random_adapter(seed=3).state_dict().items()}
+    if edit:
+        edit(state)
+    meta = {"lumix.format": "1", "lumix.modalities": RELEASE.to_string(), "lumix.rank": "4", "lumix.alpha": "none"}
+    meta.update(metadata or {})
+    save_file(state, str(models / name), metadata=meta)
+    return name
+
+
+@pytest.mark.parametrize("case, wanted", [
+    ("nan", "nan.safetensors: 'double_blocks.0.processor.kv_tt_lora.G2' holds 1 NaN/inf value(s) of"),
+    ("huge", "huge.safetensors: 'double_blocks.0.processor.kv_tt_lora.G2' has values up to 1e+30, far beyond"),
+    ("alpha", "alpha.safetensors: metadata 'lumix.alpha' is 'nan', expected a positive finite number or 'none'"),
+    ("banana", "banana.safetensors: metadata 'lumix.alpha' is 'banana', expected a positive number or 'none'"),
+    ("rank", "rank.safetensors: metadata 'lumix.rank' is 'eight', expected an integer (the rank, e.g. 8)"),
+    ("dupes", "dupes.safetensors: metadata 'lumix.modalities' is 'albedo,color,color,depth,normal', expected"),
+    ("int32", "int32.safetensors: 'double_blocks.0.processor.kv_tt_lora.G1' is stored as I32, but Tensor LoRA "
+              "factors are floating point"),
+])
+def test_a_damaged_adapter_names_the_file_and_the_problem(pack, models, case, wanted):
+    key = "double_blocks.0.processor.kv_tt_lora."
+    edits = {"nan": lambda s: s[key + "G2"].view(-1).__setitem__(7, math.nan),
+             "huge": lambda s: s[key + "G2"].view(-1).__setitem__(7, 1e30),
+             "int32": lambda s: s.__setitem__(key + "G1", s[key + "G1"].to(torch.int32))}
+    metas = {"alpha": {"lumix.alpha": "nan"}, "banana": {"lumix.alpha": "banana"}, "rank": {"lumix.rank": "eight"},
+             "dupes": {"lumix.modalities": "albedo,color,color,depth,normal"}}
+    name = _damaged(models, f"{case}.safetensors", edits.get(case), metas.get(case))
+    text = message(lambda: load(pack, H.tiny_flux(), name))
+    assert text.startswith(wanted), text
+    print(text)
+
+
+def test_a_missing_adapter_file_says_where_it_goes(pack, models):
+    cls = pack["LumiXLoadAdapter"]
+    assert cls.VALIDATE_INPUTS("lumix.safetensors") is True
+    text = cls.VALIDATE_INPUTS("missing.safetensors")
+    assert text.startswith("adapter file 'missing.safetensors' is in neither ComfyUI/models/lumix nor models/loras: put "
+                           "the LumiX adapter (e.g. lumix.safetensors) into ComfyUI/models/lumix")
+    assert "ComfyUI/models/lumix" in cls.INPUT_TYPES()["required"]["adapter"][1]["tooltip"]
+    assert os.path.isdir(os.path.join(folder_paths.models_dir, "lumix"))  # item 12: created when the pack loads
+
+
+# ----------------------------------------------------------------------------- items 8, 9, 11: Save Maps
+def save(pack, maps, prefix="LumiX/maps", prompt_text="", report_json=None, prompt=None, extra_pnginfo=None):
+    return pack["LumiXSaveMaps"]().save(prefix, True, True, False, "opengl", False, prompt_text=prompt_text, seed=5,
+                                        report_json=report_json, prompt=prompt, extra_pnginfo=extra_pnginfo, **maps)
+
+
+def test_save_maps_refuses_unstorable_prefixes_before_writing_anything(pack, output_dir):
+    maps = {name: torch.rand(1, 16, 16, 3) for name in RELEASE.names}
+    text = message(lambda: save(pack, maps, prefix="LumiX/ma\x00ps"))
+    assert "contains a NUL character, which no file name can hold; remove it" in text
+    text = message(lambda: save(pack, maps, prefix="LumiX/" + "x" * 250))
+    assert text.startswith("filename_prefix is too long: the name 'xxxx") and "Nothing was written." in text
+    print(text)
+    assert list(output_dir.iterdir()) == []
+
+
+def test_save_maps_escapes_metadata_png_cannot_hold_and_saves_the_report(pack, output_dir):
+    from PIL import Image
+
+    maps = {name: torch.rand(1, 16, 16, 3) for name in RELEASE.names}
+    report = json.dumps({"scenes": [{"recompose_error": 0.25}]})
+    ui = save(pack, maps, prompt_text="a \ud83d lamp", report_json=report, prompt={"1": {"class_type": "X"}},
+              extra_pnginfo={"workflow 🎨": {"nodes": []}})
+    shown = ui["ui"]["images"]
+    assert len(shown) == 5
+    with Image.open(output_dir / "LumiX" / shown[0]["filename"]) as im:
+        im.load()
+        text = dict(im.text)
+    assert text["lumix.prompt"] == "a \\ud83d lamp" and text["workflow _"] == '{"nodes": []}'
+    assert json.loads(text["prompt"]) == {"1": {"class_type": "X"}}
+    assert json.loads((output_dir / "LumiX" / "maps_00001_report.json").read_text()) == json.loads(report)
+    assert len(list((output_dir / "LumiX").iterdir())) == 5 + 2 + 1  # png8 x5, png16 x2, the report
