@@ -333,11 +333,26 @@ def _write_set(plan: list[_Planned], folder: str, subfolder: str) -> list[SavedF
                 break
         if not isinstance(e, OSError):
             raise
-        failed = plan[len(saved)].filename
-        raise OSError(f"saving {failed} failed ({e.strerror or e}); the {len(saved)} file(s) already written for this "
-                      "set were removed, nothing was saved. Free disk space or fix the output folder's permissions, "
-                      "then run again.") from e
+        raise SaveError(e, plan[len(saved)].filename, len(saved)) from e
     return saved
+
+
+class SaveError(OSError):
+    """A write failed part-way through a set; the set's files already written were removed.
+
+    Keeps the failed write's ``errno``/``strerror`` and the file name, so a caller can word the
+    failure its own way (the CLI: "cannot write into DIR: <reason>"); ``str()`` is the full
+    sentence for callers that just show it (the ComfyUI node).
+    """
+
+    def __init__(self, cause: OSError, filename: str, removed: int) -> None:
+        super().__init__(cause.errno, cause.strerror or str(cause), filename)
+        self.message = (f"saving {filename} failed ({self.strerror}); the {removed} file(s) already written for this "
+                        "set were removed, nothing was saved. Free disk space or fix the output folder's "
+                        "permissions, then run again.")
+
+    def __str__(self) -> str:
+        return self.message
 
 
 def exr_encoding(names: Iterable[str]) -> dict[str, str]:

@@ -1,20 +1,21 @@
 """The paper's ablation and the small-data curve at toy scale: ``python -m lumix_core.toy.ablation --out DIR``.
 
-Five stage-2 runs on one frozen stage-1 backbone (default: the shipped one), with the same
-steps, batch, learning rate and seeds; only the setting named in the row changes:
+Stage-2 runs on one frozen stage-1 backbone (default: the shipped one), with the same steps,
+batch, learning rate and rank; only the setting named in the row changes:
 
-* ablation, on the largest training set:
+* ablation, on the largest training set, two training seeds for (a) and (b):
   (a) QBA + Tensor LoRA (the LumiX recipe);
   (b) independent per-map LoRAs -- no query broadcast, G1 held block-diagonal, so map i's
       adapter reads only map i (the maps meet only through the shared noise and prompt);
   (c) Tensor LoRA without QBA (maps mix through G1 only; each attends with its own queries);
-* small-data curve: (a) on the first 50, 200 and 800 scenes of the same stream (the 800
-  point is run (a) itself).
+* small-data curve: (a) on the first 50, 200 and 800 scenes of the same stream.
 
 Every run is scored on the same held-out scenes and seeds (:mod:`lumix_core.toy.evaluate`):
-decomposition against ground truth, and cross-map alignment of maps generated from the
-caption alone. The table goes to ``DIR/ablation.md`` (and ``--doc``), numbers to
-``DIR/results.json``. Whatever the numbers are, they are printed as they come out.
+decomposition (color pinned, no caption) against ground truth, and the physical coherence
+of maps generated from the caption alone. Each run writes ``DIR/run_<name>/scores.json``;
+``--runs a,b`` runs only those (so two processes can share a 2-core machine), and
+``--report`` renders the table from whatever runs are in DIR into ``DIR/ablation.md`` (and
+``--doc``). Whatever the numbers are, they are printed as they come out.
 """
 from __future__ import annotations
 
@@ -30,7 +31,8 @@ from typing import Optional, Sequence
 import torch
 
 from ..files import write_text_atomically
-from .evaluate import EVAL_DATA_SEED, EvalSettings, evaluate_decomposition, evaluate_generation, held_out_scenes, reference_scores
+from .evaluate import (EVAL_DATA_SEED, EvalSettings, evaluate_decomposition, evaluate_generation, held_out_scenes,
+                       reference_scores)
 from .model import BACKBONE_FILE, TEXT_FILE, WEIGHTS_DIR, ToyLumiX
 from .recipe import Stage2Settings, fit_adapter, prepare_cache, write_maps_dataset
 from .reproduce import _progress, check_empty_folder
@@ -39,37 +41,63 @@ from .text import ToyTextEncoder
 log = logging.getLogger("lumix.toy")
 
 CURVE_SIZES = (50, 200, 800)
+SCORES_FILE = "scores.json"
+#: Marks a folder as an ablation's own: only such a folder (or an empty one) is written into again.
+MARKER = "lumix_ablation.json"
 
 
 @dataclass(frozen=True)
-class Variant:
-    key: str
+class Run:
+    name: str
     label: str
     share_query: bool
     independent_maps: bool
+    scenes: int = max(CURVE_SIZES)
+    seed: int = 0
 
 
-VARIANTS = (
-    Variant("a", "(a) QBA + Tensor LoRA", True, False),
-    Variant("b", "(b) independent per-map LoRAs (no QBA, block-diagonal G1)", False, True),
-    Variant("c", "(c) Tensor LoRA without QBA", False, False),
+_A = dict(share_query=True, independent_maps=False)
+_B = dict(share_query=False, independent_maps=True)
+PLAN: tuple[Run, ...] = (
+    Run("a", "(a) QBA + Tensor LoRA", **_A),
+    Run("a_seed1", "(a) QBA + Tensor LoRA, seed 1", **_A, seed=1),
+    Run("b", "(b) independent per-map LoRAs (no QBA, block-diagonal G1)", **_B),
+    Run("b_seed1", "(b) independent per-map LoRAs, seed 1", **_B, seed=1),
+    Run("c", "(c) Tensor LoRA without QBA", share_query=False, independent_maps=False),
+    *(Run(f"a{n}", f"(a) on {n} scenes", **_A, scenes=n) for n in CURVE_SIZES if n != max(CURVE_SIZES)),
 )
 
-
-@dataclass
-class RunResult:
-    name: str
-    label: str
-    scenes: int
-    seconds: float
-    decomposition: dict
-    generation: dict
+DEC_COLUMNS = (("normal_angular_error_deg", "normal error (deg) ↓", 1), ("depth_abs_rel", "depth AbsRel ↓", 3),
+               ("albedo_si_mse", "albedo si-MSE ↓", 4), ("irradiance_si_mse", "irradiance si-MSE ↓", 4),
+               ("reads_photo_depth", "reads photo, depth ↑", 2), ("reads_photo_normal", "reads photo, normal ↑", 2))
+GEN_COLUMNS = (("recompose_error", "generation recompose error ↓", 3),
+               ("depth_normal_error_deg", "generation depth↔normal (deg) ↓", 1))
 
 
-def _evaluate(folder: Path, adapter: Path, scenes, settings: EvalSettings) -> tuple[dict, dict]:
-    """Scores of one run; QBA on/off is read from the adapter's metadata, as the trainer wrote it."""
-    model = ToyLumiX.load(folder, adapter=adapter)
-    return evaluate_decomposition(model, scenes, settings), evaluate_generation(model, scenes, settings)
+def run_one(out: Path, weights: Path, run: Run, stage2: Stage2Settings, evaluation: EvalSettings) -> dict:
+    """Train and score one run into ``out/run_<name>`` (its own dataset and cache)."""
+    folder = out / f"run_{run.name}"
+    if (folder / SCORES_FILE).is_file():
+        log.info("run %s: already done", run.name)
+        return json.loads((folder / SCORES_FILE).read_text(encoding="utf-8"))
+    text = ToyTextEncoder.load(weights / TEXT_FILE)
+    settings = replace(stage2, scenes=run.scenes, seed=run.seed, share_query=run.share_query,
+                       independent_maps=run.independent_maps, holdout=min(stage2.holdout, run.scenes // 10))
+    write_maps_dataset(folder / "data", run.scenes, settings.data_seed)
+    cache = prepare_cache(folder / "data", folder / "cache", text)
+    log.info("run %s: %s, %d scenes, %d steps", run.name, run.label, run.scenes, settings.steps)
+    t = time.perf_counter()
+    fit = fit_adapter(cache, weights / BACKBONE_FILE, folder / "stage2", settings,
+                      on_step=_progress(f"run {run.name}", 100, settings.steps), text=text)
+    seconds = time.perf_counter() - t
+    model = ToyLumiX.load(weights, adapter=fit.adapter_path)  # QBA on/off read from the adapter's metadata
+    scenes = held_out_scenes(evaluation.scenes)
+    scores = {"run": asdict(run), "stage2": asdict(settings), "stage2_s": seconds,
+              "decomposition": evaluate_decomposition(model, scenes, evaluation),
+              "generation": evaluate_generation(model, scenes, evaluation)}
+    write_text_atomically(folder / SCORES_FILE, json.dumps(scores, indent=1, sort_keys=True) + "\n")
+    log.info("run %s: %.0f s, %s", run.name, seconds, {k: round(scores["decomposition"][k], 4) for k, *_ in DEC_COLUMNS})
+    return scores
 
 
 def _cell(scores: Optional[dict], key: str, digits: int) -> str:
@@ -81,104 +109,79 @@ def _cell(scores: Optional[dict], key: str, digits: int) -> str:
     return text + (f" ± {sem:.{digits}f}" if sem and sem >= 10 ** -digits else "")
 
 
-def _row(label: str, dec: dict, gen: Optional[dict], seconds: Optional[float]) -> str:
-    cells = [label, _cell(dec, "normal_angular_error_deg", 1), _cell(dec, "depth_abs_rel", 3),
-             _cell(dec, "albedo_si_mse", 4), _cell(dec, "alignment", 3), _cell(gen, "alignment", 3),
-             f"{seconds:.0f}" if seconds is not None else "–"]
+def _row(label: str, dec: Optional[dict], gen: Optional[dict], seconds: Optional[float]) -> str:
+    cells = [label] + [_cell(dec, k, d) for k, _, d in DEC_COLUMNS] + [_cell(gen, k, d) for k, _, d in GEN_COLUMNS]
+    cells.append(f"{seconds:.0f}" if seconds is not None else "–")
     return "| " + " | ".join(cells) + " |"
 
 
-HEADER = ("| setting | normal error (deg) ↓ | depth AbsRel ↓ | albedo si-MSE ↓ | alignment, decomposition ↑ "
-          "| alignment, generation ↑ | stage-2 wall time (s) |\n|---|---|---|---|---|---|---|")
+def _header() -> str:
+    names = [n for _, n, _ in DEC_COLUMNS + GEN_COLUMNS]
+    return "| setting | " + " | ".join(names) + " | stage-2 wall time (s) |\n" + "|---" * (len(names) + 2) + "|"
 
 
-def render_markdown(runs: list[RunResult], refs: dict, meta: dict) -> str:
-    by = {r.name: r for r in runs}
-    a, b = by["a"], by["b"]
+def render_markdown(results: dict[str, dict], refs: dict, meta: dict) -> str:
     lines = ["## Ablation (toy scale)", "", f"Command: `{meta['command']}`", "",
              f"Stage 2: {meta['steps']} steps x {meta['batch_size']} scenes, lr {meta['lr']}, rank {meta['rank']}, "
-             f"seed {meta['seed']}, on {meta['ablation_scenes']} training scenes; backbone `{meta['backbone']}`. "
-             f"Held-out: {meta['eval_scenes']} scenes (seed stream {meta['eval_stream']}), {meta['sample_steps']} "
-             f"Euler steps; generation with true CFG {meta['true_cfg']}, decomposition with the color pinned "
-             f"(CFG 1). Machine: {meta['threads']} torch thread(s), total wall time {meta['total_s']:.0f} s.", "",
-             HEADER]
-    for v in VARIANTS:
-        r = by[v.key]
-        lines.append(_row(r.label, r.decomposition, r.generation, r.seconds))
-    lines.append(_row("ground truth (the renders' own maps)", refs["ground_truth"], None, None))
-    lines.append(_row("ground truth through the toy VAE (the best a toy model can reach)", refs["ground_truth_vae"],
-                      None, None))
-    lines.append(_row("trivial: normals facing the camera, flat depth, color as albedo", refs["trivial"], None, None))
-    lines.append("| control: (a) sampled with one noise per map instead of one per scene | – | – | – | – | "
-                 f"{_cell(refs['independent_noise'], 'alignment', 3)} | – |")
-    gain_gen = (a.generation["alignment"] / b.generation["alignment"] - 1) * 100
-    gain_dec = (a.decomposition["alignment"] / b.decomposition["alignment"] - 1) * 100
-    lines += ["", f"Alignment of (a) relative to (b): generation {gain_gen:+.1f} %, decomposition {gain_dec:+.1f} % "
-                  "(the paper reports about +23 % for QBA + Tensor LoRA). Cells are mean ± standard error over "
-                  "the held-out scenes (one sampling seed per scene).", "",
-              "## Small-data curve (setting a, same steps)", "", HEADER]
+             f"photo-conditioning probability {meta['photo']}; backbone `{meta['backbone']}`. Held-out: "
+             f"{meta['eval_scenes']} scenes (seed stream {EVAL_DATA_SEED}), {meta['sample_steps']} Euler steps; "
+             "decomposition with the color pinned and no caption (CFG 1), generation from the caption with true "
+             f"CFG {meta['true_cfg']}.", "", _header()]
+    for run in PLAN:
+        if run.name in results and run.scenes == max(CURVE_SIZES):
+            r = results[run.name]
+            lines.append(_row(run.label, r["decomposition"], r["generation"], r["stage2_s"]))
+    labels = {"ground_truth": "ground truth (the renders' own maps)",
+              "ground_truth_vae": "ground truth through the toy VAE (the best a toy model can reach)",
+              "trivial": "trivial: camera-facing normals, flat depth, color as albedo, luminance as irradiance",
+              "copy_color": "baseline: the color copied into every map",
+              "independent_noise": "baseline: one uniform noise image per map"}
+    for key, label in labels.items():
+        lines.append(_row(label, refs[key], refs[key], None))
+    lines += ["", "## Small-data curve (setting a, same steps)", "", _header()]
     for n in CURVE_SIZES:
-        r = by[f"a{n}"] if f"a{n}" in by else by["a"]
-        lines.append(_row(f"{n} training scenes", r.decomposition, r.generation, r.seconds))
-    lines += ["", "Metrics: normal = mean angular error vs the true camera-space normals; depth = AbsRel after a "
-                  "least-squares scale/shift fit; albedo = scale-invariant MSE in linear light (per-channel scale); "
-                  "alignment = mean edge agreement (lumix_core.metrics.cross_map_alignment) of albedo, irradiance, "
-                  "depth and normal with the color map of the same sample. Decomposition metrics score maps "
-                  "sampled with the held-out render's color pinned; generation alignment scores maps sampled from "
-                  "the caption alone against the generated color.", ""]
+        name = "a" if n == max(CURVE_SIZES) else f"a{n}"
+        if name in results:
+            r = results[name]
+            lines.append(_row(f"{n} training scenes", r["decomposition"], r["generation"], r["stage2_s"]))
+    lines += ["", "Cells are mean ± standard error over the held-out scenes (one sampling seed per scene). "
+                  "Decomposition: normal = mean angular error vs the true camera-space normals; depth = AbsRel "
+                  "after a least-squares scale/shift fit; albedo, irradiance = scale-invariant MSE in linear light; "
+                  "reads photo = share of scenes whose depth (normal) map is closer to its own truth than to the "
+                  "next scene's (chance ~0.5). Generation: lumix_core.metrics.map_coherence -- albedo x irradiance "
+                  "vs color (relative RMS after one exposure fit) and depth-derived vs predicted normals; the "
+                  "baseline rows score the references' own maps the same way.", ""]
     return "\n".join(lines)
 
 
-def run(out: Path, weights: Path, stage2: Stage2Settings, evaluation: EvalSettings, command: str) -> tuple[str, dict]:
-    check_empty_folder(out)
-    out.mkdir(parents=True, exist_ok=True)
-    start = time.perf_counter()
-    text = ToyTextEncoder.load(weights / TEXT_FILE)
-    backbone = weights / BACKBONE_FILE
-    caches = {}
-    for n in CURVE_SIZES:
-        write_maps_dataset(out / f"data_{n}", n, stage2.data_seed)
-        caches[n] = prepare_cache(out / f"data_{n}", out / f"cache_{n}", text)
-    largest = max(CURVE_SIZES)
-    scenes = held_out_scenes(evaluation.scenes)
-    plan = [(v.key, v.label, v, largest) for v in VARIANTS]
-    plan += [(f"a{n}", f"(a) on {n} scenes", VARIANTS[0], n) for n in CURVE_SIZES if n != largest]
-    runs: list[RunResult] = []
-    for name, label, v, n in plan:
-        settings = replace(stage2, scenes=n, share_query=v.share_query, independent_maps=v.independent_maps)
-        log.info("run %s: %s, %d scenes, %d steps", name, label, n, settings.steps)
-        t = time.perf_counter()
-        fit = fit_adapter(caches[n], backbone, out / f"run_{name}", settings,
-                          on_step=_progress(f"run {name}", 100, settings.steps))
-        seconds = time.perf_counter() - t
-        dec, gen = _evaluate(weights, fit.adapter_path, scenes, evaluation)
-        runs.append(RunResult(name, label, n, seconds, dec, gen))
-        log.info("run %s: %.0f s, decomposition %s, generation alignment %.3f", name, seconds,
-                 {k: round(x, 4) for k, x in dec.items()}, gen["alignment"])
-    refs = reference_scores(scenes)
-    control = ToyLumiX.load(weights, adapter=out / "run_a" / "adapter.safetensors")
-    refs["independent_noise"] = evaluate_generation(control, scenes, evaluation, shared_noise=False)
+def report(out: Path, weights: Path, stage2: Stage2Settings, evaluation: EvalSettings, command: str) -> str:
+    """The markdown table of every finished run in ``out`` (+ references), also to ``out/ablation.md``."""
+    results = {}
+    for run in PLAN:
+        path = out / f"run_{run.name}" / SCORES_FILE
+        if path.is_file():
+            results[run.name] = json.loads(path.read_text(encoding="utf-8"))
+    refs = reference_scores(held_out_scenes(evaluation.scenes), evaluation.seed)
     meta = {"command": command, "steps": stage2.steps, "batch_size": stage2.batch_size, "lr": stage2.lr,
-            "rank": stage2.rank, "seed": stage2.seed, "ablation_scenes": largest, "backbone": str(backbone),
-            "eval_scenes": evaluation.scenes, "eval_stream": EVAL_DATA_SEED, "sample_steps": evaluation.steps,
-            "true_cfg": evaluation.true_cfg, "threads": torch.get_num_threads(),
-            "total_s": time.perf_counter() - start}
-    results = {"meta": meta, "stage2": asdict(stage2), "evaluation": asdict(evaluation),
-               "runs": [asdict(r) for r in runs], "references": refs}
-    text_md = render_markdown(runs, refs, meta)
-    write_text_atomically(out / "results.json", json.dumps(results, indent=1, sort_keys=True) + "\n")
+            "rank": stage2.rank, "photo": stage2.photo_conditioning_prob, "backbone": str(weights / BACKBONE_FILE),
+            "eval_scenes": evaluation.scenes, "sample_steps": evaluation.steps, "true_cfg": evaluation.true_cfg}
+    text_md = render_markdown(results, refs, meta)
     write_text_atomically(out / "ablation.md", text_md)
-    return text_md, results
+    write_text_atomically(out / "references.json", json.dumps(refs, indent=1, sort_keys=True) + "\n")
+    return text_md
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     d2, de = Stage2Settings(), EvalSettings()
     ap = argparse.ArgumentParser(prog="python -m lumix_core.toy.ablation", description=__doc__.splitlines()[0])
-    ap.add_argument("--out", required=True, help="new (or empty) folder for datasets, caches, runs and results")
+    ap.add_argument("--out", required=True, help="folder for the runs (finished runs in it are kept, not redone)")
     ap.add_argument("--weights", default=str(WEIGHTS_DIR), help="model folder whose backbone + text encoder are used")
     ap.add_argument("--steps", type=int, default=d2.steps, help="stage-2 steps of every run")
     ap.add_argument("--eval-scenes", type=int, default=de.scenes)
-    ap.add_argument("--threads", type=int, default=2, help="torch CPU threads (use 1 on a busy machine)")
+    ap.add_argument("--runs", default=",".join(r.name for r in PLAN),
+                    help="comma-separated runs to do (default: all): " + ", ".join(r.name for r in PLAN))
+    ap.add_argument("--report", action="store_true", help="only render the table of the finished runs")
+    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     ap.add_argument("--doc", default=None, help="also write the table to this markdown file (e.g. docs/ablation.md)")
     ap.add_argument("--overwrite-doc", action="store_true", help="replace an existing --doc file")
     args = ap.parse_args(argv)
@@ -188,13 +191,34 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if doc is not None and doc.exists() and not args.overwrite_doc:
         print(f"ablation: {doc} exists; pass --overwrite-doc to replace it", file=sys.stderr)
         return 2
-    command = "python -m lumix_core.toy.ablation " + " ".join(sys.argv[1:] if argv is None else argv)
-    try:
-        text_md, _ = run(Path(args.out), Path(args.weights), replace(d2, steps=args.steps),
-                         replace(de, scenes=args.eval_scenes), command)
-    except FileExistsError as e:
-        print(f"ablation: {e}", file=sys.stderr)
+    known = {r.name: r for r in PLAN}
+    wanted = [n.strip() for n in args.runs.split(",") if n.strip()]
+    unknown = [n for n in wanted if n not in known]
+    if unknown:
+        print(f"ablation: unknown run(s) {', '.join(unknown)}; choose from {', '.join(known)}", file=sys.stderr)
         return 2
+    out, weights = Path(args.out), Path(args.weights)
+    stage2, evaluation = replace(d2, steps=args.steps), replace(de, scenes=args.eval_scenes)
+    if out.exists() and not (out / MARKER).is_file():
+        try:
+            check_empty_folder(out)
+        except FileExistsError as e:
+            print(f"ablation: {e}", file=sys.stderr)
+            return 2
+    if (out / MARKER).is_file():
+        recorded = json.loads((out / MARKER).read_text(encoding="utf-8")).get("stage2")
+        if recorded != json.loads(json.dumps(asdict(stage2))):
+            print(f"ablation: {out} holds runs made with other stage-2 settings ({recorded}); use the same "
+                  "--steps, or a new --out", file=sys.stderr)
+            return 2
+    if not args.report:
+        out.mkdir(parents=True, exist_ok=True)
+        if not (out / MARKER).is_file():
+            write_text_atomically(out / MARKER, json.dumps({"stage2": asdict(stage2)}, indent=1) + "\n")
+        for name in wanted:
+            run_one(out, weights, known[name], stage2, evaluation)
+    command = "python -m lumix_core.toy.ablation " + " ".join(sys.argv[1:] if argv is None else argv)
+    text_md = report(out, weights, stage2, evaluation, command)
     if doc is not None:
         write_text_atomically(doc, "# Toy-scale ablation and small-data curve\n\n" + text_md)
     print(text_md)
