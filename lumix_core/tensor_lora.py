@@ -16,9 +16,14 @@ which is ~R times fewer FLOPs and never allocates anything larger than the consu
 output. The expansion is added *in place* into the consumer (K/V or the projection
 output), so no ``[M, L, d_out]`` delta is allocated either.
 
+Each step is a fixed number of batched operations over all ``G*M`` items (and all heads),
+never a loop over groups or heads: on a GPU every dispatched operation costs a launch, and
+FLUX.1-dev runs 114 adapters per model call (``bench/bench_dispatch.py``).
+
 Activations keep their dtype: the factors are contracted in fp32 (they are small) and the
 resulting ``W`` / ``G3`` are cast to the activation dtype; matmuls in bf16/fp16 accumulate in
-fp32 inside the kernels.
+fp32 inside the kernels. At inference (frozen factors, no grad) those prepared tensors are
+cached per device and dtype (:meth:`TensorLoRA._prepared`).
 """
 from __future__ import annotations
 
@@ -29,6 +34,14 @@ import torch
 from torch import Tensor, nn
 
 from .maps import check_group_batch
+
+
+def _version_or_none(t: Tensor) -> Optional[int]:
+    """The in-place version counter, or None where there is none (inference tensors, also wrapped)."""
+    try:
+        return t._version
+    except RuntimeError:
+        return None
 
 
 class TensorLoRA(nn.Module):
@@ -93,6 +106,9 @@ class TensorLoRA(nn.Module):
         moves (``.to``) invalidate it. Trainable factors always get a fresh, differentiable
         build and clear the cache: optimizers with fused kernels update parameters without
         bumping their version counters, so a trained factor must never be served from it.
+        Factors created under ``torch.inference_mode()`` (ComfyUI runs its nodes there) have no
+        version counter: they are keyed by storage alone, so an in-place edit of them inside
+        inference mode needs :meth:`clear_cache` (nothing in this project does that).
         """
         params = (self.G1, self.G2, self.G3)
         if any(p.requires_grad for p in params):
@@ -100,13 +116,17 @@ class TensorLoRA(nn.Module):
             return build()
         if torch.is_grad_enabled():
             return build()
-        key = (device, dtype, *((p.data_ptr(), p._version) for p in params))
+        key = (device, dtype, *((p.data_ptr(), _version_or_none(p)) for p in params))
         hit = self._cache.get(what)
         if hit is not None and hit[0] == key:
             return hit[1]
         value = build()
         self._cache[what] = (key, value)
         return value
+
+    def clear_cache(self) -> None:
+        """Drop the prepared factors (they are rebuilt on the next inference call)."""
+        self._cache.clear()
 
     def _apply(self, fn, *args, **kwargs):
         # .to() / .cuda() / .half(): entries on the old device or dtype would only hold memory

@@ -125,3 +125,18 @@ def test_deep_copies_do_not_share_the_cache():
         twin = copy.deepcopy(lora)
         twin.G3.zero_()
         assert torch.count_nonzero(twin(torch.randn(3, 2, 16))) == 0
+
+
+def test_factors_made_in_inference_mode_are_cached_by_storage():
+    """ComfyUI loads adapters inside torch.inference_mode(): no version counters there."""
+    with torch.inference_mode():
+        lora = trained_lora().requires_grad_(False)
+        x = torch.randn(6, 5, 16)
+        assert lora.G3.is_inference()
+        first = lora(x)
+        assert lora.mixing_matrix(x.device, x.dtype) is lora.mixing_matrix(x.device, x.dtype)
+        lora.G3.mul_(-1.0)  # invisible to the cache without a version counter ...
+        lora.clear_cache()  # ... hence clear_cache
+        torch.testing.assert_close(lora(x), -first)
+        lora.to(torch.float64)  # a move or cast builds new storage: rebuilt
+        torch.testing.assert_close(lora(x.double()).float(), -first, rtol=1e-4, atol=1e-4)
