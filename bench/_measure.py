@@ -1,6 +1,7 @@
-"""Side-by-side timing and exact peak-tensor-memory helpers for the benchmarks."""
+"""Side-by-side timing, exact peak-tensor-memory and dispatch-count helpers for the benchmarks."""
 from __future__ import annotations
 
+import collections
 import statistics
 import time
 from typing import Callable
@@ -93,3 +94,23 @@ class LiveTensorBytes:
 
 def mb(n: float) -> str:
     return f"{n / 2**20:,.1f} MiB"
+
+
+def count_dispatches(fn: Callable[[], object]) -> collections.Counter:
+    """Aten operations ``fn`` dispatches, by name (views and in-place ops included).
+
+    On a GPU each one is at least a kernel launch or dispatcher round trip (~5-10 µs), so the
+    count is what a CPU timing cannot show.
+    """
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    counts: collections.Counter = collections.Counter()
+
+    class Mode(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            counts[func.overloadpacket.__name__] += 1
+            return func(*args, **(kwargs or {}))
+
+    with Mode():
+        fn()
+    return counts

@@ -75,19 +75,22 @@ def _needs_autograd(*tensors: Tensor) -> bool:
 def broadcast_query(q: Tensor, group: int, query_index: int) -> Tensor:
     """Every map of a group gets the query of map ``query_index`` (``q`` is ``[G*M, ...]``).
 
-    At inference the copy is written into ``q`` itself (no extra memory); under autograd a
-    new tensor is built so the gradient flows back to the query-source map only.
+    At inference the copy is written into ``q`` itself (no extra memory): at most two
+    broadcasting ``copy_`` calls (the maps before and after the source), whatever the group
+    and head counts. Under autograd a new tensor is built so the gradient flows back to the
+    query-source map only.
     """
     if group == 1:
         return q
     G = q.shape[0] // group
-    qg = q.unflatten(0, (G, group))
-    src = qg[:, query_index : query_index + 1]
+    qg = q.unflatten(0, (G, group))  # [G, M, ...]
+    src = qg[:, query_index : query_index + 1]  # [G, 1, ...]
     if _needs_autograd(q):
         return src.expand_as(qg).reshape(q.shape)
-    for i in range(group):
-        if i != query_index:
-            qg[:, i].copy_(src[:, 0])
+    if query_index > 0:
+        qg[:, :query_index].copy_(src)
+    if query_index < group - 1:
+        qg[:, query_index + 1 :].copy_(src)
     return q
 
 

@@ -16,19 +16,32 @@ which is ~R times fewer FLOPs and never allocates anything larger than the consu
 output. The expansion is added *in place* into the consumer (K/V or the projection
 output), so no ``[M, L, d_out]`` delta is allocated either.
 
+Each step is a fixed number of batched operations over all ``G*M`` items (and all heads),
+never a loop over groups or heads: on a GPU every dispatched operation costs a launch, and
+FLUX.1-dev runs 114 adapters per model call (``bench/bench_dispatch.py``).
+
 Activations keep their dtype: the factors are contracted in fp32 (they are small) and the
 resulting ``W`` / ``G3`` are cast to the activation dtype; matmuls in bf16/fp16 accumulate in
-fp32 inside the kernels.
+fp32 inside the kernels. At inference (frozen factors, no grad) those prepared tensors are
+cached per device and dtype (:meth:`TensorLoRA._prepared`).
 """
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 from torch import Tensor, nn
 
 from .maps import check_group_batch
+
+
+def _version_or_none(t: Tensor) -> Optional[int]:
+    """The in-place version counter, or None where there is none (inference tensors, also wrapped)."""
+    try:
+        return t._version
+    except RuntimeError:
+        return None
 
 
 class TensorLoRA(nn.Module):
@@ -59,6 +72,7 @@ class TensorLoRA(nn.Module):
         self.G1 = nn.Parameter(torch.empty(M, M, R, device=device, dtype=dtype))
         self.G2 = nn.Parameter(torch.empty(M, in_features, R, R, device=device, dtype=dtype))
         self.G3 = nn.Parameter(torch.empty(M, out_features, R, device=device, dtype=dtype))
+        self._cache: dict[tuple, tuple[tuple, Tensor]] = {}  # see _prepared
         self.reset_parameters()
 
     @torch.no_grad()
@@ -80,35 +94,92 @@ class TensorLoRA(nn.Module):
             f"rank={self.rank}, alpha={self.alpha}"
         )
 
+    # -- prepared factors ----------------------------------------------------------------
+    def _prepared(self, what: tuple, device: torch.device, dtype: torch.dtype, build: Callable[[], Tensor]) -> Tensor:
+        """``build()`` (a tensor derived from the factors, on ``device`` in ``dtype``), cached at inference.
+
+        Why: contracting ``W`` and casting/re-laying ``G3`` is a handful of dispatched operations
+        per adapter and call; over FLUX.1-dev's 57 blocks and every sampling step that is
+        launch overhead a GPU feels. The cache is used only when nothing can train the factors
+        (grad mode off and no factor requiring grad), and each entry is keyed by the factors'
+        storage and version counters, so in-place edits (``copy_``, ``load_state_dict``) and
+        moves (``.to``) invalidate it. Trainable factors always get a fresh, differentiable
+        build and clear the cache: optimizers with fused kernels update parameters without
+        bumping their version counters, so a trained factor must never be served from it.
+        Factors created under ``torch.inference_mode()`` (ComfyUI runs its nodes there) have no
+        version counter: they are keyed by storage alone, so an in-place edit of them inside
+        inference mode needs :meth:`clear_cache` (nothing in this project does that).
+        """
+        params = (self.G1, self.G2, self.G3)
+        if any(p.requires_grad for p in params):
+            self._cache.clear()
+            return build()
+        if torch.is_grad_enabled():
+            return build()
+        key = (device, dtype, *((p.data_ptr(), _version_or_none(p)) for p in params))
+        hit = self._cache.get(what)
+        if hit is not None and hit[0] == key:
+            return hit[1]
+        value = build()
+        self._cache[what] = (key, value)
+        return value
+
+    def clear_cache(self) -> None:
+        """Drop the prepared factors (they are rebuilt on the next inference call)."""
+        self._cache.clear()
+
+    def _apply(self, fn, *args, **kwargs):
+        # .to() / .cuda() / .half(): entries on the old device or dtype would only hold memory
+        self._cache.clear()
+        return super()._apply(fn, *args, **kwargs)
+
+    def mixing_matrix(self, device: torch.device, dtype: torch.dtype) -> Tensor:
+        """``W`` as ``[M(j), d_in, M(i)*R]``: every map's features -> every map's rank codes.
+
+        Contracted in float32 (the factors may be fp8 or bf16), then cast to the activations'
+        dtype.
+        """
+        def build() -> Tensor:
+            W = torch.einsum("iurq,ijq->juir", self.G2.float(), self.G1.float())  # [j, u, i, r]
+            return W.reshape(self.num_maps, self.in_features, self.num_maps * self.rank).to(device, dtype)
+
+        return self._prepared(("W",), device, dtype, build)
+
+    def expansion(self, device: torch.device, dtype: torch.dtype, rows: slice = slice(None), heads: int = 0) -> Tensor:
+        """``G3[:, rows]`` laid out for the batched rank-R expansion, in the activations' dtype.
+
+        ``heads=0``: ``[M, R, n_rows]`` (token layout, output feature ``o``).
+        ``heads=H``: ``[M*H, R, Dh]``, batch ``(i, h)``: feature ``h*Dh + e`` of map ``i`` (FLUX's
+        ``"(H D)"`` split), for outputs laid out ``[.., H, L, Dh]``.
+        """
+        def build() -> Tensor:
+            g3 = self.G3[:, rows].to(device, dtype)  # [M, n, R]
+            if not heads:
+                return g3.transpose(1, 2).contiguous()
+            M, n, R = g3.shape
+            return g3.reshape(M, heads, n // heads, R).permute(0, 1, 3, 2).reshape(M * heads, R, n // heads)
+
+        return self._prepared(("G3", rows.start, rows.stop, rows.step, heads), device, dtype, build)
+
     # -- fast path -----------------------------------------------------------------------
-    def mixing_matrix(self, dtype: torch.dtype) -> Tensor:
-        """``W`` as ``[M(j), d_in, M(i)*R]``: every map's features -> every map's rank codes."""
-        G1 = self.G1.float()
-        G2 = self.G2.float()
-        W = torch.einsum("iurq,ijq->juir", G2, G1)  # [j, u, i, r]
-        return W.reshape(self.num_maps, self.in_features, self.num_maps * self.rank).to(dtype)
-
     def codes(self, x: Tensor) -> Tensor:
-        """Low-rank codes ``Z`` as ``[G, M(i), L, R]`` for ``x`` of shape ``[G*M, L, d_in]``.
+        """Low-rank codes ``Z`` as a contiguous ``[G, M(i), L, R]`` for ``x`` of shape ``[G*M, L, d_in]``.
 
-        Computed as one batched GEMM over the M input maps followed by a sum over them; the
-        ``[G, M(j), L, M*R]`` partial products are small (``M*R`` per token and map).
+        One batched GEMM over the ``G*M`` input items (``W`` repeated per group: it is small),
+        a sum over the input maps ``j`` and one re-layout copy; a fixed number of operations
+        whatever the group count. The ``[G, M(j), L, M*R]`` partial products are small.
         """
         M, R = self.num_maps, self.rank
-        if x.shape[-1] != self.in_features:
+        if x.ndim != 3 or x.shape[-1] != self.in_features:
             raise ValueError(
-                f"Tensor LoRA expects {self.in_features} input features, got {x.shape[-1]}"
+                f"Tensor LoRA expects [batch, tokens, {self.in_features}] inputs, got {tuple(x.shape)}"
             )
         G = check_group_batch(x.shape[0], M)
         L = x.shape[1]
-        W = self.mixing_matrix(x.dtype)
-        parts = torch.matmul(x.reshape(G, M, L, self.in_features), W)  # [G, j, L, i*R]
-        Z = parts.sum(dim=1)  # [G, L, i*R]
-        return Z.reshape(G, L, M, R).permute(0, 2, 1, 3)  # [G, i, L, R]
-
-    def _expansion(self, dtype: torch.dtype, rows: slice) -> Tensor:
-        """``G3[:, rows]`` as ``[M, R, n_rows]`` in the activation dtype."""
-        return self.G3[:, rows].to(dtype).transpose(1, 2)
+        W = self.mixing_matrix(x.device, x.dtype)
+        parts = torch.bmm(x, W.repeat(G, 1, 1))  # [G*M(j), L, M(i)*R]
+        Z = parts.view(G, M, L, M, R).sum(dim=1)  # [G, L, M(i), R]
+        return torch.permute_copy(Z, (0, 2, 1, 3))  # [G, M(i), L, R], contiguous
 
     def delta(self, z: Tensor, dtype: torch.dtype, strength: float = 1.0, rows: slice = slice(None)) -> Tensor:
         """Adapter output features ``rows`` as a fresh ``[G*M, L, n_rows]`` tensor.
@@ -117,18 +188,18 @@ class TensorLoRA(nn.Module):
         variants that write straight into the consumer.
         """
         G, M, L, R = z.shape
-        out = torch.matmul(z.to(dtype), self._expansion(dtype, rows)) * self.scale(strength)
+        g3 = self.expansion(z.device, dtype, rows)  # [M, R, n]
+        out = torch.matmul(z.to(dtype), g3) * self.scale(strength)  # [G, M, L, n]
         return out.reshape(G * M, L, -1)
 
     def add_delta_(self, out: Tensor, z: Tensor, strength: float = 1.0, rows: slice = slice(None)) -> Tensor:
-        """Add adapter output features ``rows`` into ``out`` (``[G*M, L, n_rows]``) in place."""
+        """Add adapter output features ``rows`` into ``out`` (``[G*M, L, n_rows]``, any strides) in place.
+
+        One ``baddbmm_`` over all ``G*M`` items (``G3`` repeated per group: it is small).
+        """
         G, M, L, R = z.shape
-        g3 = self._expansion(out.dtype, rows)  # [M, R, n]
-        out_g = out.unflatten(0, (G, M))
-        zc = z.to(out.dtype)
-        s = self.scale(strength)
-        for g in range(G):
-            out_g[g].baddbmm_(zc[g], g3, alpha=s)
+        g3 = self.expansion(out.device, out.dtype, rows)  # [M, R, n]
+        out.baddbmm_(z.to(out.dtype).view(G * M, L, R), g3.repeat(G, 1, 1), alpha=self.scale(strength))
         return out
 
     def add_heads_delta_(
@@ -137,20 +208,25 @@ class TensorLoRA(nn.Module):
         """Add output features ``rows`` into a head-split ``out`` ``[G*M, H, L, Dh]`` in place.
 
         Feature ``h*Dh + e`` of the adapter output goes to ``out[:, h, :, e]`` (FLUX's
-        ``"B L (H D) -> B H L D"`` split). ``out`` may be a strided view (V is a view of the
-        fused QKV projection), so the update runs per group and head on views of it.
+        ``"B L (H D) -> B H L D"`` split). One batched GEMM whatever the head count, chosen by
+        ``out``'s strides: token-major (V, a view of the fused QKV output: ``[B, L, H*Dh]``
+        underneath) takes the token layout; head-major (K after QK-norm: ``[B*H, L, Dh]``
+        underneath) a per-head batch with the codes repeated per head (``R`` values per token
+        and head, small); any other layout gets the delta added from a fresh tensor.
         """
         G, M, L, R = z.shape
-        GM, H, L2, Dh = out.shape
-        if L2 != L or GM != G * M:
+        B, H, L2, Dh = out.shape
+        if L2 != L or B != G * M:
             raise ValueError(f"head delta shape mismatch: out {tuple(out.shape)}, codes {tuple(z.shape)}")
-        g3 = self._expansion(out.dtype, rows).unflatten(2, (H, Dh))  # [M, R, H, Dh]
-        zc = z.to(out.dtype)
-        s = self.scale(strength)
-        out_g = out.unflatten(0, (G, M))  # [G, M, H, L, Dh]
-        for g in range(G):
-            for h in range(H):
-                out_g[g, :, h].baddbmm_(zc[g], g3[:, :, h], alpha=s)
+        s0, s1, _, s3 = out.stride()
+        if s1 == Dh * s3:  # token-major: (H, Dh) merge into one feature axis
+            self.add_delta_(out.transpose(1, 2).flatten(2), z, strength, rows)
+        elif s0 == H * s1:  # head-major: (B, H) merge into one batch axis
+            g3 = self.expansion(out.device, out.dtype, rows, heads=H)  # [M*H, R, Dh]
+            zh = z.to(out.dtype).repeat(1, 1, H, 1).view(B * H, L, R)  # batch (g, i, h)
+            out.view(B * H, L, Dh).baddbmm_(zh, g3.repeat(G, 1, 1), alpha=self.scale(strength))
+        else:
+            out.add_(self.delta(z, out.dtype, strength, rows).view(B, L, H, Dh).transpose(1, 2))
         return out
 
     def forward(self, x: Tensor, strength: float = 1.0) -> Tensor:
