@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _measure import peak_rss_bytes, reset_peak_rss  # noqa: E402
+from _measure import LiveTensorBytes  # noqa: E402
 
 from lumix_core.adapter import BlockLoRA, LumiXAdapter, default_spec  # noqa: E402
 from lumix_core.flux import FLUX_DEV, DoubleStreamBlock, Flux, SingleStreamBlock, tiny_config  # noqa: E402
@@ -68,7 +68,6 @@ def bench_steps(args) -> None:
     times = {"forward": 0.0, "backward": 0.0, "optimizer": 0.0}
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    base_rss = reset_peak_rss()
     for step in range(args.warmup + args.steps):
         draws = [draw_scene(0, step * B + b, (C, side, side), DrawSettings()) for b in range(B)]
         batch = make_noisy_batch(x0, draws, maps.query_index)
@@ -97,8 +96,17 @@ def bench_steps(args) -> None:
           + ", ".join(f"{k} {1000 * v / args.steps:.1f} ms ({100 * v / total:.0f}%)" for k, v in times.items()))
     if device.type == "cuda":
         print(f"  peak CUDA memory allocated: {torch.cuda.max_memory_allocated(device) / 2**20:.1f} MiB")
-    else:
-        print(f"  peak RSS growth during the steps: {(peak_rss_bytes() - base_rss) / 2**20:.1f} MiB "
+    else:  # one more step, counted exactly (RSS peaks move by tens of MB with the allocator's state)
+        draws = [draw_scene(0, b, (C, side, side), DrawSettings()) for b in range(B)]
+        batch = make_noisy_batch(x0, draws, maps.query_index)
+
+        def one_step() -> None:
+            opt.zero_grad(set_to_none=True)
+            scene_losses(module(batch.x_t, batch.t, txt, y, 1.0), batch).mean().backward()
+            opt.step()
+
+        peak = LiveTensorBytes().measure(one_step)
+        print(f"  peak live tensor memory of one step: {peak / 2**20:.1f} MiB "
               f"(adapter {sum(p.numel() for p in adapter.parameters()) / 1e3:.1f} k params)")
 
 
