@@ -124,4 +124,7 @@ def test_prepare_then_fit_with_comfy_validation_decoding(host, tmp_path):
     import cv2
 
     sheet = cv2.imread(str(tmp_path / "run" / "validation" / "step-00000002.png"))
-    assert sheet.shape == (32, 3 * 32 + 2 * 4, 3)  # VAE-decoded 32x32 pixels per map
+    from lumix_core.train.validation import LABEL_HEIGHT
+
+    # VAE-decoded 32x32 pixels per map, enlarged 2x so the map names fit in the label strip
+    assert sheet.shape == (LABEL_HEIGHT + 64, 3 * 64 + 2 * 4, 3)
