@@ -44,8 +44,10 @@ def _ridge_r2(x: torch.Tensor, y: torch.Tensor, train: int, lam: float = 1e-2) -
 
 
 @torch.no_grad()
-def probe(model: ToyLumiX, scenes: int = 320, held_out: int = 64, data_seed: int = 2) -> dict[str, dict[str, float]]:
-    """``{feature set: {map: R²}}`` for the baselines, every block, and all blocks together."""
+def probe(model: ToyLumiX, scenes: int = 320, held_out: int = 64, data_seed: int = 2,
+          t: float = 0.0) -> dict[str, dict[str, float]]:
+    """``{feature set: {map: R²}}`` for the baselines, every block, and all blocks together.
+    ``t`` > 0 noises the color as flow matching does (``(1-t) x0 + t eps``) before probing."""
     results = [render(sample_scene(scene_seed(data_seed, i)), 64) for i in range(scenes)]
     encoded = [r.encode() for r in results]
 
@@ -53,6 +55,9 @@ def probe(model: ToyLumiX, scenes: int = 320, held_out: int = 64, data_seed: int
         return vae.encode(torch.from_numpy(np.stack([e[name] for e in encoded])))
 
     color = latents("color")
+    if t > 0:
+        g = torch.Generator().manual_seed(0)
+        color = (1.0 - t) * color + t * torch.randn(color.shape, generator=g)
     targets = {m: pack(latents(m)) for m in PROBED_MAPS}
     backbone = model.backbone
     tokens = pack(color).shape[1]
@@ -64,7 +69,7 @@ def probe(model: ToyLumiX, scenes: int = 320, held_out: int = 64, data_seed: int
               for i, b in enumerate(backbone.single_blocks)]
     try:
         txt, y = model.text.encode([""] * scenes)
-        FluxDenoiser(backbone)(color, torch.zeros(scenes), TextConditioning(txt, y), 1.0)
+        FluxDenoiser(backbone)(color, torch.full((scenes,), float(t)), TextConditioning(txt, y), 1.0)
     finally:
         for h in hooks:
             h.remove()
@@ -80,9 +85,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m lumix_core.toy.probe", description=__doc__.splitlines()[0])
     ap.add_argument("--weights", default=str(WEIGHTS_DIR), help="toy model folder (default: the shipped one)")
     ap.add_argument("--scenes", type=int, default=320, help="scenes rendered (the last 64 are held out)")
+    ap.add_argument("--t", type=float, default=0.0, help="timestep of the probed color (0: clean, as pinned)")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
-    scores = probe(ToyLumiX.load(args.weights, with_adapter=False), scenes=args.scenes)
+    scores = probe(ToyLumiX.load(args.weights, with_adapter=False), scenes=args.scenes, t=args.t)
     print("| features (+ token position) | " + " | ".join(f"R² {m}" for m in PROBED_MAPS) + " |")
     print("|---" * (len(PROBED_MAPS) + 1) + "|")
     for name, row in scores.items():

@@ -1,0 +1,49 @@
+"""The toy's scoring pieces: each must tell the truth from the cheap ways to fake it."""
+from __future__ import annotations
+
+import torch
+
+from lumix_core.metrics import evaluate_maps
+from lumix_core.toy.evaluate import (SATURATED_COLORS, dominant_color, held_out_scenes, reads_photo,
+                                     reference_scores, summary_table, truth_of)
+from lumix_core.world import render
+from lumix_core.world_scene import PALETTE
+
+
+def _encoded(r):
+    return {k: torch.from_numpy(v) for k, v in r.encode().items()}
+
+
+def test_reads_photo_is_one_for_the_truth_and_zero_for_a_swapped_prediction():
+    scenes = held_out_scenes(3, size=32)
+    truths = [_encoded(r) for r in scenes]
+    rows = [evaluate_maps(t, truth_of(r)) for t, r in zip(truths, scenes)]
+    reads_photo(rows, truths, scenes)
+    assert all(r["reads_photo_depth"] == 1.0 and r["reads_photo_normal"] == 1.0 for r in rows)
+    # predicting the *next* scene's maps is exactly what a photo-blind model would do at worst
+    swapped = [truths[(i + 1) % 3] for i in range(3)]
+    rows = [evaluate_maps(p, truth_of(r)) for p, r in zip(swapped, scenes)]
+    reads_photo(rows, swapped, scenes)
+    assert all(r["reads_photo_depth"] == 0.0 and r["reads_photo_normal"] == 0.0 for r in rows)
+
+
+def test_dominant_color_names_the_object_colour_and_ignores_the_floor():
+    h = w = 16
+    albedo = torch.tensor(PALETTE["gray"]).expand(h, w, 3).clone()  # a gray floor everywhere ...
+    albedo[4:9, 4:9] = torch.tensor(PALETTE["blue"])  # ... and a small blue object
+    assert dominant_color(albedo) == "blue"
+    assert dominant_color(torch.tensor(PALETTE["white"]).expand(h, w, 3)) is None
+    assert "gray" not in SATURATED_COLORS and "red" in SATURATED_COLORS
+
+
+def test_reference_rows_rank_truth_above_trivial_and_baselines():
+    refs = reference_scores(held_out_scenes(4, size=32))
+    truth, vae, trivial = refs["ground_truth"], refs["ground_truth_vae"], refs["trivial"]
+    for key in ("normal_angular_error_deg", "depth_abs_rel", "albedo_si_mse", "irradiance_si_mse"):
+        assert truth[key] < 1e-4 and vae[key] < trivial[key], key  # float32 round trips
+    assert refs["trivial_flat_irradiance"]["irradiance_si_mse"] > vae["irradiance_si_mse"]
+    for baseline in ("copy_color", "independent_noise"):
+        assert refs[baseline]["recompose_error"] > 10 * truth["recompose_error"] + 0.1
+        assert refs[baseline]["depth_normal_error_deg"] > truth["depth_normal_error_deg"] + 15
+    table = summary_table({"decomposition": truth, "generation": truth, **refs})
+    assert "decomposition depth_abs_rel" in table and "<= 0.05" in table and "½ trivial" in table
