@@ -37,7 +37,7 @@ def main() -> int:
         truth = {k: torch.from_numpy(v) for k, v in r.encode().items()}
         pred = decompose_photo(model, truth["color"])
         rows.append(torch.stack([truth["color"]] + [pred[m] for m in MAPS] + [truth[m] for m in MAPS]))
-    labels = ["input"] + list(MAPS) + [f"true {m[:6]}" for m in MAPS]
+    labels = ["input"] + list(MAPS) + [f"true {m}" for m in MAPS]
     sheet = contact_sheet(rows, labels=labels, scale=2)
     write_bytes_atomically(args.out, encode_png(sheet, {"lumix.made_by": "docs/make_decompose_sheet.py",
                                                         "lumix.weights": str(args.weights)}))
