@@ -30,7 +30,9 @@ from typing import Optional, Sequence
 
 import torch
 
+from ..checkpoint import inspect_adapter
 from ..files import write_text_atomically
+from ..train.fit import FINAL_ADAPTER
 from .evaluate import (EVAL_DATA_SEED, EvalSettings, evaluate_decomposition, evaluate_generation, held_out_scenes,
                        reference_scores)
 from .model import BACKBONE_FILE, TEXT_FILE, WEIGHTS_DIR, ToyLumiX
@@ -83,14 +85,19 @@ def run_one(out: Path, weights: Path, run: Run, stage2: Stage2Settings, evaluati
     text = ToyTextEncoder.load(weights / TEXT_FILE)
     settings = replace(stage2, scenes=run.scenes, seed=run.seed, share_query=run.share_query,
                        independent_maps=run.independent_maps, holdout=min(stage2.holdout, run.scenes // 10))
-    write_maps_dataset(folder / "data", run.scenes, settings.data_seed)
-    cache = prepare_cache(folder / "data", folder / "cache", text)
-    log.info("run %s: %s, %d scenes, %d steps", run.name, run.label, run.scenes, settings.steps)
-    t = time.perf_counter()
-    fit = fit_adapter(cache, weights / BACKBONE_FILE, folder / "stage2", settings,
-                      on_step=_progress(f"run {run.name}", 100, settings.steps), text=text)
-    seconds = time.perf_counter() - t
-    model = ToyLumiX.load(weights, adapter=fit.adapter_path)  # QBA on/off read from the adapter's metadata
+    adapter = folder / "stage2" / FINAL_ADAPTER
+    if adapter.is_file() and inspect_adapter(adapter).metadata.get("lumix.train.step") == str(settings.steps):
+        log.info("run %s: trained before (%s), scoring it", run.name, adapter)  # e.g. the process died in scoring
+        seconds = float("nan")
+    else:
+        write_maps_dataset(folder / "data", run.scenes, settings.data_seed)
+        cache = prepare_cache(folder / "data", folder / "cache", text)
+        log.info("run %s: %s, %d scenes, %d steps", run.name, run.label, run.scenes, settings.steps)
+        t = time.perf_counter()
+        adapter = fit_adapter(cache, weights / BACKBONE_FILE, folder / "stage2", settings,
+                              on_step=_progress(f"run {run.name}", 100, settings.steps), text=text).adapter_path
+        seconds = time.perf_counter() - t
+    model = ToyLumiX.load(weights, adapter=adapter)  # QBA on/off read from the adapter's metadata
     scenes = held_out_scenes(evaluation.scenes)
     scores = {"run": asdict(run), "stage2": asdict(settings), "stage2_s": seconds,
               "decomposition": evaluate_decomposition(model, scenes, evaluation),
@@ -111,7 +118,7 @@ def _cell(scores: Optional[dict], key: str, digits: int) -> str:
 
 def _row(label: str, dec: Optional[dict], gen: Optional[dict], seconds: Optional[float]) -> str:
     cells = [label] + [_cell(dec, k, d) for k, _, d in DEC_COLUMNS] + [_cell(gen, k, d) for k, _, d in GEN_COLUMNS]
-    cells.append(f"{seconds:.0f}" if seconds is not None else "–")
+    cells.append(f"{seconds:.0f}" if seconds is not None and seconds == seconds else "–")
     return "| " + " | ".join(cells) + " |"
 
 
