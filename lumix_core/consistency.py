@@ -151,7 +151,9 @@ def depth_from_relative(relative: Tensor, near_far_ratio: float, model: str = "l
     raise ValueError(f"depth model must be one of {list(DEPTH_MODELS)}, got {model!r}")
 
 
-def _interior_mean_angle(relative: Tensor, normals: Tensor, fov_deg: float, ratio: float, model: str) -> float:
+def depth_normal_mean_angle(relative: Tensor, normals: Tensor, fov_deg: float, ratio: float, model: str) -> float:
+    """Mean angle (degrees, border pixels left out) between the normals of ``relative`` read with
+    ``ratio`` / ``model`` (:func:`depth_from_relative`) and ``normals`` ``[H,W,3]``."""
     derived = normals_from_depth(depth_from_relative(relative, ratio, model), fov_deg)
     return float(angular_error_deg(derived, normals)[1:-1, 1:-1].mean())
 
@@ -183,7 +185,7 @@ def fit_depth_reading(
             raise ValueError(f"depth model must be one of {list(DEPTH_MODELS)}, got {model!r}")
 
         def score(log_ratio: float) -> float:
-            return _interior_mean_angle(relative, normals, fov_deg, math.exp(log_ratio), model)
+            return depth_normal_mean_angle(relative, normals, fov_deg, math.exp(log_ratio), model)
 
         scores = [score(math.log(r)) for r in grid]
         i = min(range(len(grid)), key=scores.__getitem__)

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from . import conventions
-from .consistency import angular_error_deg, depth_from_relative, fit_depth_reading, normals_from_depth
+from .consistency import depth_normal_mean_angle, fit_depth_reading
 from .maps import canonical
 from .recompose import recompose
 from .world import encode_depth, tone_map
@@ -166,8 +166,7 @@ def map_coherence(maps: Mapping[str, Any], fov_deg: float = COHERENCE_FOV_DEG) -
         relative = conventions.single_channel(_nhwc(named["depth"]))[0]
         normals = conventions.normals_to_vectors(_nhwc(named["normal"])[0, ..., :3])
         ratio, model = fit_depth_reading(relative, normals, fov_deg)
-        derived = normals_from_depth(depth_from_relative(relative, ratio, model), fov_deg)
-        out["depth_normal_error_deg"] = float(angular_error_deg(derived, normals)[1:-1, 1:-1].mean())
+        out["depth_normal_error_deg"] = depth_normal_mean_angle(relative, normals, fov_deg, ratio, model)
     return out
 
 
@@ -178,7 +177,7 @@ def evaluate_maps(pred: Mapping[str, Any], truth: Mapping[str, np.ndarray]) -> d
     ``truth``: raw buffers as in a ``ground_truth/<id>.npz`` of
     :mod:`lumix_core.world_dataset` (``depth`` z, unit ``normal``, linear ``albedo``,
     optional linear ``irradiance`` and ``hit``). Only metrics whose maps are present are
-    returned, plus :func:`map_coherence` of the predicted maps.
+    returned. (Coherence needs no truth and costs a fit: :func:`map_coherence`, separately.)
     """
     named = {canonical(k): v for k, v in pred.items()}
     mask = np.asarray(truth["hit"], dtype=bool) if "hit" in truth else None
@@ -193,5 +192,4 @@ def evaluate_maps(pred: Mapping[str, Any], truth: Mapping[str, np.ndarray]) -> d
         out["albedo_si_mse"] = linear_si_mse(named["albedo"], gt_a, mask)
     if "irradiance" in named and "irradiance" in truth:
         out["irradiance_si_mse"] = linear_si_mse(named["irradiance"], tone_map(truth["irradiance"]), mask)
-    out.update(map_coherence(named))
     return out

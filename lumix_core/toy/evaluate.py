@@ -118,9 +118,9 @@ def reads_photo(rows: list[dict[str, float]], predictions: list[dict[str, torch.
 
 
 def evaluate_decomposition(model: ToyLumiX, scenes: Sequence[RenderResult], settings: EvalSettings,
-                           caption: bool = False) -> dict[str, float]:
+                           caption: bool = False, coherence: bool = True) -> dict[str, float]:
     """Mean GT metrics of maps sampled with each scene's color pinned (empty caption unless
-    ``caption``), plus coherence and the reads-the-photo fractions."""
+    ``caption``), the reads-the-photo fractions, and (``coherence``) :func:`map_coherence`."""
     rows, predictions = [], []
     for start in range(0, len(scenes), settings.batch):
         chunk = scenes[start: start + settings.batch]
@@ -130,6 +130,8 @@ def evaluate_decomposition(model: ToyLumiX, scenes: Sequence[RenderResult], sett
         for n, result in enumerate(chunk):
             pred = _scene_maps(maps, n)
             scores = evaluate_maps(pred, truth_of(result))
+            if coherence:
+                scores.update(map_coherence(pred))
             scores["normal_deviation"] = float(maps["normal"].deviation[n].mean())
             rows.append(scores)
             predictions.append(pred)
@@ -217,7 +219,7 @@ def training_evaluator(text: ToyTextEncoder, scenes: int = 16, steps: int = 8,
     quick = replace(settings, steps=steps)
 
     def evaluate(backbone, step: int) -> dict[str, float]:
-        scores = evaluate_decomposition(ToyLumiX.live(backbone, text), held, quick)
+        scores = evaluate_decomposition(ToyLumiX.live(backbone, text), held, quick, coherence=False)
         return {f"decomposition_{k}": scores[k] for k in keep}
 
     return evaluate
@@ -243,20 +245,24 @@ def reference_scores(scenes: Sequence[RenderResult], seed: int = 0) -> dict[str,
     rows: dict[str, list[dict[str, float]]] = {k: [] for k in (
         "ground_truth", "ground_truth_vae", "trivial", "trivial_flat_irradiance", "copy_color", "independent_noise")}
     g = torch.Generator().manual_seed(seed)
+
+    def scored(maps: dict[str, torch.Tensor], truth: dict[str, np.ndarray]) -> dict[str, float]:
+        return {**evaluate_maps(maps, truth), **map_coherence(maps)}
+
     for r in scenes:
         enc = {k: torch.from_numpy(v) for k, v in r.encode().items()}
         truth = truth_of(r)
-        rows["ground_truth"].append(evaluate_maps(enc, truth))
-        rows["ground_truth_vae"].append(evaluate_maps({k: vae.round_trip(v[None])[0] for k, v in enc.items()}, truth))
+        rows["ground_truth"].append(scored(enc, truth))
+        rows["ground_truth_vae"].append(scored({k: vae.round_trip(v[None])[0] for k, v in enc.items()}, truth))
         h, w = r.hit.shape
         facing = torch.tensor([0.5, 0.5, 1.0]).expand(h, w, 3)
         flat = torch.full((h, w, 3), 0.5)
         color = enc["color"]
-        rows["trivial"].append(evaluate_maps({"normal": facing, "depth": flat, "albedo": color,
+        rows["trivial"].append(scored({"normal": facing, "depth": flat, "albedo": color,
                                               "irradiance": _luminance_guess(color)}, truth))
-        rows["trivial_flat_irradiance"].append(evaluate_maps({"irradiance": flat}, truth))
-        rows["copy_color"].append(evaluate_maps({k: color for k in enc}, truth))
-        rows["independent_noise"].append(evaluate_maps(
+        rows["trivial_flat_irradiance"].append(scored({"irradiance": flat}, truth))
+        rows["copy_color"].append(scored({k: color for k in enc}, truth))
+        rows["independent_noise"].append(scored(
             {k: v if k == "color" else torch.rand(v.shape, generator=g) for k, v in enc.items()}, truth))
     return {k: mean_and_sem(v) for k, v in rows.items()}
 
