@@ -7,7 +7,7 @@ them with a ``TorchDispatchMode`` for a 2 double + 2 single block FLUX (hidden 3
 token counts: the count does not depend on sizes) at 2 and 24 heads (FLUX.1-dev has 24) and
 1, 2 and 4 groups of 5 maps (2 groups = one scene under CFG):
 
-* ``lumix_core.flux.Flux`` plain vs with the adapter attached;
+* ``lumix_core.model.flux.Flux`` plain vs with the adapter attached;
 * with ``COMFYUI_PATH`` set, ComfyUI's FLUX (``comfy.supported_models.Flux``) plain vs
   patched through our Load Adapter node, the model called as the samplers call it.
 
@@ -30,11 +30,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _comfy  # noqa: E402
 from _measure import count_dispatches  # noqa: E402
 
-from lumix_core.adapter import LumiXAdapter, default_spec  # noqa: E402
-from lumix_core.checkpoint import save_adapter  # noqa: E402
-from lumix_core.flux import Flux, tiny_config  # noqa: E402
 from lumix_core.latents import image_ids  # noqa: E402
 from lumix_core.maps import RELEASE  # noqa: E402
+from lumix_core.model.adapter import LumiXAdapter, default_spec  # noqa: E402
+from lumix_core.model.checkpoint import save_adapter  # noqa: E402
+from lumix_core.model.flux import Flux, tiny_config  # noqa: E402
 
 HIDDEN, DOUBLE, SINGLE, RANK = 384, 2, 2, 8
 HEADS, GROUPS = (2, 24), (1, 2, 4)
@@ -63,7 +63,7 @@ def _count_pair(plain: Callable[[], object], lumix: Callable[[], object]) -> tup
 
 
 def core_counts(heads: int, groups: int, adapter: LumiXAdapter) -> tuple[Counts, Counts]:
-    """Plain vs LumiX call of ``lumix_core.flux.Flux``."""
+    """Plain vs LumiX call of ``lumix_core.model.flux.Flux``."""
     torch.manual_seed(0)
     model = Flux(tiny_config(hidden_size=HIDDEN, num_heads=heads, depth=DOUBLE, depth_single_blocks=SINGLE,
                              in_channels=16, context_in_dim=CONTEXT, vec_in_dim=POOLED)).eval().requires_grad_(False)
@@ -126,7 +126,7 @@ def main() -> None:
     torch.set_num_threads(1)
     adapter = random_adapter()
     cases = [(h, g) for h in HEADS for g in GROUPS]
-    ok = table("lumix_core.flux", {c: core_counts(*c, adapter) for c in cases}, a.detail)
+    ok = table("lumix_core.model.flux", {c: core_counts(*c, adapter) for c in cases}, a.detail)
     if _comfy.comfyui_path():
         _comfy.import_comfy(cpu=True)
         pack = _comfy.load_pack()

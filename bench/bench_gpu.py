@@ -3,7 +3,7 @@
 Builds the full FLUX.1-dev architecture (hidden 3072, 24 heads, 19 double + 38 single blocks)
 with random weights, nothing downloaded: through ComfyUI's classes when ``COMFYUI_PATH`` is set
 (``comfy.supported_models.Flux`` set up as UNETLoader does, patched by our Load Adapter node
-with a random release-shaped adapter), else :mod:`lumix_core.flux` with the adapter attached.
+with a random release-shaped adapter), else :mod:`lumix_core.model.flux` with the adapter attached.
 Weights in bf16 and in fp8 (e4m3fn storage, as UNETLoader's ``weight_dtype``; computed in the
 dtype the host picks, bf16 on a GPU). One step is one model call: text mode with CFG is 2 chunks
 (cond + uncond stacked by ComfyUI, batch 10), photo mode 1 chunk (batch 5, the color map at
@@ -34,11 +34,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _comfy  # noqa: E402
 from _measure import LiveTensorBytes, interleaved_times  # noqa: E402
 
-from lumix_core.adapter import LumiXAdapter, default_spec  # noqa: E402
-from lumix_core.checkpoint import save_adapter  # noqa: E402
-from lumix_core.flux import FLUX_DEV, Flux, FluxConfig, tiny_config  # noqa: E402
 from lumix_core.latents import image_ids  # noqa: E402
 from lumix_core.maps import RELEASE  # noqa: E402
+from lumix_core.model.adapter import LumiXAdapter, default_spec  # noqa: E402
+from lumix_core.model.checkpoint import save_adapter  # noqa: E402
+from lumix_core.model.flux import FLUX_DEV, Flux, FluxConfig, tiny_config  # noqa: E402
 
 M = RELEASE.size
 MODES = {"text": 2, "photo": 1}  # chunks per model call
@@ -85,7 +85,7 @@ Step = Callable[[], object]
 
 def core_steps(config: FluxConfig, weight_dtype: torch.dtype, device: torch.device, side: int, txt_tokens: int,
                chunks: int) -> tuple[Step, Step]:
-    """Plain and LumiX model calls of ``lumix_core.flux.Flux`` (packed tokens, ``side x side`` of them)."""
+    """Plain and LumiX model calls of ``lumix_core.model.flux.Flux`` (packed tokens, ``side x side`` of them)."""
     compute = torch.bfloat16
     previous = torch.get_default_dtype()
     torch.set_default_dtype(compute)
@@ -197,7 +197,7 @@ def main() -> None:
     else:
         config, sizes, txt_tokens, repeats = FLUX_DEV, a.sizes, a.txt_tokens, a.repeats
         print(f"GPU: {torch.cuda.get_device_name(device)}")
-    host = "ComfyUI" if _comfy.comfyui_path() else "lumix_core.flux"
+    host = "ComfyUI" if _comfy.comfyui_path() else "lumix_core.model.flux"
     pack = None
     if _comfy.comfyui_path():
         _comfy.import_comfy(cpu=smoke)

@@ -20,11 +20,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _measure import LiveTensorBytes, interleaved_times, mb  # noqa: E402
 
-from lumix_core.adapter import BlockLoRA, default_spec  # noqa: E402
-from lumix_core.flux import DoubleStreamBlock, EmbedND, SingleStreamBlock, tiny_config  # noqa: E402
 from lumix_core.latents import image_ids  # noqa: E402
 from lumix_core.maps import RELEASE  # noqa: E402
-from lumix_core.qba import double_block_forward, single_block_forward  # noqa: E402
+from lumix_core.model.adapter import BlockLoRA, default_spec  # noqa: E402
+from lumix_core.model.flux import DoubleStreamBlock, EmbedND, SingleStreamBlock, tiny_config  # noqa: E402
+from lumix_core.model.qba import double_block_forward, single_block_forward  # noqa: E402
 
 TXT, GROUPS, RANK = 128, 2, 8
 M = RELEASE.size

@@ -18,7 +18,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _measure import LiveTensorBytes, interleaved_times, mb  # noqa: E402
 
-from lumix_core.tensor_lora import TensorLoRA  # noqa: E402
+from lumix_core.model.tensor_lora import TensorLoRA  # noqa: E402
 
 M, D, R = 5, 3072, 8
 

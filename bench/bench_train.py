@@ -30,11 +30,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _measure import LiveTensorBytes  # noqa: E402
 
-from lumix_core.adapter import BlockLoRA, LumiXAdapter, default_spec  # noqa: E402
-from lumix_core.flux import FLUX_DEV, DoubleStreamBlock, Flux, SingleStreamBlock, tiny_config  # noqa: E402
 from lumix_core.latents import PATCH, VAE_FACTOR  # noqa: E402
 from lumix_core.maps import RELEASE, MapSet  # noqa: E402
-from lumix_core.qba import double_block_forward, single_block_forward  # noqa: E402
+from lumix_core.model.adapter import BlockLoRA, LumiXAdapter, default_spec  # noqa: E402
+from lumix_core.model.flux import FLUX_DEV, DoubleStreamBlock, Flux, SingleStreamBlock, tiny_config  # noqa: E402
+from lumix_core.model.qba import double_block_forward, single_block_forward  # noqa: E402
 from lumix_core.train.fit import AdapterTrainingModule  # noqa: E402
 from lumix_core.train.objective import DrawSettings, draw_scene, make_noisy_batch, scene_losses  # noqa: E402
 

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import torch
 
-from lumix_core.files import write_bytes_atomically
-from lumix_core.png import encode_png
+from lumix_core.io.files import write_bytes_atomically
+from lumix_core.io.png import encode_png
 from lumix_core.toy.decompose import decompose_photo
 from lumix_core.toy.evaluate import held_out_scenes
 from lumix_core.toy.model import WEIGHTS_DIR, ToyLumiX

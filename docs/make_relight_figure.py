@@ -1,4 +1,4 @@
-"""Make docs/relight_example.png: maps of a synthetic scene relit by lumix_core.relight.
+"""Make docs/relight_example.png: maps of a synthetic scene relit by lumix_core.finish.relight.
 
 The maps come from the synthetic renderer (ground truth, no model involved), so the picture
 shows what LumiX Relight does with coherent maps:
@@ -13,11 +13,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lumix_core.files import write_bytes_atomically
-from lumix_core.png import encode_png
-from lumix_core.relight import Light, relight
-from lumix_core.world import render
-from lumix_core.world_scene import sample_scene
+from lumix_core.finish.relight import Light, relight
+from lumix_core.io.files import write_bytes_atomically
+from lumix_core.io.png import encode_png
+from lumix_core.world.render import render
+from lumix_core.world.scene import sample_scene
 
 LIGHTS = (("from the left, warm", Light(180.0, 20.0, (1.0, 0.8, 0.6), 1.5, 0.08)),
           ("from the top right, cool", Light(45.0, 25.0, (0.7, 0.85, 1.0), 1.5, 0.08)))

@@ -20,7 +20,7 @@ from PIL import Image, ImageDraw, ImageFont
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))  # workflow_tools (node_spec) and pack_import (our node classes)
 
-from lumix_core.files import write_bytes_atomically  # noqa: E402
+from lumix_core.io.files import write_bytes_atomically  # noqa: E402
 
 TITLE_H, SLOT_H, PAD = 30, 20, 10
 #: Link and socket colours of ComfyUI's default palette.

@@ -1,4 +1,7 @@
-"""``python -m lumix_core demo ...`` = the ``lumix`` console script (:mod:`lumix_core.cli`)."""
+"""``python -m lumix_core demo ...`` = the ``lumix`` console script (:mod:`lumix_core.cli`).
+
+May import: lumix_core.cli.
+"""
 import sys
 
 from .cli import main

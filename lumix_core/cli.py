@@ -5,6 +5,8 @@
 
 ``demo`` (:mod:`lumix_core.toy.demo`) and ``decompose`` (:mod:`lumix_core.toy.decompose`) run
 the shipped toy model on CPU. Training lives in ``lumix-train``; the ComfyUI nodes in the pack.
+
+May import: lumix_core.cli_args, lumix_core.toy.
 """
 from __future__ import annotations
 

@@ -5,6 +5,8 @@ names the flag, the problem and the fix, *before* the model loads or a folder is
 every subcommand taking ``--out``, ``--seed``, ``--cfg`` or ``--threads`` should refuse the
 same values with the same words. :class:`OneLineParser` prints argparse's errors as that one
 line (argparse's default is the whole usage block first).
+
+May import: nothing from lumix_core.
 """
 from __future__ import annotations
 

@@ -23,6 +23,8 @@ Per map:
   per image (optionally between robust percentiles). The model's raw depth is taken as
   near = bright, the convention of the LumiX design. ``invert`` gives far = bright for tools
   that expect a Z-like pass; it is still relative, never metric.
+
+May import: lumix_core.maps.
 """
 from __future__ import annotations
 

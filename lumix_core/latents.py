@@ -1,4 +1,10 @@
-"""FLUX latent conventions: VAE scaling, 2x2 patch packing, position ids, size checks."""
+"""FLUX latent conventions: VAE scaling, 2x2 patch packing, position ids, size checks.
+
+Beside :mod:`lumix_core.maps` because everything that turns images into latents or tokens
+(the sampler, the trainer, the world's dataset sizes, the toy VAE, the nodes) reads it.
+
+May import: nothing from lumix_core.
+"""
 from __future__ import annotations
 
 import torch

@@ -3,6 +3,8 @@
 This module is the single place that knows which maps exist and in which order they
 sit inside a scene group. Everything else (Tensor LoRA shapes, latent layout, node
 outputs, checkpoint metadata, training data) imports it.
+
+May import: nothing from lumix_core.
 """
 from __future__ import annotations
 

@@ -11,9 +11,9 @@ import logging
 import os
 from typing import Any, Optional
 
-from ..lumix_core.adapter_cache import AdapterCache
-from ..lumix_core.checkpoint import ModelShape
-from ..lumix_core.model_check import NotFluxError, flux1_shape
+from ..lumix_core.model.adapter_cache import AdapterCache
+from ..lumix_core.model.checkpoint import ModelShape
+from ..lumix_core.model.flux_check import NotFluxError, flux1_shape
 
 log = logging.getLogger("comfyui-lumix")
 

@@ -18,11 +18,11 @@ from typing import Any, Callable, Optional
 import torch
 from torch import Tensor, nn
 
-from ..lumix_core.adapter import BlockLoRA
-from ..lumix_core.layout import (check_same_maps, noise_is_shared, pin_inputs, require_finite_groups, scene_count,
-                                 tagged_maps)
 from ..lumix_core.maps import MapSet
-from ..lumix_core.qba import double_block_forward, single_block_forward
+from ..lumix_core.model.adapter import BlockLoRA
+from ..lumix_core.model.qba import double_block_forward, single_block_forward
+from ..lumix_core.sampling.layout import (check_same_maps, noise_is_shared, pin_inputs, require_finite_groups,
+                                          scene_count, tagged_maps)
 
 log = logging.getLogger("comfyui-lumix")
 
@@ -55,7 +55,7 @@ class LumiXBlockPatch(_Shared):
     """``patches_replace["dit"][("double_block"|"single_block", i)]``: one FLUX block through QBA.
 
     ComfyUI calls ``patch(args, {"original_block": wrap})``. The block is recomputed from its own
-    submodules by :mod:`lumix_core.qba` (so the host's weight casting, fp8 and offloading apply),
+    submodules by :mod:`lumix_core.model.qba` (so the host's weight casting, fp8 and offloading apply),
     with the host's ``attention``; ``transformer_options`` is passed on only when the host
     passes it. ``original_block`` is never called: the host's blocks update their inputs in
     place, and the QBA result replaces the block entirely.
@@ -105,7 +105,7 @@ class LumiXSamplingGuard(_Shared):
 
     Checks, for any sampler node (stock KSampler, SamplerCustomAdvanced, ours): a LATENT from the
     LumiX latent nodes holds the adapter's map set, in its order (the tag on the samples tensor,
-    see ``lumix_core.layout.tag_maps``); the batch is whole groups of M maps and finite; no
+    see ``lumix_core.sampling.layout.tag_maps``); the batch is whole groups of M maps and finite; no
     context-window handler slices the batch dimension; and warns when the maps of a scene did
     not get the same noise (a LATENT without LumiX batch indices).
     """

@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import json
 
-from ..lumix_core.consistency import DEPTH_MODELS, HEATMAP_NAMES, consistency_report
 from ..lumix_core.conventions import DEFAULT_NORMAL_CONVENTION, NORMAL_CONVENTIONS, conventions_metadata
-from ..lumix_core.export import save_maps
+from ..lumix_core.finish.consistency import DEPTH_MODELS, HEATMAP_NAMES, consistency_report
+from ..lumix_core.finish.recompose import RECOMPOSE_ERROR_VMAX, recompose
+from ..lumix_core.finish.relight import Light, parse_color, relight
+from ..lumix_core.io.export import save_maps
 from ..lumix_core.maps import RELEASE_MAPS
-from ..lumix_core.recompose import RECOMPOSE_ERROR_VMAX, recompose
-from ..lumix_core.relight import Light, parse_color, relight
 
 CATEGORY = "LumiX/Compositing"
 

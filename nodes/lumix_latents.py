@@ -1,18 +1,18 @@
 """LumiX latent nodes: empty maps latents (text -> maps) and photo latents (photo -> maps).
 
 A LumiX LATENT is N scenes x M maps, consecutive per scene, plus the facts that travel with
-it (``lumix_core.layout``): its map set, ``batch_index`` with one value per scene (so every
+it (``lumix_core.sampling.layout``): its map set, ``batch_index`` with one value per scene (so every
 sampler's noise is shared by the maps of a scene) and, for photos, the pinned slot.
 """
 from __future__ import annotations
 
 import torch
 
-from ..lumix_core.latents import SIZE_MULTIPLE
 from ..lumix_core.conventions import require_finite
-from ..lumix_core.layout import (MAPS_KEY, PIN_KEY, PIN_SLOT, group_photo_latents, maps_latent_shape, photo_rgb,
-                                 scene_batch_index, tag_maps)
+from ..lumix_core.latents import SIZE_MULTIPLE
 from ..lumix_core.maps import RELEASE, MapSet
+from ..lumix_core.sampling.layout import (MAPS_KEY, PIN_KEY, PIN_SLOT, group_photo_latents, maps_latent_shape,
+                                          photo_rgb, scene_batch_index, tag_maps)
 from . import _host
 
 CATEGORY = "LumiX/Latent"

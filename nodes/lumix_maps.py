@@ -1,13 +1,13 @@
 """LumiX map outputs: decode a maps latent (or split a decoded batch) into five map images.
 
 The conventions (unit normals, depth near = bright, one channel, min-max) are applied by
-``lumix_core.conventions`` through ``lumix_core.layout.finish_group_images``.
+``lumix_core.conventions`` through ``lumix_core.sampling.layout.finish_group_images``.
 """
 from __future__ import annotations
 
 from ..lumix_core.conventions import DEFAULT_NORMAL_CONVENTION, NORMAL_CONVENTIONS
-from ..lumix_core.layout import finish_group_images, maps_of, require_finite_groups
 from ..lumix_core.maps import RELEASE, RELEASE_MAPS, MapSet
+from ..lumix_core.sampling.layout import finish_group_images, maps_of, require_finite_groups
 from . import _host
 
 CATEGORY = "LumiX/Maps"

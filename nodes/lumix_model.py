@@ -9,7 +9,7 @@ import logging
 import os
 from typing import Any, Optional
 
-from ..lumix_core.layout import PIN_KEY, maps_of, slot_latents
+from ..lumix_core.sampling.layout import PIN_KEY, maps_of, slot_latents
 from . import _host
 from ._patches import LumiXBlockPatch, LumiXPinWrapper, LumiXSamplingGuard
 

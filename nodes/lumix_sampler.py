@@ -6,12 +6,13 @@ the release schedule as custom sigmas, and the colour slot pinned for photo late
 """
 from __future__ import annotations
 
-from ..lumix_core.layout import PIN_KEY, check_same_maps, maps_of, pixel_size, release_sigmas, scene_count, tag_maps
+from ..lumix_core.sampling.layout import (PIN_KEY, check_same_maps, maps_of, pixel_size, release_sigmas, scene_count,
+                                          tag_maps)
 from . import _host
 from .lumix_model import installed_adapter, pin_model
 
 CATEGORY = "LumiX/Sampling"
-#: Scheduler entry that selects lumix_core.sampling's "release" schedule.
+#: Scheduler entry that selects lumix_core.sampling.sampler's "release" schedule.
 RELEASE_SCHEDULER = "lumix_release"
 
 

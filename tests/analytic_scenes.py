@@ -1,14 +1,14 @@
 """Analytic test scenes (float64) in OpenGL camera space: sphere and tilted plane.
 
 Camera at the origin looking down -Z, horizontal field of view ``fov``; pixel ``(i, j)``
-looks along ``(x_j, y_i, -1)`` (see ``lumix_core.consistency.camera_rays``), so the depth
+looks along ``(x_j, y_i, -1)`` (see ``lumix_core.finish.consistency.camera_rays``), so the depth
 ``Z`` of a hit equals the ray parameter.
 """
 from __future__ import annotations
 
 import torch
 
-from lumix_core.consistency import camera_rays
+from lumix_core.finish.consistency import camera_rays
 
 
 def _rays(h: int, w: int, fov: float) -> torch.Tensor:

@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import torch
 
-from lumix_core.adapter import LumiXAdapter, default_spec
-from lumix_core.flux import DoubleStreamBlock, EmbedND, Flux, SingleStreamBlock, tiny_config
 from lumix_core.latents import image_ids
 from lumix_core.maps import RELEASE, MapSet
+from lumix_core.model.adapter import LumiXAdapter, default_spec
+from lumix_core.model.flux import DoubleStreamBlock, EmbedND, Flux, SingleStreamBlock, tiny_config
 
 D, HEADS = 64, 2
 

@@ -8,10 +8,10 @@ import torch
 from safetensors.torch import save_file
 
 from helpers import randomize_
-from lumix_core.adapter import LumiXAdapter, default_spec
-from lumix_core.checkpoint import ModelShape, check_fits, inspect_adapter, load_adapter, save_adapter
+from lumix_core.io.safetensors_io import CheckpointError
 from lumix_core.maps import MapSet
-from lumix_core.safetensors_io import CheckpointError
+from lumix_core.model.adapter import LumiXAdapter, default_spec
+from lumix_core.model.checkpoint import ModelShape, check_fits, inspect_adapter, load_adapter, save_adapter
 
 D, R, ND, NS = 32, 4, 2, 3
 MODEL = ModelShape(hidden=D, double_blocks=ND, single_blocks=NS)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import lumix_core.export
+import lumix_core.io.export
 import lumix_core.toy.demo
 from lumix_core import cli_args
 from lumix_core.cli import main
@@ -118,7 +118,7 @@ def _raise_on_write(code: int):
 
 def test_write_failure_after_the_checks_is_one_line_and_leaves_no_maps(tmp_path, capsys, monkeypatch):
     """The folder passed the checks but the disk refuses the first map (remounted read-only)."""
-    monkeypatch.setattr(lumix_core.export, "write_bytes_atomically", _raise_on_write(errno.EROFS))
+    monkeypatch.setattr(lumix_core.io.export, "write_bytes_atomically", _raise_on_write(errno.EROFS))
     err = failed(["demo", "--out", str(tmp_path), "--steps", "2"], capsys)
     assert f"lumix demo: cannot write into '{tmp_path}': Read-only file system" in err
     assert "choose a folder you can write to" in err

@@ -7,7 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from analytic_scenes import plane, sphere
-from lumix_core.consistency import (
+from lumix_core.conventions import linear_to_srgb, srgb_to_linear, vectors_to_normals
+from lumix_core.finish.consistency import (
     HEATMAP_NAMES,
     angular_error_deg,
     consistency_report,
@@ -15,7 +16,6 @@ from lumix_core.consistency import (
     edge_agreement,
     normals_from_depth,
 )
-from lumix_core.conventions import linear_to_srgb, srgb_to_linear, vectors_to_normals
 
 FOV = 50.0
 

@@ -14,10 +14,10 @@ import shlex
 import shutil
 from pathlib import Path
 
-from lumix_core import world_dataset
 from lumix_core.cli import main as lumix_main
 from lumix_core.toy.model import WEIGHTS_DIR
 from lumix_core.train.cli import main as train_main
+from lumix_core.world import dataset as world_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -58,7 +58,7 @@ def test_the_toy_route_runs_as_written(tmp_path, monkeypatch, capsys):
         if words[0] == "OMP_NUM_THREADS=1":
             words = words[1:]
         program, args = words[0], _shrink(words[0], words[1:])
-        if words[:3] == ["python", "-m", "lumix_core.world_dataset"]:
+        if words[:3] == ["python", "-m", "lumix_core.world.dataset"]:
             assert world_dataset.main(_shrink("", words[3:])) == 0
         elif words[:2] == ["python", "-c"]:
             exec(compile(words[2], "<docs/training.md>", "exec"), {})

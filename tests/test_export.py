@@ -10,9 +10,9 @@ import torch
 from PIL import Image
 
 from lumix_core.conventions import srgb_to_linear
-from lumix_core.export import next_counter, resolve_prefix, save_maps
+from lumix_core.io.export import next_counter, resolve_prefix, save_maps
+from lumix_core.io.png import encode_png
 from lumix_core.maps import RELEASE_MAPS
-from lumix_core.png import encode_png
 
 OpenEXR = pytest.importorskip("OpenEXR", reason="EXR tests need the 'openexr' package")
 
@@ -199,7 +199,7 @@ def test_the_longest_storable_names_are_written(tmp_path):
 
 
 def test_a_failure_in_the_middle_of_a_set_removes_what_was_written(tmp_path, monkeypatch):
-    import lumix_core.export as export
+    import lumix_core.io.export as export
 
     real, calls = export.write_bytes_atomically, []
 

@@ -2,7 +2,7 @@ import os
 
 import pytest
 
-from lumix_core.files import write_atomically, write_bytes_atomically, write_text_atomically
+from lumix_core.io.files import write_atomically, write_bytes_atomically, write_text_atomically
 
 
 def test_refuses_an_existing_file_and_leaves_no_temp(tmp_path):
@@ -32,7 +32,7 @@ def test_overwrite_replaces_and_failed_write_leaves_nothing(tmp_path):
 
 
 def test_files_get_the_usual_permissions_not_mkstemps_0600(tmp_path):
-    from lumix_core import files
+    from lumix_core.io import files
 
     path = write_bytes_atomically(tmp_path / "a.png", b"x", overwrite=False)
     assert (path.stat().st_mode & 0o777) == 0o666 & ~files._UMASK

@@ -4,11 +4,11 @@ import torch
 from safetensors.torch import save_file
 
 from helpers import tiny_adapter, tiny_flux
-from lumix_core.adapter import LumiXAdapter, default_spec
-from lumix_core.flux_io import COMFY_PREFIX, load_flux, save_flux
+from lumix_core.io.safetensors_io import CheckpointError
 from lumix_core.latents import image_ids
 from lumix_core.maps import RELEASE, MapSet
-from lumix_core.safetensors_io import CheckpointError
+from lumix_core.model.adapter import LumiXAdapter, default_spec
+from lumix_core.model.flux_io import COMFY_PREFIX, load_flux, save_flux
 
 M = RELEASE.size
 

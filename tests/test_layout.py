@@ -1,4 +1,4 @@
-"""lumix_core.layout / model_check / adapter_cache: the host-independent side of the ComfyUI nodes."""
+"""lumix_core.sampling.layout / model.flux_check / model.adapter_cache: the host-independent side of the ComfyUI nodes."""
 import os
 import time
 
@@ -6,16 +6,17 @@ import pytest
 import torch
 
 from helpers import tiny_flux
-from lumix_core.adapter import LumiXAdapter, default_spec
-from lumix_core.adapter_cache import AdapterCache
-from lumix_core.checkpoint import ModelShape, save_adapter
-from lumix_core.layout import (MAPS_KEY, center_crop_box, check_same_maps, finish_group_images, group_photo_latents,
-                               maps_latent_shape, maps_of, noise_is_shared, photo_rgb, pin_inputs, release_sigmas,
-                               require_finite_groups, scene_batch_index, slot_latents, tag_maps, tagged_maps)
+from lumix_core.io.safetensors_io import CheckpointError
 from lumix_core.maps import RELEASE, MapSet
-from lumix_core.model_check import NotFluxError, flux1_shape
-from lumix_core.safetensors_io import CheckpointError
-from lumix_core.sampling import schedule_for
+from lumix_core.model.adapter import LumiXAdapter, default_spec
+from lumix_core.model.adapter_cache import AdapterCache
+from lumix_core.model.checkpoint import ModelShape, save_adapter
+from lumix_core.model.flux_check import NotFluxError, flux1_shape
+from lumix_core.sampling.layout import (MAPS_KEY, center_crop_box, check_same_maps, finish_group_images,
+                                        group_photo_latents, maps_latent_shape, maps_of, noise_is_shared, photo_rgb,
+                                        pin_inputs, release_sigmas, require_finite_groups, scene_batch_index,
+                                        slot_latents, tag_maps, tagged_maps)
+from lumix_core.sampling.sampler import schedule_for
 
 
 def test_scene_batch_index_gives_one_noise_index_per_scene():

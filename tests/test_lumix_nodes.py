@@ -11,10 +11,10 @@ import torch
 
 import workflow_tools as wt
 from helpers import block_inputs, blocks, randomize_
-from lumix_core.adapter import LumiXAdapter, default_spec
-from lumix_core.flux_math import attention as lumix_attention
 from lumix_core.maps import RELEASE, MapSet
-from lumix_core.qba import double_block_forward, single_block_forward
+from lumix_core.model.adapter import LumiXAdapter, default_spec
+from lumix_core.model.flux_math import attention as lumix_attention
+from lumix_core.model.qba import double_block_forward, single_block_forward
 from pack_import import ROOT, pack_module
 
 MODULES = ("nodes.lumix_model", "nodes.lumix_latents", "nodes.lumix_sampler", "nodes.lumix_maps")
@@ -196,7 +196,7 @@ def test_sampling_guard_refuses_split_batches_and_context_windows(caplog):
 
 
 def test_sampling_guard_checks_the_map_set_the_latent_carries_and_refuses_non_finite_latents():
-    from lumix_core.layout import tag_maps
+    from lumix_core.sampling.layout import tag_maps
 
     four = MapSet.parse("albedo,color,depth,normal")
     guard = patches.LumiXSamplingGuard(four, "four.safetensors")

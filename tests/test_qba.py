@@ -3,9 +3,9 @@ import pytest
 import torch
 
 from helpers import block_inputs, blocks, randomize_
-from lumix_core.adapter import BlockLoRA, default_spec
 from lumix_core.maps import RELEASE, MapSet
-from lumix_core.qba import double_block_forward, single_block_forward
+from lumix_core.model.adapter import BlockLoRA, default_spec
+from lumix_core.model.qba import double_block_forward, single_block_forward
 
 M, QI = RELEASE.size, RELEASE.query_index
 D = 64
@@ -167,7 +167,7 @@ def test_mask_and_transformer_options_reach_attention(setup):
 
     def attention(q, k, v, pe, mask=None, transformer_options=None):
         seen.append((mask, transformer_options))
-        from lumix_core.flux_math import attention as ref
+        from lumix_core.model.flux_math import attention as ref
         return ref(q, k, v, pe, mask)
 
     L = txt.shape[1] + img.shape[1]
@@ -182,7 +182,7 @@ def test_mask_and_transformer_options_reach_attention(setup):
     assert (masked - unmasked).abs().max() > 1e-4
 
     def old_attention(q, k, v, pe, mask=None):  # hosts before 0.3.60 take no transformer_options
-        from lumix_core.flux_math import attention as ref
+        from lumix_core.model.flux_math import attention as ref
         return ref(q, k, v, pe, mask)
 
     again, _ = run_double(double, img, txt, vec, pe, attn_mask=mask, attention=old_attention,

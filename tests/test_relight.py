@@ -7,7 +7,7 @@ import torch
 
 from analytic_scenes import sphere
 from lumix_core.conventions import flip_normal_y, vectors_to_normals
-from lumix_core.relight import Light, light_direction, parse_color, relight
+from lumix_core.finish.relight import Light, light_direction, parse_color, relight
 
 H, W, FOV = 48, 64, 40.0
 

@@ -8,8 +8,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from lumix_core.flux_io import load_flux
-from lumix_core.safetensors_io import CheckpointError, foreign_format, read_header
+from lumix_core.io.safetensors_io import CheckpointError, foreign_format, read_header
+from lumix_core.model.flux_io import load_flux
 
 PNG = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(64)
 JPEG = b"\xff\xd8\xff\xe0\x00\x10JFIF\x00" + bytes(64)

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from lumix_core.tensor_lora import TensorLoRA
+from lumix_core.model.tensor_lora import TensorLoRA
 
 
 def literal(lora: TensorLoRA, x: torch.Tensor, strength: float = 1.0) -> torch.Tensor:

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from lumix_core.tensor_lora import TensorLoRA
+from lumix_core.model.tensor_lora import TensorLoRA
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 import bench_dispatch  # noqa: E402

@@ -12,8 +12,8 @@ from PIL import Image
 from lumix_core.cli import main
 from lumix_core.toy.decompose import decompose_photo, load_photo
 from lumix_core.toy.evaluate import held_out_scenes, reads_photo, truth_of
-from lumix_core.metrics import evaluate_maps
 from lumix_core.toy.model import ToyLumiX
+from lumix_core.world.metrics import evaluate_maps
 
 MAPS = ("albedo", "irradiance", "color", "depth", "normal")
 

@@ -17,11 +17,11 @@ import pytest
 import torch
 
 from lumix_core.cli import main
-from lumix_core.metrics import depth_abs_rel, normal_angular_error
 from lumix_core.conventions import vectors_to_normals
 from lumix_core.toy.demo import DEFAULT_PROMPT, FILE_PREFIX, run_demo
 from lumix_core.toy.evaluate import held_out_scenes, random_normal_deviation
 from lumix_core.toy.model import ADAPTER_FILE, BACKBONE_FILE, CARD_FILE, TEXT_FILE, WEIGHTS_DIR, ToyLumiX
+from lumix_core.world.metrics import depth_abs_rel, normal_angular_error
 
 MAPS = ("albedo", "irradiance", "color", "depth", "normal")
 ROOT = Path(__file__).resolve().parents[1]

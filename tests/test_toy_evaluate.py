@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import torch
 
-from lumix_core.metrics import evaluate_maps
 from lumix_core.toy.evaluate import (SATURATED_COLORS, dominant_color, held_out_scenes, reads_photo,
                                      reference_scores, summary_table, truth_of)
-from lumix_core.world import render
-from lumix_core.world_scene import PALETTE
+from lumix_core.world.metrics import evaluate_maps
+from lumix_core.world.render import render
+from lumix_core.world.scene import PALETTE
 
 
 def _encoded(r):

@@ -9,7 +9,7 @@ from lumix_core.toy import vae
 from lumix_core.toy.encoder import ToyEncoder
 from lumix_core.toy.text import MAX_TOKENS, PromptError, ToyTextEncoder
 from lumix_core.train.encoder import Encoder
-from lumix_core.world import caption_tokens, caption_vocabulary, sample_scene
+from lumix_core.world.scene import caption_tokens, caption_vocabulary, sample_scene
 
 
 def test_vae_basis_is_orthonormal_and_flux_shaped():
@@ -85,8 +85,8 @@ def test_toy_encoder_is_a_trainer_encoder():
 def test_channel_scale_still_matches_the_world():
     """CHANNEL_STD was measured on stream-1 scenes; on other scenes every scaled channel's
     spread must stay within a factor 1.5 of 1 (else the world changed: re-measure it)."""
-    from lumix_core.world import render
-    from lumix_core.world_dataset import scene_seed
+    from lumix_core.world.dataset import scene_seed
+    from lumix_core.world.render import render
 
     latents = []
     for i in range(12):

@@ -12,8 +12,8 @@ from dataclasses import replace
 import pytest
 import torch
 
-from lumix_core.checkpoint import load_adapter
-from lumix_core.flux_io import load_flux
+from lumix_core.model.checkpoint import load_adapter
+from lumix_core.model.flux_io import load_flux
 from lumix_core.toy.backbone import toy_config
 from lumix_core.toy.model import ADAPTER_FILE, BACKBONE_FILE, TEXT_FILE, ToyLumiX
 from lumix_core.toy.recipe import Stage2Settings, fit_adapter, prepare_cache, train_backbone, write_maps_dataset

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lumix_core.checkpoint import inspect_adapter, load_adapter
+from lumix_core.model.checkpoint import inspect_adapter, load_adapter
 from lumix_core.train.fit import META_SHARE_QUERY, run_fit
 
 from train_helpers import MAPS3, fit_config, synthetic_cache, tiny_flux_file

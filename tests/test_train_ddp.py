@@ -15,7 +15,7 @@ import sys
 import pytest
 import torch
 
-from lumix_core.checkpoint import load_adapter
+from lumix_core.model.checkpoint import load_adapter
 from lumix_core.train.fit import run_fit
 
 from train_helpers import fit_config, synthetic_cache, tiny_flux_file

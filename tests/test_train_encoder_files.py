@@ -5,7 +5,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from lumix_core.safetensors_io import CheckpointError
+from lumix_core.io.safetensors_io import CheckpointError
 from lumix_core.train.comfy_host import (ComfyEncoder, HostError, check_clip_l_file, check_t5_file,
                                          check_vae_file, import_comfy)
 

@@ -9,17 +9,17 @@ import numpy as np
 import pytest
 import torch
 
-from lumix_core.checkpoint import ModelShape, inspect_adapter, load_adapter
-from lumix_core.denoiser import FluxDenoiser, TextConditioning
-from lumix_core.flux_io import load_flux
+from lumix_core.model.checkpoint import ModelShape, inspect_adapter, load_adapter
+from lumix_core.model.flux_io import load_flux
+from lumix_core.sampling.denoiser import FluxDenoiser, TextConditioning
 from lumix_core.train.cache import LatentCache
 from lumix_core.train.cli import main as train_main
 from lumix_core.train.config import ConfigError
 from lumix_core.train.curves import CURVES_CSV, CURVES_PNG, EVALUATIONS, read_jsonl
 from lumix_core.train.fit import METRICS, RUN_CONFIG, run_fit
-from lumix_core.train.validation import LABEL_HEIGHT
 from lumix_core.train.objective import DrawSettings, draw_scene, make_noisy_batch, scene_losses
 from lumix_core.train.state import ADAPTER_FILE, latest_checkpoint
+from lumix_core.train.validation import LABEL_HEIGHT
 
 from train_helpers import MAPS3, fit_config, synthetic_cache, tiny_flux_file
 
@@ -192,8 +192,8 @@ def test_resume_refuses_changed_training_settings(files, tmp_path):
 
 def test_cache_for_another_model_is_refused(files, tmp_path):
     root, cache, _ = files
-    from lumix_core.flux import Flux, tiny_config
-    from lumix_core.flux_io import save_flux
+    from lumix_core.model.flux import Flux, tiny_config
+    from lumix_core.model.flux_io import save_flux
 
     other = save_flux(Flux(tiny_config(context_in_dim=48, vec_in_dim=16)), tmp_path / "other.safetensors")
     with pytest.raises(ConfigError, match="text features 32 vs the model's context_in_dim 48"):

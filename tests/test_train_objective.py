@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from lumix_core.sampling import seq_len_for, shift_mu
+from lumix_core.sampling.sampler import seq_len_for, shift_mu
 from lumix_core.train.lr_schedule import WarmupSchedule
 from lumix_core.train.objective import DrawSettings, draw_scene, make_noisy_batch, sample_generator, scene_losses
 from lumix_core.train.timesteps import sample_timestep

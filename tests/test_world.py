@@ -15,14 +15,16 @@ from PIL import Image
 
 from lumix_core import conventions
 from lumix_core.maps import RELEASE, RELEASE_FOLDER_NAMES
-from lumix_core.metrics import (
+from lumix_core.world.dataset import CAPTION_FOLDER, GROUND_TRUTH_FOLDER, main, write_world_dataset
+from lumix_core.world.metrics import (
     linear_si_mse,
     map_coherence,
     depth_abs_rel,
     evaluate_maps,
     normal_angular_error,
 )
-from lumix_core.world import (
+from lumix_core.world.render import project_to_pixels, render
+from lumix_core.world.scene import (
     PALETTE,
     Box,
     Camera,
@@ -36,11 +38,8 @@ from lumix_core.world import (
     describe_surface,
     light_direction_word,
     main_light,
-    project_to_pixels,
-    render,
     sample_scene,
 )
-from lumix_core.world_dataset import CAPTION_FOLDER, GROUND_TRUTH_FOLDER, main, write_world_dataset
 
 SIZE = 64
 CAM = Camera(position=(0.0, 1.5, 4.0), target=(0.0, 0.5, 0.0), fov_deg=40.0)

@@ -16,10 +16,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from lumix_core.flux import Flux, tiny_config
-from lumix_core.flux_io import save_flux
 from lumix_core.latents import LATENT_CHANNELS, VAE_FACTOR
 from lumix_core.maps import MapSet
+from lumix_core.model.flux import Flux, tiny_config
+from lumix_core.model.flux_io import save_flux
 from lumix_core.train.cache import CacheWriter
 from lumix_core.train.config import FitConfig
 

@@ -2,7 +2,7 @@
 maps) at a size that trains on two CPU cores, on the synthetic world of :mod:`lumix_core.world`.
 
 Why: the real recipe needs FLUX.1-dev, a 10 GB text stack and GPUs. The toy keeps every
-moving part of it -- a FLUX-architecture backbone (:class:`lumix_core.flux.Flux`), flow
+moving part of it -- a FLUX-architecture backbone (:class:`lumix_core.model.flux.Flux`), flow
 matching, shared noise per scene, the trainer's ``prepare``/``fit`` with its Encoder
 boundary, QBA and Tensor LoRA -- and swaps only the sizes and the encoders:
 
@@ -14,4 +14,7 @@ boundary, QBA and Tensor LoRA -- and swaps only the sizes and the encoders:
 The shipped demo model (``weights/``, run by ``lumix demo``) is made by
 ``python -m lumix_core.toy.reproduce``; ``python -m lumix_core.toy.ablation`` reruns stage 2
 for the paper's ablation and the small-data curve (docs/ablation.md).
+
+May import: lumix_core.maps, lumix_core.conventions, lumix_core.latents, lumix_core.cli_args, lumix_core.io,
+lumix_core.model, lumix_core.sampling, lumix_core.world, lumix_core.train.
 """

@@ -30,8 +30,8 @@ from typing import Optional, Sequence
 
 import torch
 
-from ..checkpoint import inspect_adapter
-from ..files import write_text_atomically
+from ..io.files import write_text_atomically
+from ..model.checkpoint import inspect_adapter
 from ..train.fit import FINAL_ADAPTER
 from .evaluate import (EVAL_DATA_SEED, EvalSettings, evaluate_decomposition, evaluate_generation, held_out_scenes,
                        reference_scores)
@@ -155,7 +155,7 @@ def render_markdown(results: dict[str, dict], refs: dict, meta: dict) -> str:
                   "Decomposition: normal = mean angular error vs the true camera-space normals; depth = AbsRel "
                   "after a least-squares scale/shift fit; albedo, irradiance = scale-invariant MSE in linear light; "
                   "reads photo = share of scenes whose depth (normal) map is closer to its own truth than to the "
-                  "next scene's (chance ~0.5). Generation: lumix_core.metrics.map_coherence -- albedo x irradiance "
+                  "next scene's (chance ~0.5). Generation: lumix_core.world.metrics.map_coherence -- albedo x irradiance "
                   "vs color (relative RMS after one exposure fit) and depth-derived vs predicted normals; the "
                   "baseline rows score the references' own maps the same way.", ""]
     return "\n".join(lines)

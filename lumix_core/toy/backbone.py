@@ -1,4 +1,4 @@
-"""The toy backbone: :class:`lumix_core.flux.Flux` with a tiny config, and its sampler.
+"""The toy backbone: :class:`lumix_core.model.flux.Flux` with a tiny config, and its sampler.
 
 Why the real FLUX class: the adapter, QBA, the trainer's ``fit`` and the checkpoint formats
 are exercised exactly as on FLUX.1; only the sizes shrink. Sizes (hidden 128, 2 heads of 64,
@@ -15,11 +15,11 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from ..denoiser import FluxDenoiser, TextConditioning
-from ..flux import Flux, FluxConfig, tiny_config
 from ..latents import LATENT_CHANNELS, PATCH
 from ..maps import MapSet
-from ..sampling import Pinned, sample_euler, schedule, shared_noise
+from ..model.flux import Flux, FluxConfig, tiny_config
+from ..sampling.denoiser import FluxDenoiser, TextConditioning
+from ..sampling.sampler import Pinned, sample_euler, schedule, shared_noise
 from . import vae
 from .text import TEXT_DIM
 

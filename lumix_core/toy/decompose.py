@@ -32,8 +32,8 @@ import torch
 import torch.nn.functional as F
 
 from ..conventions import renormalize_normals
-from ..files import write_bytes_atomically
-from ..png import encode_png
+from ..io.files import write_bytes_atomically
+from ..io.png import encode_png
 from .backbone import IMAGE_SIZE, SAMPLE_STEPS
 from .model import WEIGHTS_DIR, ToyLumiX
 

@@ -2,9 +2,9 @@
 
 Why a toy demo: the real model needs FLUX.1-dev (24 GB) and the LumiX adapter; this runs on
 a fresh machine with nothing but this package, with the same sampler
-(:func:`lumix_core.sampling.sample_euler`, one noise draw shared by all maps of the scene),
+(:func:`lumix_core.sampling.sampler.sample_euler`, one noise draw shared by all maps of the scene),
 the same map finishing (:func:`lumix_core.conventions.finish_maps`) and the same exporter
-(:func:`lumix_core.export.save_maps`) as the ComfyUI nodes. Its vocabulary is the synthetic
+(:func:`lumix_core.io.export.save_maps`) as the ComfyUI nodes. Its vocabulary is the synthetic
 world's caption grammar; other words are refused with the list of known ones.
 
 Files (``<n>`` counts up, nothing is ever overwritten)::
@@ -24,9 +24,9 @@ import numpy as np
 import torch
 
 from ..conventions import FinishedMap, conventions_metadata
-from ..export import save_maps
-from ..files import write_bytes_atomically
-from ..png import encode_png
+from ..io.export import save_maps
+from ..io.files import write_bytes_atomically
+from ..io.png import encode_png
 from ..train.validation import contact_sheet as labelled_sheet
 from .backbone import SAMPLE_STEPS, TRUE_CFG
 from .model import WEIGHTS_DIR, ToyLumiX

@@ -8,12 +8,12 @@ pixel by pixel with the render the caption came from:
   pinned in the color slot (clean, t = 0, never updated -- the release's photo
   decomposition, guidance 1, no negative pass) and the other maps are sampled **with the
   empty caption**, as a user decomposing a photo has none. Scored against that render's
-  ground truth (:func:`lumix_core.metrics.evaluate_maps`): normal angular error, depth
+  ground truth (:func:`lumix_core.world.metrics.evaluate_maps`): normal angular error, depth
   AbsRel after a scale/shift fit, albedo and irradiance si-MSE in linear light; plus
   ``reads_photo_*``: the fraction of scenes whose predicted depth / normals are closer to
   their own truth than to the next scene's (a model that ignores its photo scores ~0.5).
 * **generation** (:func:`evaluate_generation`): all five maps from the held-out caption
-  alone, scored by :func:`lumix_core.metrics.map_coherence` (does albedo x irradiance give
+  alone, scored by :func:`lumix_core.world.metrics.map_coherence` (does albedo x irradiance give
   the color, do the depth's slopes give the normals?) -- no ground truth exists for them.
   :func:`caption_following` checks that the maps obey the words: the named object colour
   must dominate the albedo, and "light from the left" must brighten the left half of the
@@ -39,10 +39,10 @@ import numpy as np
 import torch
 
 from ..conventions import FinishedMap, renormalize_normals
-from ..metrics import evaluate_maps, map_coherence
-from ..world import RenderResult, render, sample_scene
-from ..world_dataset import scene_seed
-from ..world_scene import FLOOR_COLORS, PALETTE
+from ..world.dataset import scene_seed
+from ..world.metrics import evaluate_maps, map_coherence
+from ..world.render import RenderResult, render
+from ..world.scene import FLOOR_COLORS, PALETTE, sample_scene
 from . import vae
 from .backbone import IMAGE_SIZE, SAMPLE_STEPS, TRUE_CFG
 from .model import WEIGHTS_DIR, ToyLumiX
@@ -73,7 +73,7 @@ def held_out_scenes(count: int, size: int = IMAGE_SIZE, data_seed: int = EVAL_DA
 
 
 def truth_of(result: RenderResult) -> dict[str, np.ndarray]:
-    """The raw buffers :func:`lumix_core.metrics.evaluate_maps` scores against."""
+    """The raw buffers :func:`lumix_core.world.metrics.evaluate_maps` scores against."""
     return {"depth": result.depth, "normal": result.normal, "albedo": result.albedo,
             "irradiance": result.irradiance, "hit": result.hit}
 
@@ -341,7 +341,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(f"\n{settings.scenes} held-out scenes (seed stream {EVAL_DATA_SEED}), {settings.steps} steps, "
           f"{time.perf_counter() - t:.0f} s; model: {args.weights}")
     if args.json:
-        from ..files import write_text_atomically
+        from ..io.files import write_text_atomically
 
         write_text_atomically(Path(args.json), json.dumps({"settings": asdict(settings), **results}, indent=1) + "\n")
     return 0

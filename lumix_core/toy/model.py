@@ -3,9 +3,9 @@
 Used by ``lumix demo``, the evaluations and the tests. Files of a model folder (the shipped
 one is :data:`WEIGHTS_DIR`)::
 
-    backbone.safetensors       toy FLUX (BFL key layout, config in the metadata; lumix_core.flux_io)
+    backbone.safetensors       toy FLUX (BFL key layout, config in the metadata; lumix_core.model.flux_io)
     text_encoder.safetensors   word table + positions, vocabulary in the metadata (lumix_core.toy.text)
-    adapter.safetensors        LumiX adapter, release key layout (lumix_core.checkpoint)
+    adapter.safetensors        LumiX adapter, release key layout (lumix_core.model.checkpoint)
     model_card.json            how it was trained (written by lumix_core.toy.reproduce)
 """
 from __future__ import annotations
@@ -19,14 +19,14 @@ from typing import Callable, Optional, Sequence, TypeVar
 import torch
 from torch import Tensor
 
-from ..adapter import LumiXAdapter
-from ..checkpoint import ModelShape, inspect_adapter, load_adapter
 from ..conventions import FinishedMap, finish_maps, split_groups
-from ..denoiser import TextConditioning
-from ..flux import Flux
-from ..flux_io import load_flux
+from ..io.safetensors_io import CheckpointError
 from ..maps import MapSet
-from ..safetensors_io import CheckpointError
+from ..model.adapter import LumiXAdapter
+from ..model.checkpoint import ModelShape, inspect_adapter, load_adapter
+from ..model.flux import Flux
+from ..model.flux_io import load_flux
+from ..sampling.denoiser import TextConditioning
 from ..train.fit import META_SHARE_QUERY
 from . import vae
 from .backbone import IMAGE_SIZE, SAMPLE_STEPS, TRUE_CFG, sample_maps

@@ -23,10 +23,11 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from ..denoiser import FluxDenoiser, TextConditioning
 from ..latents import pack
-from ..world import render, sample_scene
-from ..world_dataset import scene_seed
+from ..sampling.denoiser import FluxDenoiser, TextConditioning
+from ..world.dataset import scene_seed
+from ..world.render import render
+from ..world.scene import sample_scene
 from . import vae
 from .model import WEIGHTS_DIR, ToyLumiX
 

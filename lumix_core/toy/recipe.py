@@ -2,7 +2,7 @@
 
 1. :func:`train_backbone` -- stage 1: text -> color FLUX + word-table text encoder, trained
    jointly from scratch (:mod:`.stage1`), written as ``backbone.safetensors`` (BFL layout,
-   loadable by :func:`lumix_core.flux_io.load_flux`) and ``text_encoder.safetensors``.
+   loadable by :func:`lumix_core.model.flux_io.load_flux`) and ``text_encoder.safetensors``.
 2. :func:`write_maps_dataset` -- scenes of the synthetic world in the release's training
    layout (``<map>/<id>_<map>.png`` + ``captions_blip2``), exactly what a real run reads.
 3. :func:`prepare_cache` -- the trainer's ``prepare`` with the toy encoders plugged in at
@@ -21,13 +21,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional
 
-from ..flux import FluxConfig
-from ..flux_io import save_flux
 from ..maps import RELEASE
+from ..model.flux import FluxConfig
+from ..model.flux_io import save_flux
 from ..train.config import FitConfig, PrepareConfig
 from ..train.fit import FitResult, run_fit
 from ..train.prepare import run_prepare
-from ..world_dataset import write_world_dataset
+from ..world.dataset import write_world_dataset
 from .backbone import IMAGE_SIZE, SAMPLE_STEPS, make_backbone, toy_config
 from .encoder import ToyEncoder
 from .model import BACKBONE_FILE, TEXT_FILE

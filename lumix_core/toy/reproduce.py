@@ -29,7 +29,7 @@ from typing import Optional, Sequence
 
 import torch
 
-from ..files import write_text_atomically
+from ..io.files import write_text_atomically
 from .evaluate import EvalSettings, evaluate_all, summary_table
 from .model import BACKBONE_FILE, CARD_FILE, TEXT_FILE, ToyLumiX
 from .recipe import Stage2Settings, fit_adapter, prepare_cache, train_backbone, write_maps_dataset

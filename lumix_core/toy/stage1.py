@@ -21,13 +21,14 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor
 
-from ..denoiser import FluxDenoiser, TextConditioning
-from ..flux import Flux
+from ..model.flux import Flux
+from ..sampling.denoiser import FluxDenoiser, TextConditioning
 from ..train.fit import DataOrder
 from ..train.lr_schedule import make_scheduler
 from ..train.objective import DrawSettings, draw_scene, make_noisy_batch, scene_losses
-from ..world import render, sample_scene
-from ..world_dataset import scene_seed
+from ..world.dataset import scene_seed
+from ..world.render import render
+from ..world.scene import sample_scene
 from . import vae
 from .text import ToyTextEncoder
 
@@ -60,7 +61,7 @@ class ColorSet:
 
 def render_color_set(count: int, data_seed: int, size: int) -> ColorSet:
     """Render ``count`` scenes of the dataset stream ``data_seed`` (the same scene seeds as
-    :func:`lumix_core.world_dataset.write_world_dataset` with that seed) and keep color only."""
+    :func:`lumix_core.world.dataset.write_world_dataset` with that seed) and keep color only."""
     latents, captions = [], []
     for i in range(count):
         result = render(sample_scene(scene_seed(data_seed, i)), size)

@@ -22,8 +22,8 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor, nn
 
-from ..safetensors_io import CheckpointError, atomic_save, load_tensors, read_header
-from ..world import caption_tokens, caption_vocabulary
+from ..io.safetensors_io import CheckpointError, atomic_save, load_tensors, read_header
+from ..world.scene import caption_tokens, caption_vocabulary
 
 #: Longest caption the grammar can write, in words: three two-colour patterned objects
 #: (6 words each, plus "and"), a patterned floor (7), a patterned wall (9) and the light (4).

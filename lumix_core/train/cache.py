@@ -18,9 +18,9 @@ from typing import Any, Optional
 import torch
 from torch import Tensor
 
+from ..io.files import write_text_atomically
+from ..io.safetensors_io import CheckpointError, atomic_save, load_tensors, read_header
 from ..maps import MapSet
-from ..safetensors_io import CheckpointError, atomic_save, load_tensors, read_header
-from ..files import write_text_atomically
 from .folders import FolderBuilder
 
 MANIFEST = "manifest.json"

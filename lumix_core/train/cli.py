@@ -16,7 +16,7 @@ import sys
 from dataclasses import MISSING, fields
 from typing import Optional, Sequence, get_type_hints
 
-from ..safetensors_io import CheckpointError
+from ..io.safetensors_io import CheckpointError
 from .comfy_host import HostError
 from .config import ConfigError, FitConfig, PrepareConfig, build_config, load_config_file
 from .data import DatasetError

@@ -20,8 +20,8 @@ from typing import Any, Optional, Sequence
 import torch
 from torch import Tensor
 
+from ..io.safetensors_io import CheckpointError, read_header
 from ..latents import LATENT_CHANNELS, LATENT_SCALE, LATENT_SHIFT, latent_in, latent_out
-from ..safetensors_io import CheckpointError, read_header
 from .config import COMFYUI_ENV, comfyui_path
 
 _CLIP_L_KEY = "text_model.encoder.layers.0.mlp.fc1.weight"

@@ -23,7 +23,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, ImageDraw
 
-from ..files import write_bytes_atomically, write_text_atomically
+from ..io.files import write_bytes_atomically, write_text_atomically
 
 METRICS = "metrics.jsonl"
 EVALUATIONS = "evaluations.jsonl"

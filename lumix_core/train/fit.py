@@ -1,6 +1,6 @@
 """``fit``: train the Tensor LoRA factors of a LumiX adapter on a prepared cache.
 
-The FLUX backbone is loaded frozen (:func:`lumix_core.flux_io.load_flux`); the adapter is
+The FLUX backbone is loaded frozen (:func:`lumix_core.model.flux_io.load_flux`); the adapter is
 attached to it (QBA + Tensor LoRA in every block) and only its factors are optimised.
 One optimizer step consumes ``batch_size x processes x grad_accum`` scenes; scene order is
 a per-epoch permutation from the seed, and each scene's random draws come from its
@@ -26,17 +26,17 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..adapter import LumiXAdapter, default_spec
-from ..checkpoint import ModelShape, load_adapter, save_adapter
-from ..denoiser import FluxDenoiser, TextConditioning
-from ..flux import Flux
-from ..flux_io import load_flux
+from ..io.files import write_text_atomically
 from ..latents import PATCH
+from ..model.adapter import LumiXAdapter, default_spec
+from ..model.checkpoint import ModelShape, load_adapter, save_adapter
+from ..model.flux import Flux
+from ..model.flux_io import load_flux
+from ..sampling.denoiser import FluxDenoiser, TextConditioning
 from .cache import LatentCache
 from .config import ConfigError, FitConfig, config_to_dict, resume_config
 from .curves import EVALUATIONS, METRICS, write_curves
 from .distributed import DistContext, barrier, init_distributed, mean_across, shutdown
-from ..files import write_text_atomically
 from .folders import check_new_folder, is_unused_dir, remove_previous, remove_temp_files
 from .lr_schedule import make_scheduler
 from .objective import (STREAM_INIT, DrawSettings, SceneDraw, draw_scene, make_noisy_batch, sample_generator,

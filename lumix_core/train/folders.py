@@ -1,7 +1,7 @@
 """Output folders and small files written so that a crash never leaves half a result.
 
 Why: a training run or a cache takes hours to produce. Single files go through
-:mod:`lumix_core.files`; a cache or checkpoint folder is built under a temp name and renamed
+:mod:`lumix_core.io.files`; a cache or checkpoint folder is built under a temp name and renamed
 when complete, and an existing folder is replaced only
 when the user asked for it -- and only if it is recognisably ours (it holds our marker
 file), so a mistyped ``--output ~`` with ``--overwrite`` deletes nothing.
@@ -19,7 +19,7 @@ import tempfile
 import uuid
 from pathlib import Path
 
-from ..files import is_temp_name
+from ..io.files import is_temp_name
 
 
 def is_unused_dir(path: Path, marker: str) -> bool:

@@ -4,7 +4,7 @@ Why not ``torch.save``: it writes a pickle, and loading a pickle can run arbitra
 the project reads weights from safetensors only. A checkpoint is a folder
 ``checkpoints/step-00000100/`` holding
 
-* ``adapter.safetensors`` -- written by :func:`lumix_core.checkpoint.save_adapter`, so any
+* ``adapter.safetensors`` -- written by :func:`lumix_core.model.checkpoint.save_adapter`, so any
   checkpoint loads as an adapter in lumix_core and in the ComfyUI loader node;
 * ``optimizer.safetensors`` -- every optimizer state tensor as ``state.<param>.<name>``;
 * ``rng-rank<r>.safetensors`` -- each process's torch (and CUDA) RNG state (uint8 tensors);
@@ -26,10 +26,10 @@ from typing import Any, Callable, Optional
 import numpy as np
 import torch
 
-from ..adapter import LumiXAdapter
-from ..checkpoint import load_adapter, save_adapter
-from ..safetensors_io import CheckpointError, atomic_save, load_tensors, read_header
-from ..files import write_text_atomically
+from ..io.files import write_text_atomically
+from ..io.safetensors_io import CheckpointError, atomic_save, load_tensors, read_header
+from ..model.adapter import LumiXAdapter
+from ..model.checkpoint import load_adapter, save_adapter
 
 CHECKPOINTS = "checkpoints"
 LATEST = "latest.txt"

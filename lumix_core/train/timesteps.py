@@ -16,7 +16,7 @@ import math
 
 import torch
 
-from ..sampling import seq_len_for, shift_mu, time_shift
+from ..sampling.sampler import seq_len_for, shift_mu, time_shift
 
 
 def sample_timestep(kind: str, generator: torch.Generator, *, width: int, height: int,

@@ -17,13 +17,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..denoiser import FluxDenoiser, TextConditioning
-from ..flux import Flux
+from ..io.files import write_bytes_atomically
+from ..io.png import encode_png
 from ..latents import VAE_FACTOR
-from ..png import encode_png
-from ..sampling import sample_euler, schedule_for, shared_noise
+from ..model.flux import Flux
+from ..sampling.denoiser import FluxDenoiser, TextConditioning
+from ..sampling.sampler import sample_euler, schedule_for, shared_noise
 from .cache import LatentCache
-from ..files import write_bytes_atomically
 
 
 class PreviewDecoder:

@@ -40,9 +40,9 @@ import comfy.model_management as mm  # noqa: E402
 import comfy.model_patcher  # noqa: E402
 import comfy.supported_models  # noqa: E402
 
-from lumix_core.adapter import LumiXAdapter, default_spec  # noqa: E402
-from lumix_core.checkpoint import save_adapter  # noqa: E402
 from lumix_core.maps import RELEASE, MapSet  # noqa: E402
+from lumix_core.model.adapter import LumiXAdapter, default_spec  # noqa: E402
+from lumix_core.model.checkpoint import save_adapter  # noqa: E402
 
 HIDDEN, HEADS, CONTEXT, POOLED = 64, 2, 48, 32
 

@@ -24,11 +24,11 @@ import comfy.patcher_extension  # noqa: E402
 import comfy.sample  # noqa: E402
 import comfy.utils  # noqa: E402
 import nodes as comfy_nodes  # noqa: E402  (ComfyUI's nodes.py)
-from lumix_core.checkpoint import load_adapter  # noqa: E402
-from lumix_core.flux_io import load_flux  # noqa: E402
 from lumix_core.latents import image_ids, pack as pack_tokens, unpack  # noqa: E402
 from lumix_core.maps import RELEASE, MapSet  # noqa: E402
-from lumix_core.qba import double_block_forward, single_block_forward  # noqa: E402
+from lumix_core.model.checkpoint import load_adapter  # noqa: E402
+from lumix_core.model.flux_io import load_flux  # noqa: E402
+from lumix_core.model.qba import double_block_forward, single_block_forward  # noqa: E402
 
 LUMIX_NODES = {"LumiXLoadAdapter", "LumiXPinPhoto", "LumiXEmptyMapsLatent", "LumiXPhotoToMapsLatent", "LumiXSampler",
                "LumiXReleaseSchedule", "LumiXDecodeMaps", "LumiXSplitMaps", "LumiXSaveMaps", "LumiXRelight",
@@ -158,7 +158,7 @@ def test_whole_model_call_matches_the_reference_flux(pack, models, tmp_path):
         plain = dm(x, t, ctx, y=y, guidance=guidance)
         reference = unpack(ref(pack_tokens(x), image_ids(B, 8, 8), ctx, torch.zeros(B, 8, 3), t, y, guidance), 8, 8)
     diff = (ours - reference).abs().max().item()
-    print(f"whole model call, ComfyUI + LumiX patches vs lumix_core.flux.Flux + adapter: max |diff| = {diff:.3g}")
+    print(f"whole model call, ComfyUI + LumiX patches vs lumix_core.model.flux.Flux + adapter: max |diff| = {diff:.3g}")
     assert diff <= 1e-4
     assert (plain - reference).abs().max() > 1e-2
 
@@ -295,7 +295,7 @@ def test_ten_clones_share_one_adapter_in_memory(pack, models):
 
 def test_an_fp8_adapter_keeps_its_dtype_and_runs(pack, models):
     adapter = H.random_adapter(seed=8).to(torch.float8_e4m3fn)
-    from lumix_core.checkpoint import save_adapter
+    from lumix_core.model.checkpoint import save_adapter
 
     save_adapter(adapter, models / "lumix_fp8.safetensors", overwrite=True)
     patched = load(pack, H.tiny_flux(), "lumix_fp8.safetensors")

@@ -98,8 +98,8 @@ def test_encoder_gives_model_space_latents_and_flux_conditioning(host):
 
 
 def test_prepare_then_fit_with_comfy_validation_decoding(host, tmp_path):
-    from lumix_core.flux import Flux, tiny_config
-    from lumix_core.flux_io import save_flux
+    from lumix_core.model.flux import Flux, tiny_config
+    from lumix_core.model.flux_io import save_flux
     from lumix_core.train.cache import LatentCache
     from lumix_core.train.config import FitConfig, PrepareConfig
     from lumix_core.train.fit import run_fit

@@ -6,9 +6,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .flux import Flux
-from .latents import image_ids, pack, unpack
-from .maps import check_group_batch
+from ..latents import image_ids, pack, unpack
+from ..maps import check_group_batch
+from ..model.flux import Flux
 
 
 @dataclass

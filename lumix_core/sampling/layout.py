@@ -21,10 +21,10 @@ from typing import Callable, Mapping, Optional, Sequence
 import torch
 from torch import Tensor
 
-from .conventions import FinishedMap, check_image, finish_map, require_finite, split_groups
-from .latents import LATENT_CHANNELS, SIZE_MULTIPLE, VAE_FACTOR, check_size
-from .maps import QUERY_SOURCE, RELEASE, MapSet, check_group_batch
-from .sampling import ScheduleKind, schedule_for
+from ..conventions import FinishedMap, check_image, finish_map, require_finite, split_groups
+from ..latents import LATENT_CHANNELS, SIZE_MULTIPLE, VAE_FACTOR, check_size
+from ..maps import QUERY_SOURCE, RELEASE, MapSet, check_group_batch
+from .sampler import ScheduleKind, schedule_for
 
 #: Key of the map set (``"albedo,irradiance,color,depth,normal"``) in a host latent dict.
 MAPS_KEY = "lumix_maps"

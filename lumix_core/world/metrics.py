@@ -23,12 +23,12 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
-from . import conventions
-from .consistency import depth_normal_mean_angle, fit_depth_reading
-from .maps import canonical
-from .recompose import recompose
-from .world import encode_depth, tone_map
-from .world_scene import FOV_RANGE_DEG
+from .. import conventions
+from ..finish.consistency import depth_normal_mean_angle, fit_depth_reading
+from ..finish.recompose import recompose
+from ..maps import canonical
+from .render import encode_depth, tone_map
+from .scene import FOV_RANGE_DEG
 
 __all__ = [
     "normal_angular_error",
@@ -144,10 +144,10 @@ def map_coherence(maps: Mapping[str, Any], fov_deg: float = COHERENCE_FOV_DEG) -
     """Do one scene's maps describe one physical scene? Two errors, no ground truth needed.
 
     * ``recompose_error``: relative RMS of ``albedo x irradiance`` against ``color`` in linear
-      light after one exposure fit (:func:`lumix_core.recompose.recompose`); 0 for the world's
+      light after one exposure fit (:func:`lumix_core.finish.recompose.recompose`); 0 for the world's
       own maps, where color is exactly that product.
     * ``depth_normal_error_deg``: mean angle between the normals derived from the depth map
-      (near/far reading fitted, :func:`lumix_core.consistency.fit_depth_reading`) and the
+      (near/far reading fitted, :func:`lumix_core.finish.consistency.fit_depth_reading`) and the
       normal map.
 
     Why this replaces edge agreement with color: edges reward copying -- a model that pastes
@@ -175,7 +175,7 @@ def evaluate_maps(pred: Mapping[str, Any], truth: Mapping[str, np.ndarray]) -> d
 
     ``pred``: encoded maps by name (any of albedo, irradiance, color, depth, normal).
     ``truth``: raw buffers as in a ``ground_truth/<id>.npz`` of
-    :mod:`lumix_core.world_dataset` (``depth`` z, unit ``normal``, linear ``albedo``,
+    :mod:`lumix_core.world.dataset` (``depth`` z, unit ``normal``, linear ``albedo``,
     optional linear ``irradiance`` and ``hit``). Only metrics whose maps are present are
     returned. (Coherence needs no truth and costs a fit: :func:`map_coherence`, separately.)
     """

@@ -1,4 +1,4 @@
-"""Load and save FLUX.1 transformer weights for the reference :class:`~lumix_core.flux.Flux`.
+"""Load and save FLUX.1 transformer weights for the reference :class:`~lumix_core.model.flux.Flux`.
 
 Reads BFL files (``flux1-dev.safetensors``: keys ``double_blocks.0.img_attn.qkv.weight`` …)
 and ComfyUI full checkpoints (the same keys behind ``model.diffusion_model.``). QK-norm
@@ -16,8 +16,8 @@ from typing import Optional
 
 import torch
 
+from ..io.safetensors_io import CheckpointError, SafetensorsHeader, TensorInfo, atomic_save, load_tensors, read_header
 from .flux import FLUX_DEV, Flux, FluxConfig, tiny_config
-from .safetensors_io import CheckpointError, SafetensorsHeader, TensorInfo, atomic_save, load_tensors, read_header
 
 COMFY_PREFIX = "model.diffusion_model."
 META_CONFIG = "lumix.flux_config"

@@ -15,8 +15,8 @@ from typing import Callable, Literal, Optional, Protocol, Sequence
 import torch
 from torch import Tensor
 
-from .latents import PATCH, VAE_FACTOR
-from .maps import MapSet, check_group_batch
+from ..latents import PATCH, VAE_FACTOR
+from ..maps import MapSet, check_group_batch
 
 ScheduleKind = Literal["release", "flux", "linear"]
 SCHEDULES: tuple[str, ...] = ("release", "flux", "linear")

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .conventions import (
+from ..conventions import (
     check_image,
     check_same_size,
     conventions_metadata,
@@ -47,8 +47,8 @@ from .conventions import (
     single_channel,
     srgb_to_linear,
 )
+from ..maps import canonical
 from .files import write_atomically, write_bytes_atomically
-from .maps import canonical
 from .png import encode_png, escape_unencodable, safe_text
 
 FORMATS: tuple[str, ...] = ("png8", "png16", "exr")
@@ -241,7 +241,7 @@ def save_maps(
     created, and if writing still fails (disk full, a concurrent writer) the files already
     written for the set are removed. ``conventions`` describes the maps as given (default:
     :func:`conventions_metadata`); ``extra_text`` adds PNG text chunks (the ComfyUI node puts the
-    graph there); metadata is sanitised (:func:`lumix_core.png.safe_text`), never a reason to
+    graph there); metadata is sanitised (:func:`lumix_core.io.png.safe_text`), never a reason to
     lose the images. ``report`` (a JSON string, e.g. LumiX Consistency Report's) is saved as
     ``<prefix>_<counter>_report.json``.
     """

@@ -17,9 +17,9 @@ from typing import Optional
 
 import torch
 
+from ..io.safetensors_io import CheckpointError, SafetensorsHeader, atomic_save, load_tensors, read_header
+from ..maps import RELEASE, MapSet
 from .adapter import AdapterSpec, LumiXAdapter
-from .maps import RELEASE, MapSet
-from .safetensors_io import CheckpointError, SafetensorsHeader, atomic_save, load_tensors, read_header
 
 FORMAT_VERSION = "1"
 META_FORMAT = "lumix.format"
@@ -101,7 +101,7 @@ def _info_from_header(header: SafetensorsHeader) -> AdapterInfo:
         raise CheckpointError(
             f"{path.name}: '{not_float}' is stored as {header.tensors[not_float].dtype}, but Tensor LoRA factors are "
             f"floating point ({', '.join(sorted(FLOAT_DTYPES))}); the file was not written by a LumiX trainer — "
-            "export the adapter again (lumix_core.checkpoint.save_adapter)")
+            "export the adapter again (lumix_core.model.checkpoint.save_adapter)")
     M, M2, R = (header.tensors[g1].shape + (0, 0, 0))[:3]
     hidden = header.tensors[g2p].shape[1] if len(header.tensors[g2p].shape) == 4 else -1
     meta = header.metadata
@@ -139,7 +139,7 @@ def _info_from_header(header: SafetensorsHeader) -> AdapterInfo:
 
 def _bad_metadata(path: Path, key: str, value: str, expected: str) -> CheckpointError:
     return CheckpointError(f"{path.name}: metadata '{key}' is {value!r}, expected {expected}; fix that entry "
-                           "(or export the adapter again with lumix_core.checkpoint.save_adapter)")
+                           "(or export the adapter again with lumix_core.model.checkpoint.save_adapter)")
 
 
 def _meta_int(path: Path, meta: dict[str, str], key: str, expected: str) -> int:

@@ -2,7 +2,7 @@
 
 Used by training, tests, the demo and the benchmarks. Its blocks have the attribute names
 of the BFL reference (and of ComfyUI's ``comfy.ldm.flux.layers``), so the QBA functions of
-:mod:`lumix_core.qba` run on them unchanged; the model itself holds no LumiX maths. With no
+:mod:`lumix_core.model.qba` run on them unchanged; the model itself holds no LumiX maths. With no
 adapter attached it is plain FLUX; with one attached every block goes through QBA.
 """
 from __future__ import annotations
@@ -14,9 +14,9 @@ from typing import Iterator, Optional
 import torch
 from torch import Tensor, nn
 
+from ..maps import MapSet
 from . import flux_math
 from .adapter import LumiXAdapter
-from .maps import MapSet
 from .qba import double_block_forward, single_block_forward
 
 
@@ -177,7 +177,7 @@ class DoubleStreamBlock(nn.Module):
 
     def forward(self, img: Tensor, txt: Tensor, vec: Tensor, pe: Tensor,
                 attn_mask: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
-        """Plain FLUX (BFL reference); the LumiX path is :func:`lumix_core.qba.double_block_forward`."""
+        """Plain FLUX (BFL reference); the LumiX path is :func:`lumix_core.model.qba.double_block_forward`."""
         img_mod1, img_mod2 = self.img_mod(vec)
         txt_mod1, txt_mod2 = self.txt_mod(vec)
         img_modulated = flux_math.modulate(self.img_norm1(img), img_mod1)
@@ -214,7 +214,7 @@ class SingleStreamBlock(nn.Module):
         self.modulation = Modulation(hidden_size, double=False)
 
     def forward(self, x: Tensor, vec: Tensor, pe: Tensor, attn_mask: Optional[Tensor] = None) -> Tensor:
-        """Plain FLUX (BFL reference); the LumiX path is :func:`lumix_core.qba.single_block_forward`."""
+        """Plain FLUX (BFL reference); the LumiX path is :func:`lumix_core.model.qba.single_block_forward`."""
         mod, _ = self.modulation(vec)
         x_mod = flux_math.modulate(self.pre_norm(x), mod)
         qkv, mlp = torch.split(self.linear1(x_mod), [3 * self.hidden_size, self.mlp_hidden_dim], dim=-1)

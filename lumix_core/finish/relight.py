@@ -43,7 +43,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from .conventions import (
+from ..conventions import (
     DEFAULT_NORMAL_CONVENTION,
     check_image,
     check_normal_convention,

@@ -11,7 +11,7 @@ crash never leaves a half-written PNG that a later training run would trip over.
 
 CLI::
 
-    python -m lumix_core.world_dataset --out DIR --count N --seed S --size 64 [--sheet PNG]
+    python -m lumix_core.world.dataset --out DIR --count N --seed S --size 64 [--sheet PNG]
 """
 from __future__ import annotations
 
@@ -24,12 +24,13 @@ from typing import Sequence
 
 import numpy as np
 
-from .cli_args import OneLineParser, output_folder, write_error
-from .files import write_bytes_atomically
-from .latents import SIZE_MULTIPLE, check_size, nearest_size
-from .maps import RELEASE
-from .png import encode_png
-from .world import RenderResult, render, sample_scene
+from ..cli_args import OneLineParser, output_folder, write_error
+from ..io.files import write_bytes_atomically
+from ..io.png import encode_png
+from ..latents import SIZE_MULTIPLE, check_size, nearest_size
+from ..maps import RELEASE
+from .render import RenderResult, render
+from .scene import sample_scene
 
 __all__ = [
     "CAPTION_FOLDER",
@@ -147,7 +148,7 @@ def image_side(text: str) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = OneLineParser(prog="python -m lumix_core.world_dataset", description=__doc__.splitlines()[0])
+    ap = OneLineParser(prog="python -m lumix_core.world.dataset", description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True, type=output_folder, help="dataset root (must be empty unless --overwrite)")
     ap.add_argument("--count", type=int, required=True, help="number of scenes")
     ap.add_argument("--seed", type=int, default=0)

@@ -2,7 +2,7 @@
 
 Why separate from rendering: the scene description is what the captions, the text
 encoder's vocabulary and the dataset manifest depend on; the ray caster
-(:mod:`lumix_core.world`) only consumes it.
+(:mod:`lumix_core.world.render`) only consumes it.
 
 A scene is 1-3 spheres and boxes standing on an infinite floor plane (``y = 0``, world
 space y-up), optionally in front of a back wall, lit by ambient light plus 1-3 lights

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .conventions import check_image, check_same_size, linear_to_srgb, rgb, srgb_to_linear
+from ..conventions import check_image, check_same_size, linear_to_srgb, rgb, srgb_to_linear
 from .heatmap import heatmap
 
 #: Heat-map scale: a linear-light error of this size (10 % of full white) is the brightest colour.

@@ -1,7 +1,7 @@
 """FLUX attention maths (RoPE, joint attention) as in the BFL reference implementation.
 
 Hosts bring their own ``attention`` (ComfyUI: ``comfy.ldm.flux.math.attention``); this one
-serves the reference FLUX of :mod:`lumix_core.flux` and is the default of the QBA blocks.
+serves the reference FLUX of :mod:`lumix_core.model.flux` and is the default of the QBA blocks.
 """
 from __future__ import annotations
 

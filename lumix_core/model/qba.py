@@ -3,7 +3,7 @@
 The functions run a block *from its own submodules*, so they work on any object with FLUX's
 attribute names: the BFL reference, ComfyUI's ``comfy.ldm.flux.layers`` blocks (keeping the
 host's weight casting, fp8 and offloading, which live inside those submodules) and the
-reference FLUX of :mod:`lumix_core.flux`. This is the only implementation of the LumiX
+reference FLUX of :mod:`lumix_core.model.flux`. This is the only implementation of the LumiX
 block maths in the project.
 
 Batch layout: consecutive groups of ``group`` maps, ``x[g*M + j]`` = map ``j`` of scene ``g``.
@@ -27,8 +27,8 @@ from typing import Callable, Optional, Protocol
 import torch
 from torch import Tensor, nn
 
+from ..maps import check_group_batch
 from . import flux_math
-from .maps import check_group_batch
 from .tensor_lora import TensorLoRA
 
 

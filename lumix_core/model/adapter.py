@@ -13,7 +13,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from .maps import RELEASE, MapSet
+from ..maps import RELEASE, MapSet
 from .tensor_lora import TensorLoRA
 
 #: Hidden size, rank and block counts of the released FLUX.1-dev adapter.

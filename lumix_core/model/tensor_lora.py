@@ -33,7 +33,7 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor, nn
 
-from .maps import check_group_batch
+from ..maps import check_group_batch
 
 
 def _version_or_none(t: Tensor) -> Optional[int]:

@@ -5,7 +5,7 @@ says how to read them and is embedded in every report:
 
 * **normal deviation** -- how far the decoded normal vectors are from unit length.
 * **recompose error** -- ``albedo x irradiance`` vs ``color`` in linear light, after fitting
-  one exposure factor (see :mod:`lumix_core.recompose`).
+  one exposure factor (see :mod:`lumix_core.finish.recompose`).
 * **depth <-> normal agreement** -- normals derived from the depth map (at an assumed field of
   view) vs the predicted normals, angle in degrees. Depth is relative (near = bright, no
   metric scale), so it is mapped to distances ``Z`` with one unknown, the near/far distance
@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .conventions import (
+from ..conventions import (
     DEFAULT_NORMAL_CONVENTION,
     check_image,
     check_normal_convention,
@@ -36,8 +36,8 @@ from .conventions import (
     normals_to_vectors,
     single_channel,
 )
+from ..maps import canonical
 from .heatmap import heatmap
-from .maps import canonical
 from .recompose import RECOMPOSE_ERROR_VMAX, recompose
 
 #: Heat-map scales (value shown brightest).

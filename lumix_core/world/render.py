@@ -6,10 +6,9 @@ toy model's errors can be measured instead of eyeballed. Real intrinsic datasets
 (Hypersim) are huge and their ground truth is itself approximate; here every buffer is
 computed analytically per pixel.
 
-Scenes (what is in them, sampling, captions) live in :mod:`lumix_core.world_scene` and
-are re-exported here; this module ray-casts them: one ray per pixel centre, numpy,
-vectorised over pixels, with shadow rays for every light. Deterministic: equal specs give
-bit-identical buffers.
+Scenes (what is in them, sampling, captions) live in :mod:`lumix_core.world.scene`; this
+module ray-casts them: one ray per pixel centre, numpy, vectorised over pixels, with shadow
+rays for every light. Deterministic: equal specs give bit-identical buffers.
 
 Coordinates: world space is y-up, the floor is ``y = 0``. Camera space follows OpenGL
 (x right, y up, z towards the viewer; the camera looks along -z). ``depth`` is the
@@ -37,51 +36,15 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from . import conventions
-from .maps import RELEASE, MapSet
-from .world_scene import (
-    FLOOR_COLORS,
-    LIGHT_WORDS,
-    PALETTE,
-    Box,
-    Camera,
-    Light,
-    Material,
-    Plane,
-    SceneSpec,
-    Sphere,
-    Surface,
-    caption,
-    caption_tokens,
-    caption_vocabulary,
-    describe_surface,
-    light_direction_word,
-    main_light,
-    sample_scene,
-)
+from .. import conventions
+from ..maps import RELEASE, MapSet
+from .scene import PALETTE, Camera, Material, Plane, SceneSpec, Sphere, Surface
 
 __all__ = [
-    "PALETTE",
-    "FLOOR_COLORS",
-    "LIGHT_WORDS",
-    "Material",
-    "Sphere",
-    "Box",
-    "Plane",
-    "Light",
-    "Camera",
-    "SceneSpec",
     "RenderResult",
-    "sample_scene",
     "render",
-    "caption",
-    "caption_tokens",
-    "caption_vocabulary",
-    "describe_surface",
     "tone_map",
     "encode_depth",
-    "light_direction_word",
-    "main_light",
     "camera_basis",
     "pixel_rays",
     "project_to_pixels",

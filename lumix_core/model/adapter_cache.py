@@ -2,7 +2,7 @@
 
 A node graph re-runs the loader on every queue and may patch several models with the same
 file; reading 133 M parameters each time would waste seconds and, worse, hold several
-copies in memory. The cache hands out the *same* :class:`~lumix_core.adapter.LumiXAdapter`
+copies in memory. The cache hands out the *same* :class:`~lumix_core.model.adapter.LumiXAdapter`
 object (shared by reference, never deep-copied) until the file changes on disk. Validation
 against the model runs on every call, from the header alone, so a mismatch is reported
 before any tensor is read and even on a cache hit.
@@ -15,9 +15,9 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Optional
 
+from ..io.safetensors_io import CheckpointError
 from .adapter import LumiXAdapter
 from .checkpoint import AdapterInfo, ModelShape, check_fits, inspect_adapter, load_adapter
-from .safetensors_io import CheckpointError
 
 CacheKey = tuple[str, int, int]
 

@@ -3,7 +3,7 @@
 Hosts hand us whatever their loaders produced (a BFL/ComfyUI FLUX, fp8, GGUF, or a model of
 another family). The QBA block functions rely on FLUX.1's block attributes, so before any
 adapter is attached we check those attributes (not weight shapes: quantised weights may not
-report logical shapes) and read the :class:`~lumix_core.checkpoint.ModelShape` the adapter
+report logical shapes) and read the :class:`~lumix_core.model.checkpoint.ModelShape` the adapter
 must fit. Every refusal names what was found and what to connect instead.
 """
 from __future__ import annotations
