@@ -8,6 +8,7 @@ May import: nothing from lumix_core.
 from __future__ import annotations
 
 import torch
+from einops import rearrange
 from torch import Tensor
 
 #: FLUX VAE latent scaling: model space = (z - shift) * scale.
@@ -47,20 +48,16 @@ def check_size(width: int, height: int) -> None:
 
 def pack(x: Tensor, patch: int = PATCH) -> Tensor:
     """``[B, C, H, W] -> [B, (H/p)(W/p), C p p]`` (FLUX token layout)."""
-    B, C, H, W = x.shape
+    H, W = x.shape[-2:]
     if H % patch or W % patch:
         raise ValueError(f"latent size {H}x{W} is not a multiple of the patch size {patch}")
-    x = x.reshape(B, C, H // patch, patch, W // patch, patch)
-    return x.permute(0, 2, 4, 1, 3, 5).reshape(B, (H // patch) * (W // patch), C * patch * patch)
+    return rearrange(x, "B C (h ph) (w pw) -> B (h w) (C ph pw)", ph=patch, pw=patch)
 
 
 def unpack(x: Tensor, height: int, width: int, patch: int = PATCH) -> Tensor:
     """Inverse of :func:`pack`; ``height``/``width`` are the latent sizes."""
-    B, L, F = x.shape
-    h, w = height // patch, width // patch
-    C = F // (patch * patch)
-    x = x.reshape(B, h, w, C, patch, patch)
-    return x.permute(0, 3, 1, 4, 2, 5).reshape(B, C, height, width)
+    return rearrange(x, "B (h w) (C ph pw) -> B C (h ph) (w pw)", h=height // patch, w=width // patch, ph=patch,
+                     pw=patch)
 
 
 def image_ids(batch: int, height: int, width: int, patch: int = PATCH, device=None) -> Tensor:

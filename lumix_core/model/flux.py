@@ -148,12 +148,6 @@ class Modulation(nn.Module):
         return ModulationOut(*out[:3]), ModulationOut(*out[3:]) if self.is_double else None
 
 
-def _heads(qkv: Tensor, num_heads: int) -> tuple[Tensor, Tensor, Tensor]:
-    """``rearrange(qkv, "B L (K H D) -> K B H L D", K=3, H=num_heads)``."""
-    B, L, F = qkv.shape
-    return qkv.reshape(B, L, 3, num_heads, F // (3 * num_heads)).permute(2, 0, 3, 1, 4).unbind(0)
-
-
 def _layer_norm(dim: int) -> nn.LayerNorm:
     return nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
 
@@ -181,10 +175,10 @@ class DoubleStreamBlock(nn.Module):
         img_mod1, img_mod2 = self.img_mod(vec)
         txt_mod1, txt_mod2 = self.txt_mod(vec)
         img_modulated = flux_math.modulate(self.img_norm1(img), img_mod1)
-        img_q, img_k, img_v = _heads(self.img_attn.qkv(img_modulated), self.num_heads)
+        img_q, img_k, img_v = flux_math.split_heads(self.img_attn.qkv(img_modulated), self.num_heads)
         img_q, img_k = self.img_attn.norm(img_q, img_k, img_v)
         txt_modulated = flux_math.modulate(self.txt_norm1(txt), txt_mod1)
-        txt_q, txt_k, txt_v = _heads(self.txt_attn.qkv(txt_modulated), self.num_heads)
+        txt_q, txt_k, txt_v = flux_math.split_heads(self.txt_attn.qkv(txt_modulated), self.num_heads)
         txt_q, txt_k = self.txt_attn.norm(txt_q, txt_k, txt_v)
         q = torch.cat((txt_q, img_q), dim=2)
         k = torch.cat((txt_k, img_k), dim=2)
@@ -218,7 +212,7 @@ class SingleStreamBlock(nn.Module):
         mod, _ = self.modulation(vec)
         x_mod = flux_math.modulate(self.pre_norm(x), mod)
         qkv, mlp = torch.split(self.linear1(x_mod), [3 * self.hidden_size, self.mlp_hidden_dim], dim=-1)
-        q, k, v = _heads(qkv, self.num_heads)
+        q, k, v = flux_math.split_heads(qkv, self.num_heads)
         q, k = self.norm(q, k, v)
         attn = flux_math.attention(q, k, v, pe=pe, mask=attn_mask)
         del q, k, v, qkv

@@ -1,4 +1,4 @@
-"""FLUX attention maths (RoPE, joint attention) as in the BFL reference implementation.
+"""FLUX attention maths (head split, RoPE, joint attention) as in the BFL reference implementation.
 
 Hosts bring their own ``attention`` (ComfyUI: ``comfy.ldm.flux.math.attention``); this one
 serves the reference FLUX of :mod:`lumix_core.model.flux` and is the default of the QBA blocks.
@@ -9,7 +9,13 @@ import math
 from typing import Optional
 
 import torch
+from einops import rearrange
 from torch import Tensor
+
+
+def split_heads(qkv: Tensor, num_heads: int) -> tuple[Tensor, Tensor, Tensor]:
+    """The fused QKV projection's output as q, k, v ``[B, H, L, D]``: views of ``qkv``, no copy."""
+    return rearrange(qkv, "B L (K H D) -> K B H L D", K=3, H=num_heads).unbind(0)
 
 
 def rope(pos: Tensor, dim: int, theta: int) -> Tensor:
@@ -41,8 +47,7 @@ def attention(
     """Joint attention ``[B, H, L, D] -> [B, L, H*D]`` with RoPE applied to q and k."""
     q, k = apply_rope(q, k, pe)
     x = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-    B, H, L, D = x.shape
-    return x.transpose(1, 2).reshape(B, L, H * D)
+    return rearrange(x, "B H L D -> B L (H D)")
 
 
 def timestep_embedding(t: Tensor, dim: int, max_period: int = 10000, time_factor: float = 1000.0) -> Tensor:

@@ -25,6 +25,7 @@ import inspect
 from typing import Callable, Optional, Protocol
 
 import torch
+from einops import rearrange
 from torch import Tensor, nn
 
 from ..maps import check_group_batch
@@ -62,12 +63,6 @@ def _attend(
     return attention(q, k, v, pe=pe, mask=mask)
 
 
-def _split_heads(qkv: Tensor, num_heads: int) -> tuple[Tensor, Tensor, Tensor]:
-    """``"B L (K H D) -> K B H L D"`` as views of ``qkv``."""
-    B, L, F = qkv.shape
-    return qkv.view(B, L, 3, num_heads, F // (3 * num_heads)).permute(2, 0, 3, 1, 4).unbind(0)
-
-
 def _needs_autograd(*tensors: Tensor) -> bool:
     return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
 
@@ -99,9 +94,9 @@ def _add_kv_deltas(lora: TensorLoRA, src: Tensor, k: Tensor, v: Tensor, strength
     d = k.shape[1] * k.shape[3]
     z = lora.codes(src)
     if _needs_autograd(src, k, v, z):
-        H, Dh = k.shape[1], k.shape[3]
-        dk = lora.delta(z, k.dtype, strength, slice(0, d)).unflatten(2, (H, Dh)).transpose(1, 2)
-        dv = lora.delta(z, v.dtype, strength, slice(d, 2 * d)).unflatten(2, (H, Dh)).transpose(1, 2)
+        H = k.shape[1]
+        dk = rearrange(lora.delta(z, k.dtype, strength, slice(0, d)), "B L (H D) -> B H L D", H=H)
+        dv = rearrange(lora.delta(z, v.dtype, strength, slice(d, 2 * d)), "B L (H D) -> B H L D", H=H)
         return k + dk, v + dv
     lora.add_heads_delta_(k, z, strength, slice(0, d))
     lora.add_heads_delta_(v, z, strength, slice(d, 2 * d))
@@ -150,7 +145,7 @@ def double_block_forward(
     txt_mod1, txt_mod2 = block.txt_mod(vec)
 
     img_modulated = flux_math.modulate(block.img_norm1(img), img_mod1)
-    img_q, img_k, img_v = _split_heads(block.img_attn.qkv(img_modulated), H)
+    img_q, img_k, img_v = flux_math.split_heads(block.img_attn.qkv(img_modulated), H)
     img_q, img_k = block.img_attn.norm(img_q, img_k, img_v)
     if adapter is not None:
         img_k, img_v = _add_kv_deltas(adapter.kv_tt_lora, img_modulated, img_k, img_v, strength)
@@ -158,7 +153,7 @@ def double_block_forward(
         img_q = broadcast_query(img_q, group, query_index)
 
     txt_modulated = flux_math.modulate(block.txt_norm1(txt), txt_mod1)
-    txt_q, txt_k, txt_v = _split_heads(block.txt_attn.qkv(txt_modulated), H)
+    txt_q, txt_k, txt_v = flux_math.split_heads(block.txt_attn.qkv(txt_modulated), H)
     txt_q, txt_k = block.txt_attn.norm(txt_q, txt_k, txt_v)
 
     flipped = bool(getattr(block, "flipped_img_txt", False))
@@ -206,7 +201,7 @@ def single_block_forward(
     mod, _ = block.modulation(vec)
     x_mod = flux_math.modulate(block.pre_norm(x), mod)
     qkv, mlp = torch.split(block.linear1(x_mod), [3 * block.hidden_size, block.mlp_hidden_dim], dim=-1)
-    q, k, v = _split_heads(qkv, H)
+    q, k, v = flux_math.split_heads(qkv, H)
     q, k = block.norm(q, k, v)
     if adapter is not None:
         k, v = _add_kv_deltas(adapter.kv_tt_lora, x_mod, k, v, strength)

@@ -31,6 +31,7 @@ import math
 from typing import Callable, Optional
 
 import torch
+from einops import rearrange
 from torch import Tensor, nn
 
 from ..maps import check_group_batch
@@ -156,8 +157,7 @@ class TensorLoRA(nn.Module):
             g3 = self.G3[:, rows].to(device, dtype)  # [M, n, R]
             if not heads:
                 return g3.transpose(1, 2).contiguous()
-            M, n, R = g3.shape
-            return g3.reshape(M, heads, n // heads, R).permute(0, 1, 3, 2).reshape(M * heads, R, n // heads)
+            return rearrange(g3, "M (H D) R -> (M H) R D", H=heads)
 
         return self._prepared(("G3", rows.start, rows.stop, rows.step, heads), device, dtype, build)
 
@@ -178,6 +178,8 @@ class TensorLoRA(nn.Module):
         L = x.shape[1]
         W = self.mixing_matrix(x.device, x.dtype)
         parts = torch.bmm(x, W.repeat(G, 1, 1))  # [G*M(j), L, M(i)*R]
+        # "(G j) L (i R) -> G L i R", summed over the input maps j. A plain view: einops.reduce
+        # would add a permute to every call, and the operation count per block is fixed.
         Z = parts.view(G, M, L, M, R).sum(dim=1)  # [G, L, M(i), R]
         return torch.permute_copy(Z, (0, 2, 1, 3))  # [G, M(i), L, R], contiguous
 

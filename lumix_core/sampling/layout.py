@@ -19,6 +19,7 @@ from __future__ import annotations
 from typing import Callable, Mapping, Optional, Sequence
 
 import torch
+from einops import rearrange
 from torch import Tensor
 
 from ..conventions import FinishedMap, check_image, finish_map, require_finite, split_groups
@@ -127,7 +128,7 @@ def noise_is_shared(noise: Tensor, group: int) -> bool:
     """True when every map of every scene got the same noise as the scene's first map."""
     if group <= 1 or noise.shape[0] % group:
         return group <= 1
-    g = noise.reshape(noise.shape[0] // group, group, -1)
+    g = rearrange(noise, "(g m) ... -> g m (...)", m=group)
     return bool((g == g[:, :1]).all())
 
 

@@ -18,6 +18,7 @@ from typing import Sequence
 
 import numpy as np
 import torch
+from einops import rearrange
 from torch import Tensor
 
 from .timesteps import sample_timestep
@@ -89,12 +90,12 @@ def make_noisy_batch(x0: Tensor, draws: Sequence[SceneDraw], query_index: int) -
     tt = t[:, :, None, None, None]
     x_t = (1.0 - tt) * x0 + tt * noise
     target = noise - x0
-    flat = (B * M, *x0.shape[2:])
-    return NoisyBatch(x_t.reshape(flat), t.reshape(B * M), target.reshape(flat), weight)
+    return NoisyBatch(rearrange(x_t, "B M ... -> (B M) ..."), rearrange(t, "B M -> (B M)"),
+                      rearrange(target, "B M ... -> (B M) ..."), weight)
 
 
 def scene_losses(prediction: Tensor, batch: NoisyBatch) -> Tensor:
     """Mean squared velocity error per scene ``[B]`` over the maps that count."""
     B, M = batch.weight.shape
-    per_item = (prediction.float() - batch.target).pow(2).flatten(1).mean(1).reshape(B, M)
+    per_item = rearrange((prediction.float() - batch.target).pow(2).flatten(1).mean(1), "(B M) -> B M", M=M)
     return (per_item * batch.weight).sum(1) / batch.weight.sum(1).clamp_min(1.0)
