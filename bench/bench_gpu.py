@@ -23,7 +23,6 @@ import copy
 import sys
 import tempfile
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 

@@ -9,7 +9,6 @@ the tensors each variant allocates (exact, counted by a torch dispatch mode).
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from pathlib import Path
 

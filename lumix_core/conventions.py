@@ -28,7 +28,6 @@ May import: lumix_core.maps.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Optional, Sequence
 
@@ -342,8 +341,3 @@ def conventions_metadata(
         "depth_polarity": "far = bright" if depth_invert else "near = bright",
         "depth_normalisation": normalisation,
     }
-
-
-def conventions_json(**kwargs: Any) -> str:
-    """:func:`conventions_metadata` as a compact JSON string (for PNG text / EXR header)."""
-    return json.dumps(conventions_metadata(**kwargs), ensure_ascii=False, sort_keys=True)

@@ -6,7 +6,6 @@ import torch
 from lumix_core.toy.evaluate import (SATURATED_COLORS, dominant_color, held_out_scenes, reads_photo,
                                      reference_scores, summary_table, truth_of)
 from lumix_core.world.metrics import evaluate_maps
-from lumix_core.world.render import render
 from lumix_core.world.scene import PALETTE
 
 

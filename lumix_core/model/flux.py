@@ -8,7 +8,7 @@ adapter attached it is plain FLUX; with one attached every block goes through QB
 from __future__ import annotations
 
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Iterator, Optional
 
 import torch

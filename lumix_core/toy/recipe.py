@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -125,7 +125,3 @@ def fit_adapter(cache: "str | os.PathLike[str]", backbone: "str | os.PathLike[st
         evaluator = training_evaluator(text)
     return run_fit(fit_config(cache, backbone, output, settings), decoder=ToyVAEDecoder(), on_step=on_step,
                    evaluator=evaluator)
-
-
-def settings_dict(settings: "Stage1Settings | Stage2Settings") -> dict:
-    return asdict(settings)

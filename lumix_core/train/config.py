@@ -7,7 +7,6 @@ file < flags given on the command line.
 """
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
@@ -275,10 +274,6 @@ def build_config(cls: type, file_values: Optional[dict[str, Any]] = None,
 
 def config_to_dict(config: Any) -> dict[str, Any]:
     return asdict(config)
-
-
-def config_to_json(config: Any) -> str:
-    return json.dumps(config_to_dict(config), indent=2, sort_keys=True) + "\n"
 
 
 def comfyui_path(explicit: Optional[str]) -> Optional[str]:
