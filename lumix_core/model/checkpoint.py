@@ -26,6 +26,12 @@ META_FORMAT = "lumix.format"
 META_MAPS = "lumix.modalities"
 META_RANK = "lumix.rank"
 META_ALPHA = "lumix.alpha"
+#: How an adapter is meant to be sampled: flow matching over many steps (the release), or one
+#: deterministic decomposition step (``lumix-train fit --objective one-step``). Absent = flow matching.
+META_OBJECTIVE = "lumix.objective"
+OBJECTIVE_FLOW_MATCHING = "flow-matching"
+OBJECTIVE_ONE_STEP = "one-step"
+OBJECTIVES = (OBJECTIVE_FLOW_MATCHING, OBJECTIVE_ONE_STEP)
 
 #: safetensors dtypes a Tensor LoRA factor may be stored in (the trainer writes F32/BF16; F8 files are quantised).
 FLOAT_DTYPES = frozenset({"F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2"})
@@ -135,6 +141,15 @@ def _info_from_header(header: SafetensorsHeader) -> AdapterInfo:
         if got != shape:
             raise CheckpointError(_shape_message(path, key, shape, got, spec))
     return AdapterInfo(path, spec, len(keys), header.num_params(), is_release, dict(meta))
+
+
+def adapter_objective(info: AdapterInfo) -> str:
+    """The objective an adapter was trained with (:data:`OBJECTIVES`); files without the key
+    (the release, adapters of older trainers) are flow-matching adapters."""
+    value = info.metadata.get(META_OBJECTIVE, OBJECTIVE_FLOW_MATCHING)
+    if value not in OBJECTIVES:
+        raise _bad_metadata(info.path, META_OBJECTIVE, value, " or ".join(OBJECTIVES))
+    return value
 
 
 def _bad_metadata(path: Path, key: str, value: str, expected: str) -> CheckpointError:

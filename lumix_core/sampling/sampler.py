@@ -138,3 +138,25 @@ def sample_euler(
         if callback is not None:
             callback(i, n, x)
     return x
+
+
+#: The one-step decomposition's schedule: one Euler step from t = 1 to t = 0. In ComfyUI terms,
+#: sigmas ``[1, 0]`` with the noise disabled (the fixed input is zero).
+ONE_STEP_TIMESTEPS = (1.0, 0.0)
+
+
+def decompose_one_step(model: VelocityModel, pinned_color: Tensor, maps: MapSet, cond: object, *,
+                       guidance: float = 1.0) -> Tensor:
+    """One deterministic call of a one-step adapter: latents ``[N*M, C, h, w]`` of N scenes.
+
+    The photo's latent ``pinned_color [N, C, h, w]`` sits clean in the color slot at t = 0; every
+    other map is fed the fixed input 0 at t = 1, and one Euler step to t = 0 turns the predicted
+    velocity into the clean maps: ``x0 = 0 - 1 * v``. Written as :func:`sample_euler` on a zero
+    "noise" so the one-step path is the same arithmetic a host's Euler sampler does with sigmas
+    :data:`ONE_STEP_TIMESTEPS` and no noise (what ComfyUI's graph runs). Same shape as the
+    multi-step decomposition; the color slot comes back bit-identical.
+    """
+    N, M = pinned_color.shape[0], maps.size
+    fixed_input = torch.zeros((N * M, *pinned_color.shape[1:]), dtype=pinned_color.dtype, device=pinned_color.device)
+    return sample_euler(model, fixed_input, torch.tensor(ONE_STEP_TIMESTEPS, dtype=torch.float64), cond,
+                        guidance=guidance, pinned=Pinned.slot(maps, "color", pinned_color), group=M)

@@ -39,6 +39,7 @@ import numpy as np
 import torch
 
 from ..conventions import FinishedMap, renormalize_normals
+from ..io.files import write_text_atomically
 from ..world.dataset import scene_seed
 from ..world.metrics import evaluate_maps, map_coherence
 from ..world.render import RenderResult, render
@@ -210,16 +211,18 @@ def caption_following(model: ToyLumiX, settings: EvalSettings, seeds: int = 16) 
 
 
 def training_evaluator(text: ToyTextEncoder, scenes: int = 16, steps: int = 8,
-                       settings: EvalSettings = EvalSettings()):
+                       settings: EvalSettings = EvalSettings(), *, one_step: bool = False):
     """The trainer's ``evaluator`` (:data:`lumix_core.train.fit.Evaluator`) for toy runs: the
     decomposition scores of ``scenes`` held-out scenes at ``steps`` Euler steps (fewer than
-    the final evaluation's, so a run can afford one every few hundred steps)."""
+    the final evaluation's, so a run can afford one every few hundred steps); ``one_step``:
+    of a one-step adapter, decomposing in its one call."""
     held = held_out_scenes(scenes)
     keep = GT_METRICS + ("reads_photo_depth", "reads_photo_normal")
     quick = replace(settings, steps=steps)
 
     def evaluate(backbone, step: int) -> dict[str, float]:
-        scores = evaluate_decomposition(ToyLumiX.live(backbone, text), held, quick, coherence=False)
+        scores = evaluate_decomposition(ToyLumiX.live(backbone, text, one_step=one_step), held, quick,
+                                        coherence=False)
         return {f"decomposition_{k}": scores[k] for k in keep}
 
     return evaluate
@@ -276,13 +279,39 @@ def random_normal_deviation(shape: tuple[int, int], seed: int = 0) -> float:
 
 
 def evaluate_all(model: ToyLumiX, settings: EvalSettings, *, following: bool = True) -> dict[str, dict[str, float]]:
-    """Every protocol on ``settings.scenes`` held-out scenes, plus the references."""
+    """Every protocol on ``settings.scenes`` held-out scenes, plus the references. A one-step
+    adapter only decomposes: its generation scores are left out (empty)."""
     scenes = held_out_scenes(settings.scenes)
     out = {"decomposition": evaluate_decomposition(model, scenes, settings),
-           "generation": evaluate_generation(model, scenes, settings), **reference_scores(scenes, settings.seed)}
-    if following:
+           "generation": {} if model.one_step else evaluate_generation(model, scenes, settings),
+           **reference_scores(scenes, settings.seed)}
+    if following and not model.one_step:
         out["caption_following"] = caption_following(model, settings)
     return out
+
+
+def steps_table(model: ToyLumiX, scenes: Sequence[RenderResult], steps: Sequence[int],
+                settings: EvalSettings = EvalSettings()) -> list[dict[str, float]]:
+    """Decomposition scores for each Euler step count (one row each), with the sampling wall
+    time per photo of one batch of ``settings.batch`` photos (decode and finishing included,
+    scoring not)."""
+    rows = []
+    timing = _color_images(scenes[: settings.batch])
+    for n in steps:
+        scores = evaluate_decomposition(model, scenes, replace(settings, steps=int(n)), coherence=False)
+        t = time.perf_counter()
+        model.generate([""] * len(timing), seed=settings.seed, steps=int(n), true_cfg=1.0, color=timing)
+        rows.append({"steps": float(n), "seconds_per_photo": (time.perf_counter() - t) / len(timing), **scores})
+    return rows
+
+
+def steps_markdown(rows: Sequence[dict[str, float]], label: str = "") -> str:
+    keys = GT_METRICS + ("reads_photo_depth", "reads_photo_normal")
+    lines = ["| model | steps | " + " | ".join(keys) + " | s / photo |", "|---" * (len(keys) + 3) + "|"]
+    for r in rows:
+        lines.append(f"| {label} | {int(r['steps'])} | " + " | ".join(_fmt(r, k) for k in keys)
+                     + f" | {r['seconds_per_photo']:.3f} |")
+    return "\n".join(lines)
 
 
 def _fmt(scores: dict[str, float], key: str) -> str:
@@ -321,6 +350,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     d = EvalSettings()
     ap = argparse.ArgumentParser(prog="python -m lumix_core.toy.evaluate", description=__doc__.splitlines()[0])
     ap.add_argument("--weights", default=str(WEIGHTS_DIR), help="toy model folder (default: the shipped one)")
+    ap.add_argument("--adapter", help="score this adapter file on the folder's backbone instead of its adapter "
+                                      "(e.g. the one-step one: lumix_core/toy/weights/adapter_one_step.safetensors)")
+    ap.add_argument("--steps-sweep", metavar="N,N,...",
+                    help="instead of the full evaluation: decomposition scores and time per photo at each of "
+                         "these step counts (e.g. 1,2,4,8,24,50)")
     ap.add_argument("--scenes", type=int, default=d.scenes, help="held-out scenes (default %(default)s)")
     ap.add_argument("--steps", type=int, default=d.steps, help="Euler steps (default %(default)s)")
     ap.add_argument("--no-following", action="store_true", help="skip the caption-following test (faster)")
@@ -330,19 +364,34 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.scenes < 2 or args.steps < 1 or args.threads < 1:
         print("evaluate: --scenes must be >= 2, --steps and --threads >= 1", file=sys.stderr)
         return 2
+    try:
+        sweep = [int(n) for n in args.steps_sweep.split(",")] if args.steps_sweep else []
+    except ValueError:
+        sweep = [0]
+    if any(n < 1 for n in sweep):
+        print(f"evaluate: --steps-sweep takes step counts >= 1 separated by commas, got '{args.steps_sweep}'",
+              file=sys.stderr)
+        return 2
     if args.json and Path(args.json).exists():
         print(f"evaluate: {args.json} exists; choose a new --json path (nothing is overwritten)", file=sys.stderr)
         return 2
     torch.set_num_threads(args.threads)
     settings = replace(d, scenes=args.scenes, steps=args.steps)
     t = time.perf_counter()
-    results = evaluate_all(ToyLumiX.load(args.weights), settings, following=not args.no_following)
+    model = ToyLumiX.load(args.weights, adapter=args.adapter)
+    if sweep:
+        rows = steps_table(model, held_out_scenes(settings.scenes), sweep, settings)
+        print(steps_markdown(rows, "one-step adapter" if model.one_step else "multi-step adapter"))
+        print(f"\n{settings.scenes} held-out scenes, decomposition without caption, {time.perf_counter() - t:.0f} s")
+        if args.json:
+            write_text_atomically(Path(args.json), json.dumps({"settings": asdict(settings), "steps": rows},
+                                                              indent=1) + "\n")
+        return 0
+    results = evaluate_all(model, settings, following=not args.no_following)
     print(summary_table(results))
     print(f"\n{settings.scenes} held-out scenes (seed stream {EVAL_DATA_SEED}), {settings.steps} steps, "
           f"{time.perf_counter() - t:.0f} s; model: {args.weights}")
     if args.json:
-        from ..io.files import write_text_atomically
-
         write_text_atomically(Path(args.json), json.dumps({"settings": asdict(settings), **results}, indent=1) + "\n")
     return 0
 

@@ -6,6 +6,7 @@ one is :data:`WEIGHTS_DIR`)::
     backbone.safetensors       toy FLUX (BFL key layout, config in the metadata; lumix_core.model.flux_io)
     text_encoder.safetensors   word table + positions, vocabulary in the metadata (lumix_core.toy.text)
     adapter.safetensors        LumiX adapter, release key layout (lumix_core.model.checkpoint)
+    adapter_one_step.safetensors  the one-step decomposition adapter (``lumix decompose --fast``)
     model_card.json            how it was trained (written by lumix_core.toy.reproduce)
 """
 from __future__ import annotations
@@ -23,10 +24,11 @@ from ..conventions import FinishedMap, finish_maps, split_groups
 from ..io.safetensors_io import CheckpointError
 from ..maps import MapSet
 from ..model.adapter import LumiXAdapter
-from ..model.checkpoint import ModelShape, inspect_adapter, load_adapter
+from ..model.checkpoint import OBJECTIVE_ONE_STEP, ModelShape, adapter_objective, inspect_adapter, load_adapter
 from ..model.flux import Flux
 from ..model.flux_io import load_flux
-from ..sampling.denoiser import TextConditioning
+from ..sampling.denoiser import FluxDenoiser, TextConditioning
+from ..sampling.sampler import decompose_one_step
 from ..train.fit import META_SHARE_QUERY
 from . import vae
 from .backbone import IMAGE_SIZE, SAMPLE_STEPS, TRUE_CFG, sample_maps
@@ -36,6 +38,7 @@ WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 BACKBONE_FILE = "backbone.safetensors"
 TEXT_FILE = "text_encoder.safetensors"
 ADAPTER_FILE = "adapter.safetensors"
+ONE_STEP_ADAPTER_FILE = "adapter_one_step.safetensors"
 CARD_FILE = "model_card.json"
 #: What to do when a file of :data:`WEIGHTS_DIR` is missing or unreadable: it came with the
 #: package (not from a download), so a fresh copy of the package is the fix.
@@ -65,6 +68,9 @@ class ToyLumiX:
     text: ToyTextEncoder
     adapter: Optional[LumiXAdapter] = None
     share_query: bool = True
+    #: A one-step decomposition adapter (:data:`~lumix_core.model.checkpoint.OBJECTIVE_ONE_STEP`):
+    #: it decomposes photos in one deterministic call and cannot generate from text.
+    one_step: bool = False
 
     def __post_init__(self) -> None:
         self.backbone.eval().requires_grad_(False)
@@ -79,6 +85,7 @@ class ToyLumiX:
         """Load a model folder; ``adapter`` overrides the folder's adapter file. ``share_query``
         defaults to what the trainer recorded in the adapter (QBA on if it recorded nothing)."""
         folder = Path(folder)
+        one_step = False
         missing = [f for f in (BACKBONE_FILE, TEXT_FILE) + ((ADAPTER_FILE,) if with_adapter and adapter is None else ())
                    if not (folder / f).is_file()]
         if missing:
@@ -93,9 +100,12 @@ class ToyLumiX:
             path = Path(adapter) if adapter is not None else folder / ADAPTER_FILE
             shape = ModelShape(c.hidden_size, c.depth, c.depth_single_blocks)
             lora = _read(path, lambda p: load_adapter(p, shape, dtype=torch.float32))
+            info = inspect_adapter(path)
             if share_query is None:
-                share_query = inspect_adapter(path).metadata.get(META_SHARE_QUERY, "true") == "true"
-        return cls(backbone, text, lora, True if share_query is None else share_query)
+                share_query = info.metadata.get(META_SHARE_QUERY, "true") == "true"
+            one_step = adapter_objective(info) == OBJECTIVE_ONE_STEP
+        return cls(backbone, text, lora, True if share_query is None else share_query,
+                   one_step=with_adapter and one_step)
 
     @staticmethod
     def card(folder: "str | os.PathLike[str]" = WEIGHTS_DIR) -> dict:
@@ -103,12 +113,12 @@ class ToyLumiX:
         return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
 
     @classmethod
-    def live(cls, backbone: Flux, text: ToyTextEncoder) -> "ToyLumiX":
+    def live(cls, backbone: Flux, text: ToyTextEncoder, *, one_step: bool = False) -> "ToyLumiX":
         """A view of a backbone whose adapter the trainer attached (evaluation during training):
         the adapter is used as attached and left trainable."""
         if backbone.lumix is None:
             raise ValueError("ToyLumiX.live needs a backbone with an adapter attached")
-        return cls(backbone, text)
+        return cls(backbone, text, one_step=one_step)
 
     @property
     def maps(self) -> MapSet:
@@ -130,6 +140,11 @@ class ToyLumiX:
         with one noise per map (see :func:`.backbone.sample_maps`)."""
         prompts = list(prompts)
         pinned = None if color is None else vae.encode(color)
+        if self.one_step:
+            if pinned is None:
+                raise ValueError("this is a one-step decomposition adapter: it decomposes photos (give color=...) "
+                                 "and cannot generate maps from text; use the multi-step adapter for that")
+            return decompose_one_step(FluxDenoiser(self.backbone), pinned, self.maps, self.conditioning(prompts))
         uncond = self.conditioning([""]) if true_cfg != 1.0 else None
         return sample_maps(self.backbone, self.conditioning(prompts), self.maps, num_scenes=len(prompts), seed=seed,
                            uncond=uncond, true_cfg=true_cfg, steps=steps, size=size, pinned_color=pinned,

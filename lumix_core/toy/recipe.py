@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Optional
 
 from ..maps import RELEASE
+from ..model.checkpoint import OBJECTIVE_FLOW_MATCHING, OBJECTIVE_ONE_STEP
 from ..model.flux import FluxConfig
 from ..model.flux_io import save_flux
 from ..train.config import FitConfig, PrepareConfig
@@ -66,6 +67,15 @@ class Stage2Settings:
     independent_maps: bool = False
     evaluate_every: int = 500
     holdout: int = 16
+    objective: str = OBJECTIVE_FLOW_MATCHING
+    one_step_loss: str = "latent"
+
+
+#: The shipped one-step decomposition adapter (``lumix decompose --fast``): a fresh adapter of the
+#: same rank trained only on decompositions without caption, both loss spaces (the measured
+#: winner at 1000 steps, docs/toy_model.md); lr, rank and batch as stage 2.
+ONE_STEP_SETTINGS = Stage2Settings(steps=3000, caption_dropout=1.0, photo_conditioning_prob=1.0,
+                                   objective=OBJECTIVE_ONE_STEP, one_step_loss="both")
 
 
 def train_backbone(out: "str | os.PathLike[str]", settings: Stage1Settings, *, config: Optional[FluxConfig] = None,
@@ -110,7 +120,8 @@ def fit_config(cache: "str | os.PathLike[str]", backbone: "str | os.PathLike[str
                      seed=s.seed, precision="fp32", gradient_checkpointing=False, device="cpu",
                      checkpoint_every=s.evaluate_every, validate_every=s.evaluate_every, validation_scenes=2,
                      validation_steps=SAMPLE_STEPS, validation_guidance=1.0, share_query=s.share_query,
-                     independent_maps=s.independent_maps, holdout=s.holdout)
+                     independent_maps=s.independent_maps, holdout=s.holdout, objective=s.objective,
+                     one_step_loss=s.one_step_loss)
 
 
 def fit_adapter(cache: "str | os.PathLike[str]", backbone: "str | os.PathLike[str]",
@@ -122,6 +133,6 @@ def fit_adapter(cache: "str | os.PathLike[str]", backbone: "str | os.PathLike[st
     if text is not None and settings.evaluate_every:
         from .evaluate import training_evaluator
 
-        evaluator = training_evaluator(text)
+        evaluator = training_evaluator(text, one_step=settings.objective == OBJECTIVE_ONE_STEP)
     return run_fit(fit_config(cache, backbone, output, settings), decoder=ToyVAEDecoder(), on_step=on_step,
                    evaluator=evaluator)

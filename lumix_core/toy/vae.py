@@ -117,3 +117,7 @@ class ToyVAEDecoder:
 
     def decode_latents(self, latents: Tensor) -> Tensor:
         return decode_display(latents)
+
+    def decode_for_loss(self, latents: Tensor) -> Tensor:
+        """Differentiable decode to ``[N, H, W, 3]`` in [-1, 1] (the one-step pixel losses)."""
+        return decode(latents)

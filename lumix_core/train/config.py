@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Optional, Union, get_args, get_origin, get_type_hints
 
 from ..maps import RELEASE, MapSet
+from ..model.checkpoint import OBJECTIVE_FLOW_MATCHING, OBJECTIVES
 
 #: Environment variable naming a ComfyUI checkout (same name as the host tests use).
 COMFYUI_ENV = "COMFYUI_PATH"
@@ -103,6 +104,13 @@ class FitConfig:
                                    "(--no-share-query gives each map its own queries; for ablations)")
     independent_maps: bool = _opt(False, "hold G1 block-diagonal so each map's adapter reads only its own input, "
                                          "i.e. one independent LoRA per map (for ablations)")
+    objective: str = _opt(OBJECTIVE_FLOW_MATCHING, "flow-matching (the release: many-step sampling, text and photo) or "
+                                           "one-step (photo decomposition in one deterministic step: the color "
+                                           "pinned at t=0, the other maps fed 0 at t=1, loss on the clean maps; "
+                                           "start it from a flow-matching adapter with --init-adapter)")
+    one_step_loss: str = _opt("latent", "loss space of --objective one-step: latent (any decoder), pixel "
+                                        "(angular normals, scale/shift-invariant depth on decoded maps: needs a "
+                                        "differentiable decoder, i.e. the toy VAE) or both")
     timestep_sampler: str = _opt("logit-normal", "training timesteps: logit-normal (t = sigmoid(N(mean, std))) "
                                                  "or shifted (uniform t mapped by the resolution shift)")
     logit_mean: float = _opt(0.0, "mean of the logit-normal sampler")
@@ -152,6 +160,10 @@ class FitConfig:
                 raise ConfigError(f"{name} is a probability in [0, 1], got {p}")
         if self.logit_std <= 0:
             raise ConfigError(f"logit_std must be > 0, got {self.logit_std}")
+        _check_choice("objective", self.objective, OBJECTIVES)
+        from .one_step import ONE_STEP_LOSSES
+
+        _check_choice("one_step_loss", self.one_step_loss, ONE_STEP_LOSSES)
         _check_choice("timestep_sampler", self.timestep_sampler, TIMESTEP_SAMPLERS)
         _check_choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
         _check_choice("precision", self.precision, PRECISIONS)

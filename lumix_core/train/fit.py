@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from ..io.files import write_text_atomically
 from ..latents import PATCH
 from ..model.adapter import LumiXAdapter, default_spec
-from ..model.checkpoint import ModelShape, load_adapter, save_adapter
+from ..model.checkpoint import META_OBJECTIVE, OBJECTIVE_ONE_STEP, ModelShape, load_adapter, save_adapter
 from ..model.flux import Flux
 from ..model.flux_io import load_flux
 from ..sampling.denoiser import FluxDenoiser, TextConditioning
@@ -39,6 +39,7 @@ from .curves import EVALUATIONS, METRICS, write_curves
 from .distributed import DistContext, barrier, init_distributed, mean_across, shutdown
 from .folders import check_new_folder, is_unused_dir, remove_previous, remove_temp_files
 from .lr_schedule import make_scheduler
+from .one_step import make_one_step_batch, one_step_losses
 from .objective import (STREAM_INIT, DrawSettings, SceneDraw, draw_scene, make_noisy_batch, sample_generator,
                         scene_losses)
 from .state import (commit_checkpoint, latest_checkpoint, load_checkpoint, restore, seed_global_rngs, staging_dir,
@@ -278,6 +279,25 @@ class _Trainer:
         self.global_batch = config.batch_size * ctx.world_size * config.grad_accum
         self.step, self.position = 0, 0
         self._empty = None
+        self.one_step = config.objective == OBJECTIVE_ONE_STEP
+        self._pixel_decode = self._loss_decoder()
+
+    def _loss_decoder(self):
+        """The differentiable decoder of the one-step pixel losses (None where none is needed)."""
+        c = self.config
+        if not self.one_step or c.one_step_loss == "latent":
+            return None
+        decode = getattr(self.decoder, "decode_for_loss", None)
+        if decode is None:
+            raise ConfigError(f"--one-step-loss {c.one_step_loss} decodes the maps at every step and needs a "
+                              "differentiable decoder (the toy VAE has one; FLUX's VAE is not offered for it): "
+                              "use --one-step-loss latent")
+        return decode
+
+    def _scene_losses(self, v: Tensor, batch) -> Tensor:
+        if self.one_step:
+            return one_step_losses(v, batch, self.cache.maps, self.config.one_step_loss, self._pixel_decode)
+        return scene_losses(v, batch)
 
     # -- state ---------------------------------------------------------------------------
     def _resume(self) -> None:
@@ -321,7 +341,8 @@ class _Trainer:
         return {"lumix.train.step": str(self.step), "lumix.train.base_model": Path(self.config.flux).name,
                 "lumix.train.scenes": str(self.train_scenes),
                 META_SHARE_QUERY: str(self.config.share_query).lower(),
-                "lumix.train.independent_maps": str(self.config.independent_maps).lower()}
+                "lumix.train.independent_maps": str(self.config.independent_maps).lower(),
+                META_OBJECTIVE: self.config.objective}
 
     # -- data ----------------------------------------------------------------------------
     def _micro_batch(self, micro: int):
@@ -331,7 +352,8 @@ class _Trainer:
         scenes = [self.cache.scene(self.order(p)) for p in positions]
         x0 = torch.stack([s.latents for s in scenes]).to(ctx.device, torch.float32)
         draws = [draw_scene(c.seed, p, tuple(x0.shape[2:]), self.draw) for p in positions]
-        batch = make_noisy_batch(x0, draws, self.cache.maps.query_index)
+        batch = (make_one_step_batch(x0, self.cache.maps.query_index) if self.one_step
+                 else make_noisy_batch(x0, draws, self.cache.maps.query_index))
         if self._empty is None:
             self._empty = self.cache.empty_conditioning()
         txt = torch.stack([self._empty[0] if d.drop_caption else s.txt for s, d in zip(scenes, draws)])
@@ -352,7 +374,7 @@ class _Trainer:
                 with torch.autocast(self.ctx.device.type, dtype=self.autocast_dtype,
                                     enabled=self.autocast_dtype is not None):
                     v = self.module(batch.x_t, batch.t, txt, y, c.guidance)
-                loss = scene_losses(v, batch).sum() / (c.batch_size * c.grad_accum)
+                loss = self._scene_losses(v, batch).sum() / (c.batch_size * c.grad_accum)
                 loss.backward()
             total += loss.detach()
         params = list(self.adapter.parameters())
@@ -370,25 +392,30 @@ class _Trainer:
 
     @torch.no_grad()
     def _holdout_losses(self) -> dict[str, float]:
-        """Mean flow-matching loss of the held-out scenes at :data:`HOLDOUT_TIMESTEPS`, with fixed
-        noise per scene; ``holdout_loss_photo`` with the color pinned clean (decomposition)."""
+        """Mean loss of the held-out scenes. Flow matching: at :data:`HOLDOUT_TIMESTEPS` with fixed
+        noise per scene, and ``holdout_loss_photo`` with the color pinned clean (decomposition).
+        One step: the training loss of the one-step decomposition (nothing random in it)."""
         c, maps = self.config, self.cache.maps
         out: dict[str, float] = {}
-        for photo in ((False, True) if maps.size > 1 else (False,)):
+        for photo in ((False, True) if maps.size > 1 and not self.one_step else (False,)):
             total = []
             for k in range(self.train_scenes, len(self.cache)):
                 scene = self.cache.scene(k)
                 x0 = scene.latents[None].to(self.ctx.device, torch.float32)
-                g = sample_generator(c.seed, HOLDOUT_POSITION + k)
-                noise = torch.randn(tuple(x0.shape[2:]), generator=g).to(self.ctx.device)
-                draws = [SceneDraw(noise, t, False, photo) for t in HOLDOUT_TIMESTEPS]
-                batch = make_noisy_batch(x0.expand(len(draws), *x0.shape[1:]), draws, maps.query_index)
-                txt = scene.txt[None].expand(len(draws), *scene.txt.shape).to(self.ctx.device, torch.float32)
-                y = scene.y[None].expand(len(draws), *scene.y.shape).to(self.ctx.device, torch.float32)
+                if self.one_step:
+                    batch = make_one_step_batch(x0, maps.query_index)
+                else:
+                    g = sample_generator(c.seed, HOLDOUT_POSITION + k)
+                    noise = torch.randn(tuple(x0.shape[2:]), generator=g).to(self.ctx.device)
+                    draws = [SceneDraw(noise, t, False, photo) for t in HOLDOUT_TIMESTEPS]
+                    batch = make_noisy_batch(x0.expand(len(draws), *x0.shape[1:]), draws, maps.query_index)
+                n = batch.weight.shape[0]
+                txt = scene.txt[None].expand(n, *scene.txt.shape).to(self.ctx.device, torch.float32)
+                y = scene.y[None].expand(n, *scene.y.shape).to(self.ctx.device, torch.float32)
                 with torch.autocast(self.ctx.device.type, dtype=self.autocast_dtype,
                                     enabled=self.autocast_dtype is not None):
                     v = self._denoise(batch.x_t, batch.t, TextConditioning(txt, y), c.guidance)
-                total.append(float(scene_losses(v, batch).mean()))
+                total.append(float(self._scene_losses(v, batch).mean()))
             out["holdout_loss_photo" if photo else "holdout_loss"] = float(np.mean(total))
         return out
 
@@ -403,7 +430,8 @@ class _Trainer:
             render_validation(self.model, self.cache, path, scenes=c.validation_scenes, steps=c.validation_steps,
                               guidance=c.validation_guidance, seed=c.validation_seed, decoder=self.decoder,
                               device=self.ctx.device, autocast_dtype=self.autocast_dtype,
-                              text={"lumix.step": str(self.step)})
+                              text={"lumix.step": str(self.step), META_OBJECTIVE: c.objective},
+                              one_step=self.one_step)
             log.info("validation sheet: %s", path)
             scores: dict[str, float] = self._holdout_losses() if c.holdout else {}
             if self.evaluator is not None:

@@ -22,7 +22,7 @@ from ..io.png import encode_png
 from ..latents import VAE_FACTOR
 from ..model.flux import Flux
 from ..sampling.denoiser import FluxDenoiser, TextConditioning
-from ..sampling.sampler import sample_euler, schedule_for, shared_noise
+from ..sampling.sampler import decompose_one_step, sample_euler, schedule_for, shared_noise
 from .cache import LatentCache
 
 
@@ -79,8 +79,11 @@ def contact_sheet(rows: Sequence[Tensor], gap: int = 4, labels: Optional[Sequenc
 @torch.no_grad()
 def render_validation(model: Flux, cache: LatentCache, path: Path, *, scenes: int, steps: int,
                       guidance: float, seed: int, decoder, device: torch.device,
-                      autocast_dtype=None, text: dict | None = None) -> Path:
-    """Sample the first ``scenes`` prompts of the cache with the attached adapter; write a PNG."""
+                      autocast_dtype=None, text: dict | None = None, one_step: bool = False) -> Path:
+    """Sample the first ``scenes`` prompts of the cache with the attached adapter; write a PNG.
+
+    ``one_step``: the adapter decomposes photos in one step, so each scene's color is decomposed
+    (:func:`decompose_one_step`) and shown above the scene's true maps instead."""
     maps = cache.maps
     denoise = FluxDenoiser(model)
     rows, prompts = [], []
@@ -91,9 +94,16 @@ def render_validation(model: Flux, cache: LatentCache, path: Path, *, scenes: in
         noise = shared_noise(1, maps, (cache.latent_channels, h, w), seed=seed + i, device=device)
         timesteps = schedule_for(w * VAE_FACTOR, h * VAE_FACTOR, steps, "release")
         with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-            x = sample_euler(denoise, noise, timesteps, cond, guidance=guidance, group=maps.size)
+            if one_step:
+                color = scene.latents[maps.query_index][None].to(device, torch.float32)
+                x = decompose_one_step(denoise, color, maps, cond, guidance=guidance)
+            else:
+                x = sample_euler(denoise, noise, timesteps, cond, guidance=guidance, group=maps.size)
         rows.append(decoder.decode_latents(x.float()).float().cpu())
         prompts.append(scene.record.caption)
+        if one_step:
+            rows.append(decoder.decode_latents(scene.latents.to(device, torch.float32)).float().cpu())
+            prompts.append("(truth)")
     meta = {"lumix.maps": maps.to_string(), "lumix.prompts": " | ".join(prompts), **(text or {})}
     sheet = contact_sheet(rows, labels=maps.names, scale=max(1, 64 // max(r.shape[2] for r in rows)))
     return write_bytes_atomically(path, encode_png(sheet, text=meta))
