@@ -111,3 +111,63 @@ def test_decomposed_maps_follow_the_photo_they_were_given(model):
         preds.append(pred)
     reads_photo(rows, preds, scenes)
     assert all(row["reads_photo_depth"] == 1.0 and row["reads_photo_normal"] == 1.0 for row in rows), rows
+
+
+@pytest.fixture(scope="module")
+def fast_weights(tmp_path_factory) -> Path:
+    """A model folder whose one-step adapter is the shipped multi-step one re-labelled (for the
+    command's mechanics; the shipped one-step adapter is tested on its own below)."""
+    import shutil
+
+    from lumix_core.model.checkpoint import META_OBJECTIVE, OBJECTIVE_ONE_STEP, load_adapter, save_adapter
+    from lumix_core.toy.model import ADAPTER_FILE, BACKBONE_FILE, ONE_STEP_ADAPTER_FILE, TEXT_FILE, WEIGHTS_DIR
+
+    folder = tmp_path_factory.mktemp("fast_weights")
+    for name in (BACKBONE_FILE, TEXT_FILE, ADAPTER_FILE):
+        shutil.copyfile(WEIGHTS_DIR / name, folder / name)
+    save_adapter(load_adapter(WEIGHTS_DIR / ADAPTER_FILE), folder / ONE_STEP_ADAPTER_FILE,
+                 extra_metadata={META_OBJECTIVE: OBJECTIVE_ONE_STEP})
+    return folder
+
+
+def test_fast_decompose_makes_one_model_call_per_photo(fast_weights, tmp_path, monkeypatch, capsys):
+    from lumix_core.model.flux import Flux
+
+    calls = []
+    forward = Flux.forward
+    monkeypatch.setattr(Flux, "forward", lambda self, *a, **k: calls.append(1) or forward(self, *a, **k))
+    photo = _photo(tmp_path / "p.png", size=(40, 24))
+    out = tmp_path / "fast"
+    assert main(["decompose", str(photo), "--out", str(out), "--fast", "--weights", str(fast_weights)]) == 0
+    assert len(calls) == 1, "one deterministic model call per photo"
+    for m in MAPS:
+        with Image.open(out / f"p_{m}.png") as img:
+            assert img.size == (40, 24) and img.text["lumix.steps"] == "1 (one-step adapter)"
+    # Deterministic: no noise, so a second run gives the same bytes.
+    assert main(["decompose", str(photo), "--out", str(out), "--fast", "--weights", str(fast_weights)]) == 0
+    assert all((out / f"p_{m}.png").read_bytes() == (out / f"p_1_{m}.png").read_bytes() for m in MAPS)
+
+
+def test_fast_decompose_refuses_steps_and_seed_and_a_folder_without_a_one_step_adapter(tmp_path, capsys):
+    photo = _photo(tmp_path / "p.png", size=(16, 16))
+    assert main(["decompose", str(photo), "--out", str(tmp_path / "o"), "--fast", "--steps", "8"]) == 2
+    assert "--fast decomposes in one deterministic step" in capsys.readouterr().err
+    from lumix_core.toy.model import ADAPTER_FILE, BACKBONE_FILE, TEXT_FILE, WEIGHTS_DIR
+    import shutil
+
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for name in (BACKBONE_FILE, TEXT_FILE, ADAPTER_FILE):
+        shutil.copyfile(WEIGHTS_DIR / name, bare / name)
+    assert main(["decompose", str(photo), "--out", str(tmp_path / "o"), "--fast", "--weights", str(bare)]) == 2
+    assert "no adapter_one_step.safetensors, so --fast has no one-step adapter" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_one_step_toy_refuses_to_generate_from_text(fast_weights):
+    from lumix_core.toy.model import ONE_STEP_ADAPTER_FILE
+
+    fast = ToyLumiX.load(fast_weights, adapter=fast_weights / ONE_STEP_ADAPTER_FILE)
+    assert fast.one_step
+    with pytest.raises(ValueError, match="one-step decomposition adapter: it decomposes photos"):
+        fast.generate(["a red sphere"])

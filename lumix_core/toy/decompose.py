@@ -4,6 +4,9 @@ The photo goes where the release puts it: encoded into the color slot, fed clean
 at every step, never updated, while the other maps are denoised from one shared noise
 (:meth:`lumix_core.toy.model.ToyLumiX.generate` with ``color=``). No caption by default, as
 a user decomposing a photo has none; ``--prompt`` may add one in the toy's vocabulary.
+``--fast`` uses the shipped one-step adapter instead (:data:`.model.ONE_STEP_ADAPTER_FILE`,
+trained with ``lumix-train fit --objective one-step``): one deterministic model call per
+photo instead of ``--steps`` Euler steps, no noise (so ``--seed`` and ``--steps`` do not apply).
 
 Sizes: any image PIL reads (grey, palette, alpha and EXIF-rotated files included) is turned
 into RGB and resized to the model's 64 x 64 -- the whole frame, so a non-square photo is
@@ -35,7 +38,7 @@ from ..conventions import renormalize_normals
 from ..io.files import write_bytes_atomically
 from ..io.png import encode_png
 from .backbone import IMAGE_SIZE, SAMPLE_STEPS
-from .model import WEIGHTS_DIR, ToyLumiX
+from .model import ONE_STEP_ADAPTER_FILE, WEIGHTS_DIR, ToyLumiX
 
 #: Largest input side we read (a guard against decompression bombs; far above any photo).
 MAX_SIDE = 16384
@@ -104,6 +107,20 @@ def decompose_photo(model: ToyLumiX, photo: torch.Tensor, *, prompt: str = "", s
     return out
 
 
+def load_model(weights: "str | os.PathLike[str]" = WEIGHTS_DIR, fast: bool = False) -> ToyLumiX:
+    """The toy of ``weights``; ``fast``: with its one-step adapter instead of the multi-step one."""
+    if not fast:
+        return ToyLumiX.load(weights)
+    path = Path(weights) / ONE_STEP_ADAPTER_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{Path(weights)}: no {ONE_STEP_ADAPTER_FILE}, so --fast has no one-step adapter to "
+                                "use; train one with lumix-train fit --objective one-step, or drop --fast")
+    model = ToyLumiX.load(weights, adapter=path)
+    if not model.one_step:
+        raise ValueError(f"{path} is not a one-step adapter (its metadata says it was trained for flow matching)")
+    return model
+
+
 def output_paths(out: Path, stem: str, names: Sequence[str]) -> tuple[dict[str, Path], Optional[str]]:
     """``{map: path}`` for one image: ``<stem>_<map>.png``, or the first counter that frees all five."""
     def paths(tag: str) -> dict[str, Path]:
@@ -124,9 +141,11 @@ def _to_uint8(image: torch.Tensor) -> np.ndarray:
 
 def run_decompose(inputs: Sequence[str], out: "str | os.PathLike[str]", *, prompt: str = "",
                   steps: int = SAMPLE_STEPS, seed: int = 0, weights: "str | os.PathLike[str]" = WEIGHTS_DIR,
-                  model: Optional[ToyLumiX] = None) -> tuple[list[Decomposition], list[tuple[str, str]]]:
-    """Decompose every input; returns ``(done, failed)`` with ``failed`` = ``(input, reason)``."""
-    model = model or ToyLumiX.load(weights)
+                  model: Optional[ToyLumiX] = None,
+                  fast: bool = False) -> tuple[list[Decomposition], list[tuple[str, str]]]:
+    """Decompose every input; returns ``(done, failed)`` with ``failed`` = ``(input, reason)``.
+    ``fast``: with the folder's one-step adapter (one model call per photo)."""
+    model = model or load_model(weights, fast)
     if prompt:
         model.text.check_prompt(prompt)
     out = Path(out)
@@ -140,8 +159,9 @@ def run_decompose(inputs: Sequence[str], out: "str | os.PathLike[str]", *, promp
         maps = decompose_photo(model, photo, prompt=prompt, steps=steps, seed=seed)
         out.mkdir(parents=True, exist_ok=True)
         paths, note = output_paths(out, Path(raw).stem, list(maps))
-        text = {"lumix.source": Path(raw).name, "lumix.prompt": prompt, "lumix.seed": str(seed),
-                "lumix.steps": str(steps), "lumix.model": "toy (lumix_core.toy)"}
+        text = {"lumix.source": Path(raw).name, "lumix.prompt": prompt, "lumix.model": "toy (lumix_core.toy)",
+                **({"lumix.steps": "1 (one-step adapter)"} if model.one_step
+                   else {"lumix.seed": str(seed), "lumix.steps": str(steps)})}
         result = Decomposition(Path(raw), note=note)
         for name, image in maps.items():
             data = encode_png(_to_uint8(image), {**text, "lumix.map": name})
@@ -161,8 +181,11 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (any format PIL reads)")
     p.add_argument("--out", type=output_folder, required=True, help="output folder (made if missing)")
     p.add_argument("--prompt", default="", help="optional caption in the toy's vocabulary (default: none)")
-    p.add_argument("--steps", type=positive_int, default=SAMPLE_STEPS, help="Euler steps (default %(default)s)")
-    p.add_argument("--seed", type=seed_value, default=0, help="noise seed, 0 to 2**64-1 (default %(default)s)")
+    p.add_argument("--fast", action="store_true",
+                   help="one model call per photo with the shipped one-step adapter (about 10x faster; "
+                        "--steps and --seed then do not apply)")
+    p.add_argument("--steps", type=positive_int, default=None, help=f"Euler steps (default {SAMPLE_STEPS}; not with --fast)")
+    p.add_argument("--seed", type=seed_value, default=None, help="noise seed, 0 to 2**64-1 (default 0; not with --fast)")
     p.add_argument("--weights", default=None, help="toy model folder (default: the shipped weights)")
     p.add_argument("--threads", type=thread_count, default=1, help="CPU threads for torch (default %(default)s)")
     return p
@@ -174,11 +197,17 @@ def main(args: argparse.Namespace) -> int:
     from .text import PromptError
 
     out = args.out  # checked by the parser: a folder we can make and write into
+    if args.fast and (args.steps is not None or args.seed is not None):
+        print("lumix decompose: --fast decomposes in one deterministic step, so --steps and --seed do not apply; "
+              "drop them, or drop --fast to sample with steps and a seed", file=sys.stderr)
+        return 2
+    steps = SAMPLE_STEPS if args.steps is None else args.steps
+    seed = 0 if args.seed is None else args.seed
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
     try:
-        done, failed = run_decompose(args.images, out, prompt=args.prompt, steps=args.steps, seed=args.seed,
-                                     weights=args.weights or WEIGHTS_DIR)
+        done, failed = run_decompose(args.images, out, prompt=args.prompt, steps=steps, seed=seed,
+                                     weights=args.weights or WEIGHTS_DIR, fast=args.fast)
     except (PromptError, FileNotFoundError, ValueError) as e:
         print(f"lumix decompose: {e}", file=sys.stderr)
         return 2

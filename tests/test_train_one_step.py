@@ -1,0 +1,136 @@
+"""The one-step decomposition objective: its batch, its losses, the trainer runs it, and the
+one-step call at inference is exactly the step the trainer optimised."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from lumix_core.maps import RELEASE
+from lumix_core.model.checkpoint import (META_OBJECTIVE, OBJECTIVE_FLOW_MATCHING, OBJECTIVE_ONE_STEP,
+                                         adapter_objective, inspect_adapter, load_adapter)
+from lumix_core.sampling.denoiser import FluxDenoiser, TextConditioning
+from lumix_core.sampling.sampler import decompose_one_step
+from lumix_core.toy.vae import ToyVAEDecoder
+from lumix_core.train.config import ConfigError
+from lumix_core.train.curves import EVALUATIONS, read_jsonl
+from lumix_core.train.fit import run_fit
+from lumix_core.train.one_step import make_one_step_batch, one_step_losses, pixel_terms, predicted_clean
+from lumix_core.train.state import latest_checkpoint
+
+from helpers import tiny_adapter, tiny_flux
+from train_helpers import MAPS3, fit_config, synthetic_cache, tiny_flux_file
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("one_step")
+    return root, synthetic_cache(root / "cache", scenes=4, size=4), tiny_flux_file(root / "flux.safetensors")
+
+
+def test_one_step_batch_pins_the_photo_and_feeds_zero_to_the_other_maps():
+    x0 = torch.randn(2, 5, 16, 4, 4)
+    b = make_one_step_batch(x0, RELEASE.query_index)
+    x_t = b.x_t.reshape(2, 5, 16, 4, 4)
+    assert torch.equal(x_t[:, 2], x0[:, 2]) and not x_t[:, [0, 1, 3, 4]].any()
+    assert b.t.reshape(2, 5).tolist() == [[1.0, 1.0, 0.0, 1.0, 1.0]] * 2
+    assert b.weight.tolist() == [[1.0, 1.0, 0.0, 1.0, 1.0]] * 2
+    assert torch.equal(b.target.reshape(x0.shape), x0)
+    # x0 = x_t - t v: the photo's item is its own input whatever v is; the others are -v.
+    v = torch.randn_like(b.x_t)
+    pred = predicted_clean(v, b).reshape(x0.shape)
+    assert torch.equal(pred[:, 2], x0[:, 2]) and torch.equal(pred[:, 0], -v.reshape(x0.shape)[:, 0])
+
+
+@pytest.mark.parametrize("space", ["latent", "pixel", "both"])
+def test_one_step_loss_is_zero_for_the_truth_and_positive_otherwise(space):
+    x0 = torch.randn(2, 5, 16, 4, 4)
+    b = make_one_step_batch(x0, RELEASE.query_index)
+    perfect = (b.x_t - b.target) / b.t.clamp_min(1e-9)[:, None, None, None]  # v with x_t - t v = x0 (t=1 items)
+    perfect[b.t == 0] = 0.0
+    decode = ToyVAEDecoder().decode_for_loss
+    zero = one_step_losses(perfect, b, RELEASE, space, decode)
+    assert zero.shape == (2,) and float(zero.abs().max()) < 1e-5
+    worse = one_step_losses(perfect + 0.3 * torch.randn_like(perfect), b, RELEASE, space, decode)
+    assert bool((worse > 1e-3).all())
+    # The photo is not scored: changing only its item's prediction leaves the loss alone.
+    colour_only = perfect.clone()
+    colour_only[b.t == 0] = 5.0
+    assert torch.allclose(one_step_losses(colour_only, b, RELEASE, space, decode), zero, atol=1e-6)
+
+
+def test_pixel_depth_term_ignores_scale_and_shift_but_not_layout():
+    true = torch.rand(1, 8, 8, 3) * 2 - 1
+    affine = pixel_terms(0.5 * true + 0.2, true, "depth")
+    shuffled = pixel_terms(true.flip(1), true, "depth")
+    assert float(affine) < 0.2 * float(shuffled)
+    # Normals: angular, so a longer vector in the same direction costs only the small MSE anchor.
+    n = torch.nn.functional.normalize(torch.randn(1, 8, 8, 3), dim=-1)
+    assert float(pixel_terms(1.2 * n, n, "normal")) < 0.1 * float(pixel_terms(-n, n, "normal"))
+
+
+def test_decompose_one_step_is_one_literal_model_call():
+    model = tiny_flux(seed=3)
+    model.attach(tiny_adapter(model, RELEASE, seed=4))
+    den = FluxDenoiser(model)
+    color = torch.randn(2, 16, 4, 4)
+    cond = TextConditioning(torch.randn(2, 3, model.config.context_in_dim), torch.randn(2, model.config.vec_in_dim))
+    with torch.no_grad():
+        out = decompose_one_step(den, color, RELEASE, cond)
+        b = make_one_step_batch(torch.stack([color] * 5, dim=1), RELEASE.query_index)
+        literal = predicted_clean(den(b.x_t, b.t, cond, 1.0), b)
+    assert torch.equal(out.reshape(2, 5, 16, 4, 4)[:, 2], color), "the photo comes back bit-identical"
+    assert torch.allclose(out, literal, atol=1e-6), float((out - literal).abs().max())
+
+
+def test_fit_one_step_learns_records_its_objective_and_resumes_exactly(files, tmp_path):
+    root, cache, flux = files
+    kw = dict(objective="one-step", steps=6, batch_size=3, checkpoint_every=3, lr=1e-2, holdout=1,
+              validate_every=3)
+    full = run_fit(fit_config(tmp_path, cache, flux, name="full", **kw))
+    # Every step sees the same 3 training scenes and nothing is random: the losses compare.
+    assert full.losses[-1] < 0.97 * full.losses[0], full.losses
+    info = inspect_adapter(full.adapter_path)
+    assert info.metadata[META_OBJECTIVE] == OBJECTIVE_ONE_STEP and adapter_objective(info) == OBJECTIVE_ONE_STEP
+    rows = read_jsonl(tmp_path / "full" / EVALUATIONS)
+    assert [r["step"] for r in rows] == [3, 6] and all("holdout_loss" in r and "holdout_loss_photo" not in r
+                                                        for r in rows)
+    assert (tmp_path / "full" / "validation" / "step-00000006.png").is_file()
+
+    def interrupt(step, loss):
+        if step == 4:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_fit(fit_config(tmp_path, cache, flux, name="cut", **kw), on_step=interrupt)
+    assert latest_checkpoint(tmp_path / "cut").name == "step-00000003"
+    resumed = run_fit(fit_config(tmp_path, cache, flux, name="cut", resume=True, **kw))
+    a, b = load_adapter(full.adapter_path).state_dict(), load_adapter(resumed.adapter_path).state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a), "resumed one-step run differs from the uninterrupted one"
+
+
+def test_flow_matching_adapters_say_so_and_old_files_read_as_flow_matching(files, tmp_path):
+    root, cache, flux = files
+    result = run_fit(fit_config(tmp_path, cache, flux, steps=1))
+    assert inspect_adapter(result.adapter_path).metadata[META_OBJECTIVE] == OBJECTIVE_FLOW_MATCHING
+    from lumix_core.model.checkpoint import save_adapter
+
+    old = save_adapter(load_adapter(result.adapter_path), tmp_path / "old.safetensors")  # no objective key
+    assert META_OBJECTIVE not in inspect_adapter(old).metadata
+    assert adapter_objective(inspect_adapter(old)) == OBJECTIVE_FLOW_MATCHING
+
+
+def test_pixel_losses_without_a_differentiable_decoder_are_refused_with_the_fix(files, tmp_path):
+    root, cache, flux = files
+    with pytest.raises(ConfigError, match="use --one-step-loss latent"):
+        run_fit(fit_config(tmp_path, cache, flux, objective="one-step", one_step_loss="pixel", steps=1))
+    with pytest.raises(ConfigError, match="objective must be one of flow-matching, one-step"):
+        run_fit(fit_config(tmp_path, cache, flux, objective="onestep", steps=1))
+
+
+def test_pixel_losses_train_with_the_toy_decoder(files, tmp_path):
+    root, cache, flux = files
+    result = run_fit(fit_config(tmp_path, cache, flux, objective="one-step", one_step_loss="both", steps=6,
+                                batch_size=4, lr=1e-2), decoder=ToyVAEDecoder())
+    assert result.losses[-1] < 0.97 * result.losses[0], result.losses  # the same 4 scenes every step
