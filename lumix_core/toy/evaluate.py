@@ -243,11 +243,17 @@ def reference_scores(scenes: Sequence[RenderResult], seed: int = 0) -> dict[str,
       albedo and its luminance as irradiance -- the floor a model must beat;
       ``trivial_flat_irradiance``: a constant irradiance;
     * ``copy_color`` / ``independent_noise``: the color pasted into every map, and one uniform
-      noise image per map -- what "coherence" must not reward.
+      noise image per map -- what "coherence" must not reward;
+    * ``prior``: the same maps for every scene, the per-pixel mean of :data:`PRIOR_SCENES`
+      training scenes (:func:`prior_maps`) -- the best a model that ignores its photo can do
+      under a squared loss, and a much harder bar than the trivial guesses (the floor's average
+      gradient is most of a depth map). A model that reads its photo must beat it.
     """
     rows: dict[str, list[dict[str, float]]] = {k: [] for k in (
-        "ground_truth", "ground_truth_vae", "trivial", "trivial_flat_irradiance", "copy_color", "independent_noise")}
+        "ground_truth", "ground_truth_vae", "trivial", "trivial_flat_irradiance", "prior", "copy_color",
+        "independent_noise")}
     g = torch.Generator().manual_seed(seed)
+    prior = prior_maps(size=scenes[0].hit.shape[0]) if scenes else {}
 
     def scored(maps: dict[str, torch.Tensor], truth: dict[str, np.ndarray]) -> dict[str, float]:
         return {**evaluate_maps(maps, truth), **map_coherence(maps)}
@@ -264,10 +270,27 @@ def reference_scores(scenes: Sequence[RenderResult], seed: int = 0) -> dict[str,
         rows["trivial"].append(scored({"normal": facing, "depth": flat, "albedo": color,
                                               "irradiance": _luminance_guess(color)}, truth))
         rows["trivial_flat_irradiance"].append(scored({"irradiance": flat}, truth))
+        rows["prior"].append(scored(prior, truth))
         rows["copy_color"].append(scored({k: color for k in enc}, truth))
         rows["independent_noise"].append(scored(
             {k: v if k == "color" else torch.rand(v.shape, generator=g) for k, v in enc.items()}, truth))
     return {k: mean_and_sem(v) for k, v in rows.items()}
+
+
+#: Training scenes averaged into the ``prior`` reference (from the stage-2 seed stream).
+PRIOR_SCENES = 64
+
+
+def prior_maps(count: int = PRIOR_SCENES, size: int = IMAGE_SIZE) -> dict[str, torch.Tensor]:
+    """Per-pixel mean of each map ``[H, W, 3]`` over ``count`` scenes of the stage-2 training stream
+    (the normal map's mean renormalised to unit vectors)."""
+    from .recipe import Stage2Settings
+
+    scenes = [render(sample_scene(scene_seed(Stage2Settings().data_seed, i)), size) for i in range(count)]
+    encoded = [r.encode() for r in scenes]
+    mean = {k: torch.from_numpy(np.mean([e[k] for e in encoded], axis=0)) for k in encoded[0]}
+    mean["normal"] = renormalize_normals(mean["normal"][None])[0][0]
+    return mean
 
 
 def random_normal_deviation(shape: tuple[int, int], seed: int = 0) -> float:
@@ -325,7 +348,7 @@ def _fmt(scores: dict[str, float], key: str) -> str:
 def summary_table(results: dict[str, dict[str, float]]) -> str:
     """Markdown table: model vs references vs targets, one row per score."""
     dec, gen = results["decomposition"], results["generation"]
-    refs = ("ground_truth_vae", "trivial", "trivial_flat_irradiance", "copy_color", "independent_noise")
+    refs = ("ground_truth_vae", "trivial", "trivial_flat_irradiance", "prior", "copy_color", "independent_noise")
     lines = ["| score | model | " + " | ".join(refs) + " | target |", "|---" * (len(refs) + 3) + "|"]
     for key in GT_METRICS + ("reads_photo_depth", "reads_photo_normal") + COHERENCE_METRICS:
         op, value = TARGETS.get(key, ("", None))
@@ -402,4 +425,4 @@ if __name__ == "__main__":
 
 __all__ = ["EVAL_DATA_SEED", "GT_METRICS", "COHERENCE_METRICS", "TARGETS", "EvalSettings", "held_out_scenes",
            "truth_of", "mean_and_sem", "evaluate_decomposition", "evaluate_generation", "caption_following",
-           "dominant_color", "reference_scores", "random_normal_deviation", "evaluate_all", "summary_table"]
+           "dominant_color", "reference_scores", "prior_maps", "steps_table", "random_normal_deviation", "evaluate_all", "summary_table"]
