@@ -12,11 +12,14 @@ from dataclasses import replace
 import pytest
 import torch
 
-from lumix_core.model.checkpoint import load_adapter
+from lumix_core.io.safetensors_io import read_header
+from lumix_core.model.checkpoint import inspect_adapter, load_adapter
 from lumix_core.model.flux_io import load_flux
 from lumix_core.toy.backbone import toy_config
-from lumix_core.toy.model import ADAPTER_FILE, BACKBONE_FILE, TEXT_FILE, ToyLumiX
-from lumix_core.toy.recipe import Stage2Settings, fit_adapter, prepare_cache, train_backbone, write_maps_dataset
+from lumix_core.toy.model import ADAPTER_FILE, BACKBONE_FILE, ONE_STEP_ADAPTER_FILE, TEXT_FILE, ToyLumiX
+from lumix_core.toy.recipe import (ONE_STEP_SETTINGS, Stage2Settings, fit_adapter, prepare_cache, train_backbone,
+                                   write_maps_dataset)
+from lumix_core.toy.reproduce import assemble_weights
 from lumix_core.toy.stage1 import Stage1Settings
 from lumix_core.toy.text import ToyTextEncoder
 from lumix_core.train.cache import LatentCache
@@ -53,16 +56,23 @@ def test_two_stage_recipe_end_to_end(stage1_dir, tmp_path):
     assert fit.steps == 2 and all(torch.isfinite(torch.tensor(fit.losses)))
     adapter = load_adapter(fit.adapter_path)
     assert any(float(t.abs().sum()) > 0 for k, t in adapter.state_dict().items() if k.endswith("G3"))  # it trained
-    # Assemble a model folder like the shipped one and sample from it.
-    folder = tmp_path / "weights"
-    folder.mkdir()
-    for f in (stage1_dir / BACKBONE_FILE, stage1_dir / TEXT_FILE, fit.adapter_path):
-        shutil.copyfile(f, folder / f.name)
+    fast = fit_adapter(cache, stage1_dir / BACKBONE_FILE, tmp_path / "one_step",
+                       replace(ONE_STEP_SETTINGS, scenes=3, steps=2, warmup_steps=0, rank=2, holdout=1))
+    # Assemble a model folder like the shipped one (adapters stored as float16) and sample from it.
+    folder = assemble_weights(tmp_path / "weights", stage1_dir, fit.adapter_path, fast.adapter_path, {"what": "test"})
+    for name, src in ((ADAPTER_FILE, fit.adapter_path), (ONE_STEP_ADAPTER_FILE, fast.adapter_path)):
+        shipped, trained = load_adapter(folder / name).state_dict(), load_adapter(src).state_dict()
+        assert inspect_adapter(folder / name).metadata == inspect_adapter(src).metadata
+        assert read_header(folder / name).tensors[next(iter(trained))].dtype == "F16"
+        assert all(torch.allclose(shipped[k].float(), trained[k], rtol=1e-3, atol=1e-6) for k in trained)
     model = ToyLumiX.load(folder)
     maps = model.generate(["a red box on a gray floor, light from above"], steps=2, size=SIZE)
     assert list(maps) == ["albedo", "irradiance", "color", "depth", "normal"]
     assert all(m.image.shape == (1, SIZE, SIZE, 3) for m in maps.values())
-    assert (folder / ADAPTER_FILE).is_file()
+    one_step = ToyLumiX.load(folder, adapter=folder / ONE_STEP_ADAPTER_FILE)
+    assert one_step.one_step and not model.one_step
+    color = maps["color"].image
+    assert one_step.generate([""], color=color)["depth"].image.shape == (1, SIZE, SIZE, 3)
 
 
 @pytest.mark.parametrize("share_query,independent", [(False, True), (False, False)])

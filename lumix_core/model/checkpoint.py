@@ -274,8 +274,12 @@ def adapter_metadata(adapter: LumiXAdapter) -> dict[str, str]:
 
 
 def save_adapter(adapter: LumiXAdapter, path: "str | os.PathLike[str]", *, overwrite: bool = False,
-                 extra_metadata: Optional[dict[str, str]] = None) -> Path:
-    """Write an adapter with our metadata, atomically; refuses to replace a file unless asked."""
+                 extra_metadata: Optional[dict[str, str]] = None, dtype: Optional[torch.dtype] = None) -> Path:
+    """Write an adapter with our metadata, atomically; refuses to replace a file unless asked.
+    ``dtype``: store the factors in it (e.g. float16 to halve a shipped file; loaders cast back)."""
     meta = dict(extra_metadata or {})
     meta.update(adapter_metadata(adapter))
-    return atomic_save(adapter.state_dict(), path, meta, overwrite=overwrite)
+    tensors = adapter.state_dict()
+    if dtype is not None:
+        tensors = {k: v.to(dtype) for k, v in tensors.items()}
+    return atomic_save(tensors, path, meta, overwrite=overwrite)
