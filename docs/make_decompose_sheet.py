@@ -4,7 +4,8 @@
 
 Rows: held-out scenes of the synthetic world (seed stream 3, never trained on). Columns: the
 input color image, the four decomposed maps (color pinned, no caption, as ``lumix
-decompose`` runs), then the same four maps rendered by the world (the truth).
+decompose`` runs, 24 steps), the same four from the one-step adapter (``lumix decompose
+--fast``, when the folder has one), then the four maps rendered by the world (the truth).
 """
 from __future__ import annotations
 
@@ -16,9 +17,9 @@ import torch
 
 from lumix_core.io.files import write_bytes_atomically
 from lumix_core.io.png import encode_png
-from lumix_core.toy.decompose import decompose_photo
+from lumix_core.toy.decompose import decompose_photo, load_model
 from lumix_core.toy.evaluate import held_out_scenes
-from lumix_core.toy.model import WEIGHTS_DIR, ToyLumiX
+from lumix_core.toy.model import ONE_STEP_ADAPTER_FILE, WEIGHTS_DIR, ToyLumiX
 from lumix_core.train.validation import contact_sheet
 
 MAPS = ("albedo", "irradiance", "depth", "normal")
@@ -32,12 +33,16 @@ def main() -> int:
     args = ap.parse_args()
     torch.set_num_threads(1)
     model = ToyLumiX.load(args.weights)
+    fast = load_model(args.weights, fast=True) if (Path(args.weights) / ONE_STEP_ADAPTER_FILE).is_file() else None
     rows = []
     for r in held_out_scenes(args.scenes):
         truth = {k: torch.from_numpy(v) for k, v in r.encode().items()}
         pred = decompose_photo(model, truth["color"])
-        rows.append(torch.stack([truth["color"]] + [pred[m] for m in MAPS] + [truth[m] for m in MAPS]))
-    labels = ["input"] + list(MAPS) + [f"true {m}" for m in MAPS]
+        quick = decompose_photo(fast, truth["color"]) if fast is not None else {}
+        rows.append(torch.stack([truth["color"]] + [pred[m] for m in MAPS] + [quick[m] for m in MAPS if quick]
+                                + [truth[m] for m in MAPS]))
+    labels = (["input"] + list(MAPS) + ([f"fast {m}" for m in MAPS] if fast is not None else [])
+              + [f"true {m}" for m in MAPS])
     sheet = contact_sheet(rows, labels=labels, scale=2)
     write_bytes_atomically(args.out, encode_png(sheet, {"lumix.made_by": "docs/make_decompose_sheet.py",
                                                         "lumix.weights": str(args.weights)}))

@@ -94,3 +94,14 @@ def test_channel_scale_still_matches_the_world():
         latents += [vae.encode(torch.from_numpy(v)[None]) for v in maps.values()]
     std = torch.cat(latents).std(dim=(0, 2, 3))
     assert bool(((std > 1 / 1.5) & (std < 1.5)).all()), std
+
+
+def test_vae_basis_made_in_inference_mode_still_serves_autograd():
+    """``lumix decompose`` runs in inference mode and may build the cached basis first; the
+    one-step pixel losses in the same process then differentiate through it."""
+    vae.basis.cache_clear()
+    with torch.inference_mode():
+        vae.decode(torch.zeros(1, 16, 2, 2))
+    latents = torch.zeros(1, 16, 2, 2, requires_grad=True)
+    vae.decode(latents).sum().backward()
+    assert latents.grad is not None

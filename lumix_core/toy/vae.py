@@ -63,7 +63,15 @@ def _dct_matrix(n: int) -> Tensor:
 
 @lru_cache(maxsize=1)
 def basis() -> Tensor:
-    """``[16, 48]`` float32 with orthonormal rows: latent channel ``f`` = ``basis[f] . block``."""
+    """``[16, 48]`` float32 with orthonormal rows: latent channel ``f`` = ``basis[f] . block``.
+
+    Built outside inference mode even when first asked for inside it (``lumix decompose``): the
+    cached tensor is later used by the one-step pixel losses, which need autograd."""
+    with torch.inference_mode(False):
+        return _basis()
+
+
+def _basis() -> Tensor:
     colour = torch.tensor([[1.0, 1.0, 1.0], [1.0, -1.0, 0.0], [1.0, 1.0, -2.0]], dtype=torch.float64)
     colour = colour / colour.norm(dim=1, keepdim=True)
     dct = _dct_matrix(FACTOR)
