@@ -17,10 +17,9 @@ from lumix_core.train.config import ConfigError
 from lumix_core.train.curves import EVALUATIONS, read_jsonl
 from lumix_core.train.fit import run_fit
 from lumix_core.train.one_step import make_one_step_batch, one_step_losses, pixel_terms, predicted_clean
-from lumix_core.train.state import latest_checkpoint
 
 from helpers import tiny_adapter, tiny_flux
-from train_helpers import MAPS3, fit_config, synthetic_cache, tiny_flux_file
+from train_helpers import fit_config, interrupted_and_resumed, synthetic_cache, tiny_flux_file
 
 
 @pytest.fixture(scope="module")
@@ -98,15 +97,8 @@ def test_fit_one_step_learns_records_its_objective_and_resumes_exactly(files, tm
                                                         for r in rows)
     assert (tmp_path / "full" / "validation" / "step-00000006.png").is_file()
 
-    def interrupt(step, loss):
-        if step == 4:
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        run_fit(fit_config(tmp_path, cache, flux, name="cut", **kw), on_step=interrupt)
-    assert latest_checkpoint(tmp_path / "cut").name == "step-00000003"
-    resumed = run_fit(fit_config(tmp_path, cache, flux, name="cut", resume=True, **kw))
-    a, b = load_adapter(full.adapter_path).state_dict(), load_adapter(resumed.adapter_path).state_dict()
+    resumed = interrupted_and_resumed(tmp_path, cache, flux, stop_at=4, **kw)
+    assert resumed.steps == 6 and len(resumed.losses) == 3  # resumed from the step-3 checkpoint    a, b = load_adapter(full.adapter_path).state_dict(), load_adapter(resumed.adapter_path).state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a), "resumed one-step run differs from the uninterrupted one"
 
 

@@ -121,3 +121,19 @@ def fit_config(tmp: Path, cache: Path, flux: Path, name: str = "run", **kw) -> F
                 caption_dropout=0.0, device="cpu", gradient_checkpointing=False)
     base.update(kw)
     return FitConfig(**base)
+
+
+def interrupted_and_resumed(tmp: Path, cache: Path, flux: Path, *, stop_at: int, name: str = "cut", **kw):
+    """A run stopped (KeyboardInterrupt) right after step ``stop_at``, then resumed to the end:
+    its :class:`FitResult` from the resume (the checkpoint it resumed from is left in place)."""
+    import pytest
+
+    from lumix_core.train.fit import run_fit
+
+    def interrupt(step, loss):
+        if step == stop_at:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_fit(fit_config(tmp, cache, flux, name=name, **kw), on_step=interrupt)
+    return run_fit(fit_config(tmp, cache, flux, name=name, resume=True, **kw))
