@@ -98,7 +98,8 @@ def test_fit_one_step_learns_records_its_objective_and_resumes_exactly(files, tm
     assert (tmp_path / "full" / "validation" / "step-00000006.png").is_file()
 
     resumed = interrupted_and_resumed(tmp_path, cache, flux, stop_at=4, **kw)
-    assert resumed.steps == 6 and len(resumed.losses) == 3  # resumed from the step-3 checkpoint    a, b = load_adapter(full.adapter_path).state_dict(), load_adapter(resumed.adapter_path).state_dict()
+    assert resumed.steps == 6 and len(resumed.losses) == 3  # resumed from the step-3 checkpoint
+    a, b = load_adapter(full.adapter_path).state_dict(), load_adapter(resumed.adapter_path).state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a), "resumed one-step run differs from the uninterrupted one"
 
 
