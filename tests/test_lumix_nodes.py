@@ -22,10 +22,11 @@ LUMIX_NODES = {
     "LumiXLoadAdapter", "LumiXPinPhoto", "LumiXEmptyMapsLatent", "LumiXPhotoToMapsLatent", "LumiXSampler",
     "LumiXReleaseSchedule", "LumiXOneStepSchedule", "LumiXDecodeMaps", "LumiXSplitMaps",
 }
-WORKFLOWS = ("text_to_intrinsics", "photo_to_intrinsics", "relight")
+WORKFLOWS = ("text_to_intrinsics", "photo_to_intrinsics", "photo_to_intrinsics_fast", "relight")
 #: ComfyUI's own nodes used by the workflows (checked against the host in tests/host).
 CORE_NODES = frozenset({"UNETLoader", "DualCLIPLoader", "VAELoader", "CLIPTextEncode", "FluxGuidance", "SaveImage",
-                        "PreviewImage", "LoadImage", "ImageScale", "PreviewAny"})
+                        "PreviewImage", "LoadImage", "ImageScale", "PreviewAny", "DisableNoise", "BasicGuider",
+                        "KSamplerSelect", "SamplerCustomAdvanced"})
 
 patches = pack_module("nodes._patches")
 
@@ -290,8 +291,40 @@ def test_workflow_matches_our_node_definitions(name):
     problems = wt.check_workflow(wf, all_classes(), external=CORE_NODES, file_widgets=frozenset({"adapter"}))
     assert problems == []
     types = {n["type"] for n in wf["nodes"]}
-    assert {"LumiXLoadAdapter", "LumiXSampler", "LumiXDecodeMaps"} <= types
+    assert {"LumiXLoadAdapter", "LumiXDecodeMaps"} <= types and types & {"LumiXSampler", "SamplerCustomAdvanced"}
     assert types - set(all_classes()) - wt.VIRTUAL_NODES <= CORE_NODES
+
+
+def test_every_shipped_workflow_is_tested_and_has_a_thumbnail():
+    shipped = {p.stem for p in (ROOT / "workflows").glob("*.json")}
+    assert shipped == set(WORKFLOWS)  # a new workflow gets the checks above (and the host runs in tests/host)
+    assert all((ROOT / "workflows" / f"{name}.jpg").is_file() for name in shipped)
+
+
+def test_the_fast_workflow_is_the_one_step_graph():
+    """Photo pinned, noise disabled, sigmas [1, 0], euler, one guided pass at guidance 1, a one-step adapter."""
+    wf = wt.load(ROOT / "workflows" / "photo_to_intrinsics_fast.json")
+    nodes = {n["id"]: n for n in wf["nodes"]}
+    links = {l[0]: l for l in wf["links"]}
+
+    def source(node, name):
+        (inp,) = [i for i in node["inputs"] if i["name"] == name]
+        return nodes[links[inp["link"]][1]]
+
+    (sampler,) = [n for n in wf["nodes"] if n["type"] == "SamplerCustomAdvanced"]
+    assert source(sampler, "noise")["type"] == "DisableNoise"
+    assert source(sampler, "sigmas")["type"] == "LumiXOneStepSchedule"
+    assert source(sampler, "sampler")["widgets_values"] == ["euler"]
+    guider = source(sampler, "guider")
+    assert guider["type"] == "BasicGuider" and source(guider, "conditioning")["widgets_values"] == [1.0]
+    pin = source(guider, "model")
+    assert pin["type"] == "LumiXPinPhoto" and source(pin, "latent") is source(sampler, "latent_image")
+    assert source(pin, "latent")["type"] == "LumiXPhotoToMapsLatent"
+    adapter = source(pin, "model")
+    assert adapter["type"] == "LumiXLoadAdapter" and adapter["widgets_values"] == ["lumix_one_step.safetensors", 1.0]
+    decode = [n for n in wf["nodes"] if n["type"] == "LumiXDecodeMaps"][0]
+    assert source(decode, "samples") is sampler
+    assert not {"LumiXSampler", "KSampler", "RandomNoise"} & {n["type"] for n in wf["nodes"]}
 
 
 def test_published_settings_are_in_the_workflows():
@@ -319,7 +352,10 @@ def test_workflows_tell_a_new_user_what_to_fetch_and_do_something_new_on_every_r
         wf = wt.load(ROOT / "workflows" / f"{name}.json")
         seeds = [n["widgets_values"][1] for n in wf["nodes"] if n["type"] in ("LumiXSampler", "PrimitiveNode")
                  and isinstance(n["widgets_values"][0], int)]
-        assert seeds and set(seeds) == {"randomize"}, name
+        if name == "photo_to_intrinsics_fast":  # one-step decomposition is deterministic: no seed to randomize
+            assert seeds == [] and "DisableNoise" in {n["type"] for n in wf["nodes"]}
+        else:
+            assert seeds and set(seeds) == {"randomize"}, name
         for node in wf["nodes"]:
             if node["type"] in ("UNETLoader", "DualCLIPLoader", "VAELoader", "LumiXLoadAdapter"):
                 models = node["properties"]["models"]
@@ -331,10 +367,11 @@ def test_workflows_tell_a_new_user_what_to_fetch_and_do_something_new_on_every_r
         for note in (n for n in wf["nodes"] if n["type"] == "MarkdownNote"):
             for path in re.findall(r"\b(?:docs|workflows)/[\w./-]+\.\w+", note["widgets_values"][0]):
                 assert (ROOT / path).is_file(), (name, path)
-    photo = wt.load(ROOT / "workflows" / "photo_to_intrinsics.json")
-    (scale,) = [n for n in photo["nodes"] if n["type"] == "ImageScale"]
-    assert scale["widgets_values"][2:] == [0, "disabled"]  # height follows the width: nothing cut off
-    assert "scaled to 512 x 512" not in json.dumps(photo)
+    for name in ("photo_to_intrinsics", "photo_to_intrinsics_fast"):
+        photo = wt.load(ROOT / "workflows" / f"{name}.json")
+        (scale,) = [n for n in photo["nodes"] if n["type"] == "ImageScale"]
+        assert scale["widgets_values"][2:] == [0, "disabled"]  # height follows the width: nothing cut off
+        assert "scaled to 512 x 512" not in json.dumps(photo)
 
 
 def test_relight_shows_the_report_and_only_informative_pictures():
