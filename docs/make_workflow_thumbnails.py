@@ -25,12 +25,15 @@ from lumix_core.io.files import write_bytes_atomically  # noqa: E402
 TITLE_H, SLOT_H, PAD = 30, 20, 10
 #: Link and socket colours of ComfyUI's default palette.
 TYPE_COLORS = {"MODEL": "#B39DDB", "CLIP": "#FFD500", "VAE": "#FF6E6E", "CONDITIONING": "#FFA931",
-               "LATENT": "#FF9CF9", "IMAGE": "#64B5F6", "MASK": "#81C784", "STRING": "#7CCF7C", "INT": "#7CCF7C"}
+               "LATENT": "#FF9CF9", "IMAGE": "#64B5F6", "MASK": "#81C784", "STRING": "#7CCF7C", "INT": "#7CCF7C",
+               "NOISE": "#B0B0B0", "GUIDER": "#66FFFF", "SAMPLER": "#ECB4B4", "SIGMAS": "#CDFFCD"}
 #: Display names of the ComfyUI nodes the workflows use (ours come from the pack's mappings).
 CORE_TITLES = {"UNETLoader": "Load Diffusion Model", "DualCLIPLoader": "DualCLIPLoader", "VAELoader": "Load VAE",
                "CLIPTextEncode": "CLIP Text Encode", "FluxGuidance": "FluxGuidance", "SaveImage": "Save Image",
                "PreviewImage": "Preview Image", "LoadImage": "Load Image", "ImageScale": "Upscale Image",
-               "PreviewAny": "Preview Any", "PrimitiveNode": "Primitive", "MarkdownNote": "Note"}
+               "PreviewAny": "Preview Any", "PrimitiveNode": "Primitive", "MarkdownNote": "Note",
+               "DisableNoise": "DisableNoise", "BasicGuider": "BasicGuider", "KSamplerSelect": "KSamplerSelect",
+               "SamplerCustomAdvanced": "SamplerCustomAdvanced"}
 
 
 def _font(size: int) -> ImageFont.ImageFont:
@@ -124,7 +127,7 @@ def draw(workflow: dict, width: int) -> Image.Image:
 
 def main(argv: "list[str] | None" = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("names", nargs="*", default=["text_to_intrinsics", "photo_to_intrinsics", "relight"])
+    parser.add_argument("names", nargs="*", default=sorted(p.stem for p in (ROOT / "workflows").glob("*.json")))
     parser.add_argument("--width", type=int, default=1200)
     args = parser.parse_args(argv)
     for name in args.names:

@@ -139,6 +139,18 @@ def flux_shape(patcher: Any) -> ModelShape:
     return flux1_shape(dm, family)
 
 
+def empty_noise(samples: Any) -> Any:
+    """ComfyUI's disabled noise for a latent (what DisableNoise draws): zeros on the CPU, like its noise."""
+    import comfy.sample
+
+    prepare = getattr(comfy.sample, "prepare_empty_noise", None)
+    if prepare is not None:
+        return prepare(samples)
+    import torch
+
+    return torch.zeros(samples.shape, dtype=samples.dtype, layout=samples.layout, device="cpu")
+
+
 def flux_attention():
     """ComfyUI's FLUX attention (RoPE + the host's optimized attention)."""
     import comfy.ldm.flux.math

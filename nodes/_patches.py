@@ -20,13 +20,17 @@ from torch import Tensor, nn
 
 from ..lumix_core.maps import MapSet
 from ..lumix_core.model.adapter import BlockLoRA
+from ..lumix_core.model.checkpoint import OBJECTIVE_FLOW_MATCHING
 from ..lumix_core.model.qba import double_block_forward, single_block_forward
-from ..lumix_core.sampling.layout import (check_same_maps, noise_is_shared, pin_inputs, require_finite_groups,
-                                          scene_count, tagged_maps)
+from ..lumix_core.sampling.layout import (check_same_maps, noise_is_shared, objective_warnings, pin_inputs,
+                                          require_finite_groups, restore_slot, scene_count, tagged_maps)
 
 log = logging.getLogger("comfyui-lumix")
 
 AttentionFn = Callable[..., Tensor]
+
+#: ``comfy.patcher_extension.WrappersMP.APPLY_MODEL``: where :class:`LumiXPinWrapper` sits in ``model_options``.
+APPLY_MODEL = "apply_model"
 
 
 def _device_of_to_args(*args: Any, **kwargs: Any) -> Optional[torch.device]:
@@ -107,11 +111,16 @@ class LumiXSamplingGuard(_Shared):
     LumiX latent nodes holds the adapter's map set, in its order (the tag on the samples tensor,
     see ``lumix_core.sampling.layout.tag_maps``); the batch is whole groups of M maps and finite; no
     context-window handler slices the batch dimension; and warns when the maps of a scene did
-    not get the same noise (a LATENT without LumiX batch indices).
+    not get the same noise (a LATENT without LumiX batch indices), and when the adapter is sampled
+    unlike it was trained (``objective``: a one-step adapter with several steps, random noise or no
+    pinned photo; a multi-step adapter in one step; see ``lumix_core.sampling.layout.objective_warnings``).
+
+    It is also what :func:`nodes.lumix_model.installed_adapter` returns: the installed adapter's
+    ``maps``, ``adapter_name`` and ``objective``.
     """
 
-    def __init__(self, maps: MapSet, adapter_name: str) -> None:
-        self.maps, self.adapter_name = maps, adapter_name
+    def __init__(self, maps: MapSet, adapter_name: str, objective: str = OBJECTIVE_FLOW_MATCHING) -> None:
+        self.maps, self.adapter_name, self.objective = maps, adapter_name, objective
 
     def __call__(self, executor: Any, noise: Tensor, latent_image: Tensor, *args: Any, **kwargs: Any) -> Any:
         guider = getattr(executor, "class_obj", None)
@@ -137,7 +146,22 @@ class LumiXSamplingGuard(_Shared):
                     and not noise_is_shared(noise, self.maps.size):
                 log.warning("LumiX: the maps of a scene got different noise; use a LumiX latent node (its "
                             "batch_index gives every map of a scene the same noise, as LumiX was trained)")
+        sigmas = args[1] if len(args) > 1 else kwargs.get("sigmas")  # outer_sample(noise, latent, sampler, sigmas, ...)
+        if isinstance(sigmas, Tensor) and isinstance(noise, Tensor) and not getattr(noise, "is_nested", False):
+            options = getattr(guider, "model_options", None) or {}
+            for text in objective_warnings(self.objective, sigmas.flatten().tolist(), pinned=is_pinned(options),
+                                           noise=bool(noise.any()), adapter_name=self.adapter_name):
+                log.warning("LumiX: %s", text)
         return executor(noise, latent_image, *args, **kwargs)
+
+
+def is_pinned(model_options: dict) -> bool:
+    """Whether ``model_options`` carry a :class:`LumiXPinWrapper` (a photo pinned by LumiX Pin Photo or LumiX Sampler).
+
+    Matched by class name, as ``installed_adapter`` does (a second copy of the pack has its own classes).
+    """
+    wrappers = ((model_options.get("transformer_options") or {}).get("wrappers") or {}).get(APPLY_MODEL) or {}
+    return any(type(w).__name__ == "LumiXPinWrapper" for ws in wrappers.values() for w in ws)
 
 
 class LumiXPinWrapper(_Shared):
@@ -159,3 +183,22 @@ class LumiXPinWrapper(_Shared):
         chunks = transformer_options.get("cond_or_uncond")
         x, t = pin_inputs(x, t, clean, self.maps, self.slot, chunks=len(chunks) if chunks else None)
         return executor(x, t, c_concat, c_crossattn, control, transformer_options, **kwargs)
+
+
+class LumiXPinnedOutput(_Shared):
+    """``OUTER_SAMPLE`` wrapper beside :class:`LumiXPinWrapper`: the sampled latent's pinned slot is the photo, exactly.
+
+    ``clean`` is the same raw (VAE-space) ``[N, C, h, w]`` latent the pin wrapper feeds. The host's
+    sampler returns the slot through its own arithmetic (the last Euler step, the latent scaling into
+    model space and back), a rounding error away from the photo; written back here, it is bit-identical
+    (as ``lumix_core``'s sampler returns it).
+    """
+
+    def __init__(self, clean: Tensor, maps: MapSet, slot: str) -> None:
+        self.clean, self.maps, self.slot = clean, maps, slot
+
+    def __call__(self, executor: Any, noise: Tensor, latent_image: Tensor, *args: Any, **kwargs: Any) -> Any:
+        out = executor(noise, latent_image, *args, **kwargs)
+        if not isinstance(out, Tensor) or getattr(out, "is_nested", False):
+            return out
+        return restore_slot(out, self.clean, self.maps, self.slot)

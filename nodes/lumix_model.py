@@ -9,9 +9,10 @@ import logging
 import os
 from typing import Any, Optional
 
+from ..lumix_core.model.checkpoint import OBJECTIVE_ONE_STEP, adapter_objective
 from ..lumix_core.sampling.layout import PIN_KEY, maps_of, slot_latents
 from . import _host
-from ._patches import LumiXBlockPatch, LumiXPinWrapper, LumiXSamplingGuard
+from ._patches import LumiXBlockPatch, LumiXPinnedOutput, LumiXPinWrapper, LumiXSamplingGuard
 
 log = logging.getLogger("comfyui-lumix")
 
@@ -27,7 +28,9 @@ def _wrappers_mp():
 
 
 def installed_adapter(model: Any) -> Optional[LumiXSamplingGuard]:
-    """The sampling guard :func:`patch_model` put on ``model`` (its adapter's maps and file name), or None.
+    """The sampling guard :func:`patch_model` put on ``model``, or None: the installed adapter's ``maps``,
+    ``adapter_name`` (file name) and ``objective`` (``"flow-matching"`` or ``"one-step"``, from the file's
+    ``lumix.objective`` metadata; see ``lumix_core.model.checkpoint.adapter_objective``).
 
     Matched by class name, not identity: a second copy of the pack (installed twice, or imported by
     tests beside ComfyUI's copy) defines its own class object.
@@ -69,7 +72,12 @@ def patch_model(model: Any, adapter_name: str, strength: float) -> Any:
             LumiXBlockPatch("single", i, dm.single_blocks[i], adapter.for_single(i), maps, strength, attention),
             "dit", "single_block", i)
     wrappers = _wrappers_mp()
-    patched.add_wrapper_with_key(wrappers.OUTER_SAMPLE, GUARD_WRAPPER_KEY, LumiXSamplingGuard(maps, info.path.name))
+    objective = adapter_objective(info)
+    patched.add_wrapper_with_key(wrappers.OUTER_SAMPLE, GUARD_WRAPPER_KEY,
+                                 LumiXSamplingGuard(maps, info.path.name, objective))
+    if objective == OBJECTIVE_ONE_STEP:
+        log.info("LumiX: %s is a one-step adapter: decompose a photo in one step with the noise disabled "
+                 "(LumiX Sampler, scheduler 'lumix_one_step')", info.path.name)
     return patched
 
 
@@ -86,7 +94,11 @@ def _warn_about_replaced_patches(model: Any) -> None:
 
 
 def pin_model(model: Any, latent: dict) -> Any:
-    """Clone ``model`` with an APPLY_MODEL wrapper that feeds the latent's pinned slot clean at t = 0."""
+    """Clone ``model`` with an APPLY_MODEL wrapper that feeds the latent's pinned slot clean at t = 0.
+
+    An OUTER_SAMPLE wrapper beside it writes the photo's latent back into the sampled slot, so any
+    sampler returns the slot bit-identical to the photo (not a rounding error away from it).
+    """
     slot = latent.get(PIN_KEY)
     if not slot:
         raise ValueError("this LATENT has no pinned photo: make it with LumiX Photo To Maps Latent "
@@ -97,7 +109,9 @@ def pin_model(model: Any, latent: dict) -> Any:
     wrappers = _wrappers_mp()
     if hasattr(pinned, "remove_wrappers_with_key"):
         pinned.remove_wrappers_with_key(wrappers.APPLY_MODEL, PIN_WRAPPER_KEY)
+        pinned.remove_wrappers_with_key(wrappers.OUTER_SAMPLE, PIN_WRAPPER_KEY)
     pinned.add_wrapper_with_key(wrappers.APPLY_MODEL, PIN_WRAPPER_KEY, LumiXPinWrapper(clean, maps, slot))
+    pinned.add_wrapper_with_key(wrappers.OUTER_SAMPLE, PIN_WRAPPER_KEY, LumiXPinnedOutput(clean, maps, slot))
     return pinned
 
 
@@ -108,6 +122,11 @@ class LumiXLoadAdapter:
         "albedo, irradiance, color, depth and normal maps that agree. The adapter is checked against the "
         "model first and loaded once (shared by every clone). Sample with a LumiX latent. One adapter per "
         "model: a MODEL that already has a LumiX adapter is refused (connect the FLUX model itself). "
+        "One-step adapters (lumix-train fit --objective one-step; their file says so in its metadata) load the same "
+        "way and decompose a photo in one step: LumiX Sampler with the 'lumix_one_step' scheduler, or "
+        "SamplerCustomAdvanced with DisableNoise + LumiX One-Step Schedule + LumiX Pin Photo "
+        "(workflows/photo_to_intrinsics_fast.json); the samplers warn when an adapter is sampled unlike it was "
+        "trained. "
         f"Adapter files go into ComfyUI/models/{_host.ADAPTER_FOLDER} (models/{_host.LORA_FOLDER} is listed too)."
     )
     CATEGORY = CATEGORY
@@ -121,7 +140,7 @@ class LumiXLoadAdapter:
         return {
             "required": {
                 "model": ("MODEL", {"tooltip": "A FLUX.1 model (dev or schnell; bf16, fp8 or GGUF). Other model families are refused."}),
-                "adapter": (_host.adapter_files(), {"tooltip": f"LumiX adapter (.safetensors), e.g. lumix.safetensors. Put the file into ComfyUI/models/{_host.ADAPTER_FOLDER} (or models/{_host.LORA_FOLDER}) and press R (refresh) if the list is empty."}),
+                "adapter": (_host.adapter_files(), {"tooltip": f"LumiX adapter (.safetensors), e.g. lumix.safetensors (multi-step) or a one-step adapter from lumix-train fit --objective one-step (sample it in one step). Put the file into ComfyUI/models/{_host.ADAPTER_FOLDER} (or models/{_host.LORA_FOLDER}) and press R (refresh) if the list is empty."}),
                 "strength": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 2.0, "step": 0.05, "tooltip": "Tensor LoRA strength. 0 keeps only the shared queries: the color map is then the plain FLUX image."}),
             }
         }
@@ -142,8 +161,9 @@ class LumiXLoadAdapter:
 class LumiXPinPhoto:
     DESCRIPTION = (
         "For SamplerCustomAdvanced and other samplers: pins the photo of a LumiX Photo To Maps Latent in the "
-        "color slot (fed clean at t = 0 every step, never updated), so the other maps are decomposed from it. "
-        "LumiX Sampler does this by itself."
+        "color slot (fed clean at t = 0 every step, never updated; the sampled latent's color slot is the photo's "
+        "latent, bit for bit), so the other maps are decomposed from it. LumiX Sampler does this by itself. One-step "
+        "adapters: pinned model + DisableNoise + LumiX One-Step Schedule + euler in SamplerCustomAdvanced."
     )
     CATEGORY = CATEGORY
     FUNCTION = "pin"

@@ -2,18 +2,33 @@
 
 Sampling itself is ComfyUI's (its samplers, CFG, progress bar, previews, interruption); this
 node only adds what LumiX needs around it: the latent's map set must match the adapter's,
-the release schedule as custom sigmas, and the colour slot pinned for photo latents.
+the release schedule and the one-step schedule as custom sigmas, the colour slot pinned for
+photo latents, and the fixed zero input of one-step adapters.
+
+What happens per adapter objective (``installed_adapter(model).objective``), steps and latent;
+the warnings come from the sampling guard (``_patches.LumiXSamplingGuard``), so KSampler and
+SamplerCustomAdvanced give the same ones, and sampling always goes ahead as asked:
+
+* multi-step adapter: noise from the seed, shared per scene; more than one step runs as before;
+  one step (e.g. scheduler ``lumix_one_step``) runs one step and warns (a blurred average).
+* one-step adapter: the noise is disabled (a zero input, as it was trained; the seed is unused).
+  Photo latent + one step (``lumix_one_step``) = ``lumix_core.sampling.sampler.decompose_one_step``,
+  no warning; more than one step runs them all and warns; a text latent (no pinned photo) runs and warns.
+* ``lumix_one_step`` is one step from t = 1 to 0 whatever ``steps`` says, and needs denoise 1.0.
 """
 from __future__ import annotations
 
-from ..lumix_core.sampling.layout import (PIN_KEY, check_same_maps, maps_of, pixel_size, release_sigmas, scene_count,
-                                          tag_maps)
+from ..lumix_core.model.checkpoint import OBJECTIVE_ONE_STEP
+from ..lumix_core.sampling.layout import (PIN_KEY, check_same_maps, maps_of, one_step_sigmas, pixel_size,
+                                          release_sigmas, scene_count, tag_maps)
 from . import _host
 from .lumix_model import installed_adapter, pin_model
 
 CATEGORY = "LumiX/Sampling"
 #: Scheduler entry that selects lumix_core.sampling.sampler's "release" schedule.
 RELEASE_SCHEDULER = "lumix_release"
+#: Scheduler entry of one-step adapters: sigmas [1, 0] (lumix_core.sampling.layout.one_step_sigmas).
+ONE_STEP_SCHEDULER = "lumix_one_step"
 
 
 class LumiXSampler:
@@ -23,7 +38,11 @@ class LumiXSampler:
         "LumiX Photo To Maps Latent, pins the photo in the color slot (clean, t = 0) so the other maps are "
         "decomposed from it. Refuses a MODEL without a LumiX adapter and a latent whose maps are not the "
         "adapter's. The published settings: 50 steps, cfg 3.0 with a negative prompt, guidance 3.5 "
-        "(text); cfg 1, guidance 1 (photo)."
+        "(text); cfg 1, guidance 1 (photo). One-step adapters (LumiX Load Adapter tells them by their file): "
+        "scheduler 'lumix_one_step' (one step from t = 1 to 0, whatever 'steps' says), cfg 1, guidance 1, a photo "
+        "latent; the sampler then feeds them the fixed zero input they were trained on (no noise, the seed is "
+        "unused). It warns in the log when an adapter is sampled unlike it was trained: a one-step adapter with "
+        "more than one step, random noise or no photo, a multi-step adapter in one step (it still runs as asked)."
     )
     CATEGORY = CATEGORY
     FUNCTION = "sample"
@@ -36,11 +55,11 @@ class LumiXSampler:
         return {
             "required": {
                 "model": ("MODEL", {"tooltip": "The LumiX model (FLUX.1 + LumiX Load Adapter)."}),
-                "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True, "tooltip": "Noise seed; every map of a scene gets the same noise."}),
-                "steps": ("INT", {"default": 50, "min": 1, "max": 10000, "tooltip": "Sampling steps (the release uses 50)."}),
+                "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True, "tooltip": "Noise seed; every map of a scene gets the same noise. Unused with a one-step adapter (its input is fixed: zero)."}),
+                "steps": ("INT", {"default": 50, "min": 1, "max": 10000, "tooltip": "Sampling steps (the release uses 50; a one-step adapter 1). The 'lumix_one_step' scheduler always runs one step."}),
                 "cfg": ("FLOAT", {"default": 3.0, "min": 0.0, "max": 100.0, "step": 0.1, "round": 0.01, "tooltip": "True CFG with the negative prompt (the release: 3.0 for text, 1.0 = no negative pass for photos)."}),
                 "sampler_name": (_host.sampler_names(), {"default": "euler", "tooltip": "Sampling algorithm (the release: euler)."}),
-                "scheduler": ([RELEASE_SCHEDULER] + _host.scheduler_names(), {"default": RELEASE_SCHEDULER, "tooltip": "Noise schedule. 'lumix_release' reproduces the published script's FLUX shift; the others are ComfyUI's."}),
+                "scheduler": ([RELEASE_SCHEDULER, ONE_STEP_SCHEDULER] + _host.scheduler_names(), {"default": RELEASE_SCHEDULER, "tooltip": "Noise schedule. 'lumix_release' reproduces the published script's FLUX shift; 'lumix_one_step' is the single step from t = 1 to 0 of one-step adapters (sigmas [1, 0], denoise 1.0); the others are ComfyUI's."}),
                 "positive": ("CONDITIONING", {"tooltip": "Prompt conditioning (use FluxGuidance for the distilled guidance: 3.5 text, 1.0 photo)."}),
                 "negative": ("CONDITIONING", {"tooltip": "Negative prompt conditioning (unused when cfg is 1)."}),
                 "latent_image": ("LATENT", {"tooltip": "A LumiX latent: LumiX Empty Maps Latent (text) or LumiX Photo To Maps Latent (photo)."}),
@@ -65,17 +84,29 @@ class LumiXSampler:
         check_same_maps(maps, adapter.maps, adapter.adapter_name)
         scene_count(samples.shape[0], maps)
         work = pin_model(model, latent_image) if latent_image.get(PIN_KEY) else model
-        noise = comfy.sample.prepare_noise(samples, seed, latent_image.get("batch_index"))
+        if adapter.objective == OBJECTIVE_ONE_STEP:
+            noise = _host.empty_noise(samples)  # the fixed input it was trained on (what DisableNoise gives)
+        else:
+            noise = comfy.sample.prepare_noise(samples, seed, latent_image.get("batch_index"))
         noise_mask = latent_image.get("noise_mask")
-        callback = latent_preview.prepare_callback(work, steps)
         disable_pbar = not comfy.utils.PROGRESS_BAR_ENABLED
+        sigmas = None
         if scheduler == RELEASE_SCHEDULER:
             width, height = pixel_size(samples)
             sigmas = release_sigmas(width, height, int(steps), float(denoise))
+        elif scheduler == ONE_STEP_SCHEDULER:
+            if float(denoise) != 1.0:
+                raise ValueError(f"LumiX Sampler: the '{ONE_STEP_SCHEDULER}' scheduler is the whole step from t = 1 "
+                                 f"to 0, so denoise must be 1.0 (got {denoise}); set denoise to 1.0 or pick another "
+                                 "scheduler")
+            sigmas = one_step_sigmas()
+        if sigmas is not None:
+            callback = latent_preview.prepare_callback(work, max(len(sigmas) - 1, 1))
             out = comfy.sample.sample_custom(work, noise, cfg, comfy.samplers.sampler_object(sampler_name), sigmas,
                                              positive, negative, samples, noise_mask=noise_mask, callback=callback,
                                              disable_pbar=disable_pbar, seed=seed)
         else:
+            callback = latent_preview.prepare_callback(work, steps)
             out = comfy.sample.sample(work, noise, steps, cfg, sampler_name, scheduler, positive, negative, samples,
                                       denoise=denoise, noise_mask=noise_mask, callback=callback,
                                       disable_pbar=disable_pbar, seed=seed)
@@ -110,12 +141,37 @@ class LumiXReleaseSchedule:
         return (release_sigmas(int(width), int(height), int(steps), float(denoise)),)
 
 
+class LumiXOneStepSchedule:
+    DESCRIPTION = (
+        "SIGMAS [1, 0] of a one-step adapter (lumix-train fit --objective one-step) for SamplerCustomAdvanced: one "
+        "Euler step from t = 1 to 0. Connect DisableNoise as the noise (the adapter was trained on a fixed zero "
+        "input), KSamplerSelect 'euler' as the sampler, and a guider (BasicGuider, FluxGuidance 1.0) on the model "
+        "from LumiX Pin Photo; the latent from LumiX Photo To Maps Latent. LumiX Sampler offers the same as the "
+        "'lumix_one_step' scheduler. See workflows/photo_to_intrinsics_fast.json."
+    )
+    CATEGORY = CATEGORY
+    FUNCTION = "sigmas"
+    RETURN_TYPES = ("SIGMAS",)
+    RETURN_NAMES = ("sigmas",)
+    OUTPUT_TOOLTIPS = ("[1.0, 0.0]: one step from t = 1 (the zero input) to t = 0 (the maps). Sample with DisableNoise "
+                       "and euler.",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {}}
+
+    def sigmas(self):
+        return (one_step_sigmas(),)
+
+
 NODE_CLASS_MAPPINGS = {
     "LumiXSampler": LumiXSampler,
     "LumiXReleaseSchedule": LumiXReleaseSchedule,
+    "LumiXOneStepSchedule": LumiXOneStepSchedule,
 }
 
 NODE_DISPLAY_NAME_MAPPINGS = {
     "LumiXSampler": "LumiX Sampler",
     "LumiXReleaseSchedule": "LumiX Release Schedule",
+    "LumiXOneStepSchedule": "LumiX One-Step Schedule",
 }

@@ -12,11 +12,13 @@ from lumix_core.model.adapter import LumiXAdapter, default_spec
 from lumix_core.model.adapter_cache import AdapterCache
 from lumix_core.model.checkpoint import ModelShape, save_adapter
 from lumix_core.model.flux_check import NotFluxError, flux1_shape
+from lumix_core.latents import latent_in, latent_out
 from lumix_core.sampling.layout import (MAPS_KEY, center_crop_box, check_same_maps, finish_group_images,
-                                        group_photo_latents, maps_latent_shape, maps_of, noise_is_shared, photo_rgb,
-                                        pin_inputs, release_sigmas, require_finite_groups, scene_batch_index,
-                                        slot_latents, tag_maps, tagged_maps)
-from lumix_core.sampling.sampler import schedule_for
+                                        group_photo_latents, maps_latent_shape, maps_of, noise_is_shared,
+                                        objective_warnings, one_step_sigmas, photo_rgb, pin_inputs, release_sigmas,
+                                        require_finite_groups, restore_slot, scene_batch_index, slot_latents, tag_maps,
+                                        tagged_maps)
+from lumix_core.sampling.sampler import ONE_STEP_TIMESTEPS, decompose_one_step, schedule_for
 
 
 def test_scene_batch_index_gives_one_noise_index_per_scene():
@@ -187,3 +189,73 @@ def test_the_map_set_travels_on_the_samples_tensor():
     maps = MapSet.parse("albedo,color,depth,normal")
     assert tag_maps(samples, maps) is samples and tagged_maps(samples) == maps
     assert tagged_maps(samples.clone()) is None  # a new tensor from another node carries no tag
+
+
+# ----------------------------------------------------------------------------- one-step adapters
+def test_restore_slot_writes_the_pinned_latent_back_exactly():
+    maps = MapSet.parse("albedo,color,depth")
+    clean = torch.randn(2, 16, 2, 2)
+    sampled = torch.randn(6, 16, 2, 2)
+    out = restore_slot(sampled, clean, maps, "color")
+    assert torch.equal(out[1::3], clean)
+    assert torch.equal(out[0::3], sampled[0::3]) and torch.equal(out[2::3], sampled[2::3])
+    assert not torch.equal(sampled[1::3], clean)  # a new tensor: the input is left alone
+    with pytest.raises(ValueError, match=r"sampled latent \(4, 16, 2, 2\) is not 2 scene\(s\) of 3 maps"):
+        restore_slot(sampled[:4], clean, maps, "color")
+
+
+def test_a_hosts_euler_step_on_the_one_step_sigmas_is_decompose_one_step_bit_for_bit():
+    """ComfyUI's arithmetic, written out: latent scaling in, CONST noise scaling with the noise disabled, the pin
+    wrapper's inputs, denoised = x - t v, the k-diffusion Euler step, scaling out, the pinned slot restored."""
+    maps = RELEASE
+    g = torch.Generator().manual_seed(0)
+    photo = torch.randn(2, 16, 4, 4, generator=g) * 2  # raw (VAE-space) photo latents of two scenes
+    weight = torch.randn(16, 16, generator=g)
+
+    def velocity(x, t, cond, guidance):  # any deterministic model; t is per item (the pinned slot gets 0)
+        return torch.tanh(torch.einsum("bchw,cd->bdhw", x, weight) + t[:, None, None, None] + cond)
+
+    sigmas = one_step_sigmas()
+    assert sigmas.dtype == torch.float32 and sigmas.tolist() == list(ONE_STEP_TIMESTEPS) == [1.0, 0.0]
+    latent = latent_in(group_photo_latents(photo, maps))  # process_latent_in of the LATENT
+    x = sigmas[0] * torch.zeros_like(latent) + (1.0 - sigmas[0]) * latent  # noise_scaling, DisableNoise
+    for i in range(len(sigmas) - 1):
+        xin, tin = pin_inputs(x, torch.full((x.shape[0],), float(sigmas[i])), latent_in(photo), maps)
+        denoised = xin - velocity(xin, tin, 0.25, 1.0) * tin[:, None, None, None]
+        x = x + (x - denoised) / sigmas[i] * (sigmas[i + 1] - sigmas[i])
+    host = restore_slot(latent_out(x), photo, maps, "color")
+    core = latent_out(decompose_one_step(velocity, latent_in(photo), maps, 0.25))
+    assert torch.equal(host[2::5], photo)
+    assert torch.equal(host[[i for i in range(10) if i % 5 != 2]], core[[i for i in range(10) if i % 5 != 2]])
+
+
+W = "a.safetensors is a "
+
+
+@pytest.mark.parametrize("objective, sigmas, pinned, noise, wanted", [
+    ("one-step", [1.0, 0.0], True, False, []),  # as trained
+    ("one-step", [1.0, 0.5, 0.0], True, False, ["one-step adapter (trained for one call: the photo pinned, the other "
+                                                "maps fed 0 at t = 1), but it is sampled with 2 steps"]),
+    ("one-step", [0.6, 0.0], True, False, ["but its step starts at t = 0.6 instead of 1 (denoise < 1?)"]),
+    ("one-step", [1.0, 0.0], True, True, ["but it is sampled from random noise instead of the zero input"]),
+    ("one-step", [1.0, 0.0], False, False, ["it decomposes photos, but this latent has no pinned photo"]),
+    ("one-step", [1.0, 0.3, 0.0], False, True, ["with 2 steps", "random noise", "no pinned photo"]),
+    ("one-step", [], False, True, []),  # nothing is sampled
+    ("flow-matching", [1.0, 0.0], True, True, ["multi-step (flow-matching) adapter, sampled here in 1 step: its maps "
+                                               "come out as a blurred average"]),
+    ("flow-matching", [1.0, 0.0], False, False, ["multi-step (flow-matching) adapter, sampled here in 1 step"]),
+    ("flow-matching", [1.0, 0.5, 0.0], True, True, []),
+    ("flow-matching", [1.0, 0.5, 0.0], False, False, []),  # DisableNoise is the user's business for multi-step adapters
+    ("flow-matching", [0.4, 0.0], True, True, []),  # the last step of a split schedule: a refining pass
+])
+def test_objective_warnings_per_objective_steps_photo_and_noise(objective, sigmas, pinned, noise, wanted):
+    texts = objective_warnings(objective, sigmas, pinned=pinned, noise=noise, adapter_name="a.safetensors")
+    assert len(texts) == len(wanted), texts
+    assert all(t.startswith(W) and w in t for w, t in zip(wanted, texts)), texts
+    if objective == "one-step" and texts:
+        assert all("LumiX" in t for t in texts)  # each says which node or input fixes it
+
+
+def test_objective_warnings_refuse_an_unknown_objective():
+    with pytest.raises(ValueError, match="unknown adapter objective 'distilled'"):
+        objective_warnings("distilled", [1.0, 0.0], pinned=True, noise=False, adapter_name="a.safetensors")

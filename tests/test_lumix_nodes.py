@@ -20,12 +20,13 @@ from pack_import import ROOT, pack_module
 MODULES = ("nodes.lumix_model", "nodes.lumix_latents", "nodes.lumix_sampler", "nodes.lumix_maps")
 LUMIX_NODES = {
     "LumiXLoadAdapter", "LumiXPinPhoto", "LumiXEmptyMapsLatent", "LumiXPhotoToMapsLatent", "LumiXSampler",
-    "LumiXReleaseSchedule", "LumiXDecodeMaps", "LumiXSplitMaps",
+    "LumiXReleaseSchedule", "LumiXOneStepSchedule", "LumiXDecodeMaps", "LumiXSplitMaps",
 }
-WORKFLOWS = ("text_to_intrinsics", "photo_to_intrinsics", "relight")
+WORKFLOWS = ("text_to_intrinsics", "photo_to_intrinsics", "photo_to_intrinsics_fast", "relight")
 #: ComfyUI's own nodes used by the workflows (checked against the host in tests/host).
 CORE_NODES = frozenset({"UNETLoader", "DualCLIPLoader", "VAELoader", "CLIPTextEncode", "FluxGuidance", "SaveImage",
-                        "PreviewImage", "LoadImage", "ImageScale", "PreviewAny"})
+                        "PreviewImage", "LoadImage", "ImageScale", "PreviewAny", "DisableNoise", "BasicGuider",
+                        "KSamplerSelect", "SamplerCustomAdvanced"})
 
 patches = pack_module("nodes._patches")
 
@@ -77,6 +78,21 @@ def test_sampler_offers_the_release_schedule_first():
     assert spec["scheduler"][0][0] == "lumix_release" == spec["scheduler"][1]["default"]
     (sigmas,) = sampler.LumiXReleaseSchedule().sigmas(512, 512, 50, 1.0)
     assert sigmas.shape == (51,) and sigmas[0] == 1 and sigmas[-1] == 0
+
+
+def test_the_one_step_schedule_is_sigmas_one_zero_as_a_node_and_a_scheduler():
+    from lumix_core.sampling.sampler import ONE_STEP_TIMESTEPS
+
+    sampler = pack_module("nodes.lumix_sampler")
+    spec = sampler.LumiXSampler.INPUT_TYPES()["required"]
+    assert spec["scheduler"][0][1] == "lumix_one_step" and "lumix_one_step" in spec["scheduler"][1]["tooltip"]
+    node = sampler.LumiXOneStepSchedule
+    assert node.CATEGORY == "LumiX/Sampling" and node.INPUT_TYPES() == {"required": {}}
+    assert "DisableNoise" in node.DESCRIPTION and "photo_to_intrinsics_fast.json" in node.DESCRIPTION
+    (sigmas,) = node().sigmas()
+    assert sigmas.dtype == torch.float32 and sigmas.tolist() == list(ONE_STEP_TIMESTEPS) == [1.0, 0.0]
+    assert sampler.NODE_DISPLAY_NAME_MAPPINGS["LumiXOneStepSchedule"] == "LumiX One-Step Schedule"
+    assert "one-step" in pack_module("nodes.lumix_model").LumiXLoadAdapter.DESCRIPTION
 
 
 def test_empty_maps_latent_node():
@@ -195,6 +211,56 @@ def test_sampling_guard_refuses_split_batches_and_context_windows(caplog):
     assert "different noise" in caplog.text
 
 
+def _outer_sample_args(sigmas):
+    """What ComfyUI passes an OUTER_SAMPLE wrapper after (noise, latent): sampler, sigmas, denoise_mask, ..."""
+    return ("sampler", torch.tensor(sigmas), None, None, True, 0)
+
+
+def _pinned_options():
+    pin = patches.LumiXPinWrapper(torch.zeros(1, 16, 2, 2), RELEASE, "color")
+    return {"transformer_options": {"wrappers": {"apply_model": {"lumix_pin": [pin]}}}}
+
+
+@pytest.mark.parametrize("objective, sigmas, pinned, noisy, wanted", [
+    ("one-step", [1.0, 0.0], True, False, []),
+    ("one-step", [1.0, 0.6, 0.3, 0.0], True, False, ["but it is sampled with 3 steps"]),
+    ("one-step", [1.0, 0.0], False, False, ["this latent has no pinned photo"]),
+    ("one-step", [1.0, 0.0], True, True, ["sampled from random noise"]),
+    ("one-step", [1.0, 0.5, 0.0], False, True, ["with 2 steps", "random noise", "no pinned photo"]),
+    ("flow-matching", [1.0, 0.0], True, True, ["multi-step (flow-matching) adapter, sampled here in 1 step"]),
+    ("flow-matching", [1.0, 0.0], False, False, ["multi-step (flow-matching) adapter, sampled here in 1 step"]),
+    ("flow-matching", [1.0, 0.5, 0.0], False, True, []),
+])
+def test_sampling_guard_warns_when_an_adapter_is_sampled_unlike_it_was_trained(caplog, objective, sigmas, pinned, noisy,
+                                                                               wanted):
+    guard = patches.LumiXSamplingGuard(RELEASE, "a.safetensors", objective)
+    assert guard.objective == objective and copy.deepcopy(guard) is guard
+    noise = torch.randn(1, 16, 2, 2).repeat(5, 1, 1, 1) if noisy else torch.zeros(5, 16, 2, 2)
+    ex = _Executor(model_options=_pinned_options() if pinned else {})
+    with caplog.at_level(logging.WARNING, logger="comfyui-lumix"):
+        out = guard(ex, noise, torch.zeros(5, 16, 2, 2), *_outer_sample_args(sigmas))
+    assert out[0] is noise and len(ex.calls) == 1  # warned, and sampled all the same
+    texts = [r.getMessage() for r in caplog.records if r.name == "comfyui-lumix"]
+    assert len(texts) == len(wanted) and all(w in t and t.startswith("LumiX: a.safetensors is a ")
+                                             for w, t in zip(wanted, texts)), texts
+
+
+def test_pinned_output_returns_the_photo_latent_bit_for_bit():
+    maps = MapSet.parse("albedo,color")
+    clean = torch.randn(2, 16, 2, 2)
+    restore = patches.LumiXPinnedOutput(clean, maps, "color")
+    assert copy.deepcopy(restore) is restore
+    sampled = torch.randn(4, 16, 2, 2)
+
+    class Sampler:
+        def __call__(self, noise, latent, *args, **kwargs):
+            return sampled + 1e-7  # a host's round-off on the pinned slot
+
+    out = restore(Sampler(), None, None, "sampler", torch.tensor([1.0, 0.0]))
+    assert torch.equal(out[1::2], clean) and torch.equal(out[0::2], sampled[0::2] + 1e-7)
+    assert not torch.equal(sampled[1::2] + 1e-7, clean)
+
+
 def test_sampling_guard_checks_the_map_set_the_latent_carries_and_refuses_non_finite_latents():
     from lumix_core.sampling.layout import tag_maps
 
@@ -225,8 +291,40 @@ def test_workflow_matches_our_node_definitions(name):
     problems = wt.check_workflow(wf, all_classes(), external=CORE_NODES, file_widgets=frozenset({"adapter"}))
     assert problems == []
     types = {n["type"] for n in wf["nodes"]}
-    assert {"LumiXLoadAdapter", "LumiXSampler", "LumiXDecodeMaps"} <= types
+    assert {"LumiXLoadAdapter", "LumiXDecodeMaps"} <= types and types & {"LumiXSampler", "SamplerCustomAdvanced"}
     assert types - set(all_classes()) - wt.VIRTUAL_NODES <= CORE_NODES
+
+
+def test_every_shipped_workflow_is_tested_and_has_a_thumbnail():
+    shipped = {p.stem for p in (ROOT / "workflows").glob("*.json")}
+    assert shipped == set(WORKFLOWS)  # a new workflow gets the checks above (and the host runs in tests/host)
+    assert all((ROOT / "workflows" / f"{name}.jpg").is_file() for name in shipped)
+
+
+def test_the_fast_workflow_is_the_one_step_graph():
+    """Photo pinned, noise disabled, sigmas [1, 0], euler, one guided pass at guidance 1, a one-step adapter."""
+    wf = wt.load(ROOT / "workflows" / "photo_to_intrinsics_fast.json")
+    nodes = {n["id"]: n for n in wf["nodes"]}
+    links = {l[0]: l for l in wf["links"]}
+
+    def source(node, name):
+        (inp,) = [i for i in node["inputs"] if i["name"] == name]
+        return nodes[links[inp["link"]][1]]
+
+    (sampler,) = [n for n in wf["nodes"] if n["type"] == "SamplerCustomAdvanced"]
+    assert source(sampler, "noise")["type"] == "DisableNoise"
+    assert source(sampler, "sigmas")["type"] == "LumiXOneStepSchedule"
+    assert source(sampler, "sampler")["widgets_values"] == ["euler"]
+    guider = source(sampler, "guider")
+    assert guider["type"] == "BasicGuider" and source(guider, "conditioning")["widgets_values"] == [1.0]
+    pin = source(guider, "model")
+    assert pin["type"] == "LumiXPinPhoto" and source(pin, "latent") is source(sampler, "latent_image")
+    assert source(pin, "latent")["type"] == "LumiXPhotoToMapsLatent"
+    adapter = source(pin, "model")
+    assert adapter["type"] == "LumiXLoadAdapter" and adapter["widgets_values"] == ["lumix_one_step.safetensors", 1.0]
+    decode = [n for n in wf["nodes"] if n["type"] == "LumiXDecodeMaps"][0]
+    assert source(decode, "samples") is sampler
+    assert not {"LumiXSampler", "KSampler", "RandomNoise"} & {n["type"] for n in wf["nodes"]}
 
 
 def test_published_settings_are_in_the_workflows():
@@ -254,7 +352,10 @@ def test_workflows_tell_a_new_user_what_to_fetch_and_do_something_new_on_every_r
         wf = wt.load(ROOT / "workflows" / f"{name}.json")
         seeds = [n["widgets_values"][1] for n in wf["nodes"] if n["type"] in ("LumiXSampler", "PrimitiveNode")
                  and isinstance(n["widgets_values"][0], int)]
-        assert seeds and set(seeds) == {"randomize"}, name
+        if name == "photo_to_intrinsics_fast":  # one-step decomposition is deterministic: no seed to randomize
+            assert seeds == [] and "DisableNoise" in {n["type"] for n in wf["nodes"]}
+        else:
+            assert seeds and set(seeds) == {"randomize"}, name
         for node in wf["nodes"]:
             if node["type"] in ("UNETLoader", "DualCLIPLoader", "VAELoader", "LumiXLoadAdapter"):
                 models = node["properties"]["models"]
@@ -266,10 +367,11 @@ def test_workflows_tell_a_new_user_what_to_fetch_and_do_something_new_on_every_r
         for note in (n for n in wf["nodes"] if n["type"] == "MarkdownNote"):
             for path in re.findall(r"\b(?:docs|workflows)/[\w./-]+\.\w+", note["widgets_values"][0]):
                 assert (ROOT / path).is_file(), (name, path)
-    photo = wt.load(ROOT / "workflows" / "photo_to_intrinsics.json")
-    (scale,) = [n for n in photo["nodes"] if n["type"] == "ImageScale"]
-    assert scale["widgets_values"][2:] == [0, "disabled"]  # height follows the width: nothing cut off
-    assert "scaled to 512 x 512" not in json.dumps(photo)
+    for name in ("photo_to_intrinsics", "photo_to_intrinsics_fast"):
+        photo = wt.load(ROOT / "workflows" / f"{name}.json")
+        (scale,) = [n for n in photo["nodes"] if n["type"] == "ImageScale"]
+        assert scale["widgets_values"][2:] == [0, "disabled"]  # height follows the width: nothing cut off
+        assert "scaled to 512 x 512" not in json.dumps(photo)
 
 
 def test_relight_shows_the_report_and_only_informative_pictures():

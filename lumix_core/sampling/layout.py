@@ -10,7 +10,10 @@ place that knows those facts and checks them, so node code stays a thin translat
   that draws one noise per index gives every map of a scene the same noise);
 * which slot is *pinned* to a clean latent (``PIN_KEY``; decomposition pins the photo in the
   colour slot) and how one model call's inputs are rewritten for it (:func:`pin_inputs`);
-* the release schedule as host sigmas (:func:`release_sigmas`).
+* the release schedule as host sigmas (:func:`release_sigmas`);
+* one-step adapters (``lumix-train fit --objective one-step``): their host sigmas
+  (:func:`one_step_sigmas`) and what to tell a user who samples an adapter unlike it was
+  trained (:func:`objective_warnings`).
 
 Nothing here imports a host. ComfyUI's sigma is LumiX's ``t`` (FLUX flow matching).
 """
@@ -25,7 +28,8 @@ from torch import Tensor
 from ..conventions import FinishedMap, check_image, finish_map, require_finite, split_groups
 from ..latents import LATENT_CHANNELS, SIZE_MULTIPLE, VAE_FACTOR, check_size
 from ..maps import QUERY_SOURCE, RELEASE, MapSet, check_group_batch
-from .sampler import ScheduleKind, schedule_for
+from ..model.checkpoint import OBJECTIVE_ONE_STEP, OBJECTIVES
+from .sampler import ONE_STEP_TIMESTEPS, ScheduleKind, schedule_for
 
 #: Key of the map set (``"albedo,irradiance,color,depth,normal"``) in a host latent dict.
 MAPS_KEY = "lumix_maps"
@@ -197,6 +201,24 @@ def pin_inputs(x: Tensor, t: Tensor, clean: Tensor, maps: MapSet, slot: str = PI
     return x, t
 
 
+def restore_slot(samples: Tensor, clean: Tensor, maps: MapSet, slot: str = PIN_SLOT) -> Tensor:
+    """``samples [N*M, ...]`` with map ``slot`` of every scene set back to ``clean [N, ...]`` exactly.
+
+    A pinned slot is never updated, but a host returns it through its own arithmetic (its
+    sampler's last step, the latent scaling out of and back into model space), which can move
+    it by a rounding error. Written back after sampling, the slot is bit-identical to the photo's
+    latent, as :func:`~lumix_core.sampling.sampler.sample_euler` returns it. Returns a new tensor.
+    """
+    M = maps.size
+    if samples.shape[0] != clean.shape[0] * M or samples.shape[1:] != clean.shape[1:]:
+        raise ValueError(
+            f"the sampled latent {tuple(samples.shape)} is not {clean.shape[0]} scene(s) of {M} maps of the pinned "
+            f"photo latent {tuple(clean.shape[1:])}; sample the same LATENT that LumiX Photo To Maps Latent made")
+    out = samples.clone()
+    out[maps.index(slot)::M] = clean.to(device=out.device, dtype=out.dtype)
+    return out
+
+
 # ----------------------------------------------------------------------------- schedule
 def release_sigmas(width: int, height: int, steps: int, denoise: float = 1.0,
                    kind: ScheduleKind = "release") -> Tensor:
@@ -211,6 +233,64 @@ def release_sigmas(width: int, height: int, steps: int, denoise: float = 1.0,
         return torch.zeros(0)
     total = steps if denoise >= 1.0 else int(steps / denoise)
     return schedule_for(width, height, total, kind)[-(steps + 1):].to(torch.float32)
+
+
+def one_step_sigmas() -> Tensor:
+    """Host sigmas of a one-step adapter (float32 ``[1, 0]``): the single Euler step from t = 1 to 0.
+
+    Sampled with the noise disabled (a zero input, :data:`~lumix_core.sampling.sampler.ONE_STEP_TIMESTEPS`),
+    a host's Euler step computes exactly what :func:`~lumix_core.sampling.sampler.decompose_one_step` does.
+    """
+    return torch.tensor(ONE_STEP_TIMESTEPS, dtype=torch.float32)
+
+
+def objective_warnings(objective: str, sigmas: Sequence[float], *, pinned: bool, noise: bool,
+                       adapter_name: str) -> list[str]:
+    """What to tell a user who samples an adapter other than the way it was trained (empty: nothing).
+
+    ``objective`` is the adapter's (``model.checkpoint.adapter_objective``), ``sigmas`` the schedule
+    the host runs (``steps + 1`` values), ``pinned`` whether a photo is pinned in the colour slot and
+    ``noise`` whether the sampler starts from random noise (False: the noise is disabled, a zero
+    input). Sampling always goes ahead: these are warnings, the user may mean it.
+
+    * one-step adapter: trained for one call, colour pinned, the other maps fed 0 at t = 1. Warned
+      about: more than one step, a first step not from t = 1, no pinned photo, random noise.
+    * flow-matching (multi-step) adapter: warned about the whole trajectory (from t = 1) in one step, where
+      its maps are a blurred average; one step from t < 1 (the end of a split schedule, denoise < 1) is a
+      refining pass and not warned about.
+    """
+    if objective not in OBJECTIVES:
+        raise ValueError(f"unknown adapter objective {objective!r}; expected one of {OBJECTIVES}")
+    steps = len(sigmas) - 1
+    if steps < 1:
+        return []  # nothing is sampled
+    one_step_fix = ("sample it in one step: LumiX Sampler with the 'lumix_one_step' scheduler, or "
+                    "SamplerCustomAdvanced with DisableNoise and LumiX One-Step Schedule")
+    starts_at_one = abs(float(sigmas[0]) - 1.0) <= 1e-6
+    if objective != OBJECTIVE_ONE_STEP:
+        if steps > 1 or not starts_at_one:  # one step from t < 1: a refining pass (a split schedule, denoise < 1)
+            return []
+        return [f"{adapter_name} is a multi-step (flow-matching) adapter, sampled here in 1 step: its maps come out as "
+                "a blurred average (on the toy, one step is no better than a trivial guess). Use 24-50 steps, or a "
+                "one-step adapter (lumix-train fit --objective one-step)"]
+    name = (f"{adapter_name} is a one-step adapter (trained for one call: the photo pinned, the other maps fed 0 "
+            "at t = 1)")
+    out = []
+    if steps > 1:
+        out.append(f"{name}, but it is sampled with {steps} steps; the steps after the first feed it inputs it was "
+                   f"never trained on, so expect worse maps, not better ones; {one_step_fix}")
+    elif not starts_at_one:
+        out.append(f"{name}, but its step starts at t = {float(sigmas[0]):.3g} instead of 1 (denoise < 1?); "
+                   f"{one_step_fix} and denoise 1.0")
+    if noise:
+        out.append(f"{name}, but it is sampled from random noise instead of the zero input it was trained on; LumiX "
+                   "Sampler disables the noise itself, with SamplerCustomAdvanced connect DisableNoise")
+    if not pinned:
+        out.append(f"{name}: it decomposes photos, but this latent has no pinned photo (text-to-maps), so every "
+                   "map, the color included, is predicted with no photo to read. Make the latent with LumiX Photo To "
+                   "Maps Latent (and pin it with LumiX Pin Photo for SamplerCustomAdvanced), or use a multi-step "
+                   "adapter for text")
+    return out
 
 
 def pixel_size(latent_samples: Tensor) -> tuple[int, int]:

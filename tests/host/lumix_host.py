@@ -125,8 +125,28 @@ def random_adapter(maps: MapSet = RELEASE, *, rank: int = 4, hidden: int = HIDDE
     return randomize_(LumiXAdapter(spec), seed, g3_scale=g3)
 
 
-def write_adapter(path: Path, **kw: Any) -> Path:
-    return save_adapter(random_adapter(**kw), path, overwrite=True)
+def write_adapter(path: Path, *, metadata: Optional[dict] = None, **kw: Any) -> Path:
+    """A :func:`random_adapter` saved to ``path``; ``metadata`` adds keys (e.g. ``lumix.objective``)."""
+    return save_adapter(random_adapter(**kw), path, overwrite=True, extra_metadata=metadata)
+
+
+def write_one_step_adapter(path: Path, **kw: Any) -> Path:
+    """A random adapter whose file says it was trained with the one-step objective."""
+    from lumix_core.model.checkpoint import META_OBJECTIVE, OBJECTIVE_ONE_STEP
+
+    return write_adapter(path, metadata={META_OBJECTIVE: OBJECTIVE_ONE_STEP}, **kw)
+
+
+def call_node(cls: Any, **inputs: Any) -> tuple:
+    """Run a ComfyUI node class directly: V1 (``FUNCTION``) or V3 (``comfy_api`` ``execute``) alike.
+
+    ComfyUI 0.33 defines the custom-sampler nodes (DisableNoise, BasicGuider, SamplerCustomAdvanced...)
+    with the V3 schema, 0.3.x with the V1 one.
+    """
+    if hasattr(cls, "define_schema"):
+        out = cls.execute(**inputs)
+        return tuple(getattr(out, "args", out))
+    return tuple(getattr(cls(), cls.FUNCTION)(**inputs))
 
 
 def register_models_dir(folder: Path) -> None:

@@ -185,6 +185,8 @@ def _damaged(models, name, edit=None, metadata=None):
     ("dupes", "dupes.safetensors: metadata 'lumix.modalities' is 'albedo,color,color,depth,normal', expected"),
     ("int32", "int32.safetensors: 'double_blocks.0.processor.kv_tt_lora.G1' is stored as I32, but Tensor LoRA "
               "factors are floating point"),
+    ("objective", "objective.safetensors: metadata 'lumix.objective' is 'distilled', expected flow-matching or "
+                  "one-step"),
 ])
 def test_a_damaged_adapter_names_the_file_and_the_problem(pack, models, case, wanted):
     key = "double_blocks.0.processor.kv_tt_lora."
@@ -192,7 +194,8 @@ def test_a_damaged_adapter_names_the_file_and_the_problem(pack, models, case, wa
              "huge": lambda s: s[key + "G2"].view(-1).__setitem__(7, 1e30),
              "int32": lambda s: s.__setitem__(key + "G1", s[key + "G1"].to(torch.int32))}
     metas = {"alpha": {"lumix.alpha": "nan"}, "banana": {"lumix.alpha": "banana"}, "rank": {"lumix.rank": "eight"},
-             "dupes": {"lumix.modalities": "albedo,color,color,depth,normal"}}
+             "dupes": {"lumix.modalities": "albedo,color,color,depth,normal"},
+             "objective": {"lumix.objective": "distilled"}}
     name = _damaged(models, f"{case}.safetensors", edits.get(case), metas.get(case))
     text = message(lambda: load(pack, H.tiny_flux(), name))
     assert text.startswith(wanted), text

@@ -8,6 +8,7 @@ from the UI file the way the frontend queues it.
 import asyncio
 import inspect
 import json
+import logging
 import time
 import zlib
 from pathlib import Path
@@ -21,7 +22,7 @@ import execution  # noqa: E402  (ComfyUI)
 import folder_paths  # noqa: E402
 import nodes as comfy_nodes  # noqa: E402
 
-WORKFLOWS = ("text_to_intrinsics", "photo_to_intrinsics", "relight")
+WORKFLOWS = ("text_to_intrinsics", "photo_to_intrinsics", "photo_to_intrinsics_fast", "relight")
 #: Widgets whose choices are the user's model / input files (empty lists in a bare checkout).
 FILE_WIDGETS = frozenset({"unet_name", "clip_name1", "clip_name2", "vae_name", "adapter", "image"})
 
@@ -83,6 +84,7 @@ def host(tmp_path_factory):
     folder = tmp_path_factory.mktemp("models_lumix")
     H.register_models_dir(folder)
     H.write_adapter(folder / "lumix.safetensors", seed=0)
+    H.write_one_step_adapter(folder / "lumix_one_step.safetensors", seed=1)  # what photo_to_intrinsics_fast loads
     return comfy_nodes.NODE_CLASS_MAPPINGS
 
 
@@ -168,9 +170,9 @@ def test_text_to_intrinsics_runs_end_to_end(host, tmp_path):
         assert im.size == (64, 64)
 
 
-@pytest.mark.parametrize("name", ["photo_to_intrinsics", "relight"])
-def test_the_other_workflows_run_at_a_small_size(host, tmp_path, name):
-    """Same graphs, 64 px and 4 steps instead of 512 px / 50 steps, to keep CPU time short."""
+@pytest.mark.parametrize("name", ["photo_to_intrinsics", "photo_to_intrinsics_fast", "relight"])
+def test_the_other_workflows_run_at_a_small_size(host, tmp_path, name, caplog):
+    """Same graphs, 64 px and 4 steps instead of 512 px / 50 steps, to keep CPU time short (the fast one: 1 step)."""
     small = {("ImageScale", "width"): 64, ("LumiXEmptyMapsLatent", "width"): 64,
              ("LumiXEmptyMapsLatent", "height"): 64, ("LumiXSampler", "steps"): 4,
              ("LumiXConsistencyReport", "analysis_size"): 64, ("LumiXSaveMaps", "save_exr"): _has_openexr()}
@@ -178,11 +180,14 @@ def test_the_other_workflows_run_at_a_small_size(host, tmp_path, name):
     old = folder_paths.get_output_directory()
     folder_paths.set_output_directory(str(tmp_path))
     try:
-        ex = run_prompt(prompt, f"lumix-{name}")
+        with caplog.at_level(logging.WARNING, logger="comfyui-lumix"):
+            ex = run_prompt(prompt, f"lumix-{name}")
     finally:
         folder_paths.set_output_directory(old)
+    warned = [r.getMessage() for r in caplog.records if r.name == "comfyui-lumix" and r.levelno >= logging.WARNING]
+    assert warned == [], warned  # each graph samples its adapter the way it was trained
     saved = _saved(ex, prompt, tmp_path)
-    if name == "photo_to_intrinsics":
+    if name.startswith("photo_to_intrinsics"):
         assert len(saved["SaveImage"]) == 5
     else:
         assert len(saved["LumiXSaveMaps"]) == 5 and len(saved["SaveImage"]) == 1  # maps + the relit image
