@@ -118,6 +118,7 @@ def test_pixel_losses_without_a_differentiable_decoder_are_refused_with_the_fix(
     root, cache, flux = files
     with pytest.raises(ConfigError, match="use --one-step-loss latent"):
         run_fit(fit_config(tmp_path, cache, flux, objective="one-step", one_step_loss="pixel", steps=1))
+    assert not (tmp_path / "run").exists(), "a refused run leaves no output folder"
     with pytest.raises(ConfigError, match="objective must be one of flow-matching, one-step"):
         run_fit(fit_config(tmp_path, cache, flux, objective="onestep", steps=1))
 

@@ -247,6 +247,8 @@ class _Trainer:
         self.config = config = _resolve_config(config, ctx, explicit)
         self.out = Path(config.output)
         self.decoder, self.progress, self.on_step, self.evaluator = decoder, progress, on_step, evaluator
+        self.one_step = config.objective == OBJECTIVE_ONE_STEP
+        self._pixel_decode = self._loss_decoder()  # refused before anything is loaded or written
         self.cache = LatentCache(config.cache)
         if config.holdout >= len(self.cache):
             raise ConfigError(f"--holdout {config.holdout} leaves no scene to train on (the cache has "
@@ -279,8 +281,6 @@ class _Trainer:
         self.global_batch = config.batch_size * ctx.world_size * config.grad_accum
         self.step, self.position = 0, 0
         self._empty = None
-        self.one_step = config.objective == OBJECTIVE_ONE_STEP
-        self._pixel_decode = self._loss_decoder()
 
     def _loss_decoder(self):
         """The differentiable decoder of the one-step pixel losses (None where none is needed)."""
