@@ -44,5 +44,19 @@ def test_reference_rows_rank_truth_above_trivial_and_baselines():
     for baseline in ("copy_color", "independent_noise"):
         assert refs[baseline]["recompose_error"] > 10 * truth["recompose_error"] + 0.1
         assert refs[baseline]["depth_normal_error_deg"] > truth["depth_normal_error_deg"] + 15
+    # The prior (one set of mean maps for every photo) beats the trivial geometry guesses and
+    # loses to the truth: the bar a photo-blind model can reach, so a reading model must beat it.
+    prior = refs["prior"]
+    for key in ("normal_angular_error_deg", "depth_abs_rel"):
+        assert vae[key] < prior[key] < trivial[key], key
     table = summary_table({"decomposition": truth, "generation": truth, **refs})
     assert "decomposition depth_abs_rel" in table and "<= 0.05" in table and "½ trivial" in table
+    assert " prior " in table.splitlines()[0]
+
+
+def test_steps_sweep_is_checked_before_anything_runs(capsys):
+    from lumix_core.toy.evaluate import main
+
+    assert main(["--steps-sweep", "1,x"]) == 2
+    assert "--steps-sweep takes step counts >= 1" in capsys.readouterr().err
+    assert main(["--steps-sweep", "0,4"]) == 2

@@ -32,6 +32,7 @@ import json
 import sys
 import time
 from dataclasses import asdict, dataclass, replace
+from functools import lru_cache
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -281,9 +282,10 @@ def reference_scores(scenes: Sequence[RenderResult], seed: int = 0) -> dict[str,
 PRIOR_SCENES = 64
 
 
+@lru_cache(maxsize=2)
 def prior_maps(count: int = PRIOR_SCENES, size: int = IMAGE_SIZE) -> dict[str, torch.Tensor]:
     """Per-pixel mean of each map ``[H, W, 3]`` over ``count`` scenes of the stage-2 training stream
-    (the normal map's mean renormalised to unit vectors)."""
+    (the normal map's mean renormalised to unit vectors). Cached: read it, do not modify it."""
     from .recipe import Stage2Settings
 
     scenes = [render(sample_scene(scene_seed(Stage2Settings().data_seed, i)), size) for i in range(count)]
