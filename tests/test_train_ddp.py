@@ -23,10 +23,11 @@ from train_helpers import fit_config, synthetic_cache, tiny_flux_file
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not available")
 
 
-def test_torchrun_two_processes_match_one_process(tmp_path):
+@pytest.mark.parametrize("objective", ["flow-matching", "one-step"])
+def test_torchrun_two_processes_match_one_process(tmp_path, objective):
     cache = synthetic_cache(tmp_path / "cache", scenes=4, size=4)
     flux = tiny_flux_file(tmp_path / "flux.safetensors")
-    common = dict(steps=3, lr=1e-2, caption_dropout=0.5, photo_conditioning_prob=0.5)
+    common = dict(steps=3, lr=1e-2, caption_dropout=0.5, photo_conditioning_prob=0.5, objective=objective)
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -42,7 +43,7 @@ def test_torchrun_two_processes_match_one_process(tmp_path):
            "--steps", "3", "--lr", "0.01", "--warmup-steps", "0", "--rank", "4", "--caption-dropout", "0.5",
            "--photo-conditioning-prob", "0.5", "--checkpoint-every", "0", "--validate-every", "0",
            "--validation-scenes", "1", "--validation-steps", "2", "--device", "cpu", "--backend", "gloo",
-           "--no-gradient-checkpointing"]
+           "--no-gradient-checkpointing", "--objective", objective]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
