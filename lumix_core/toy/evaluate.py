@@ -389,11 +389,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.scenes < 2 or args.steps < 1 or args.threads < 1:
         print("evaluate: --scenes must be >= 2, --steps and --threads >= 1", file=sys.stderr)
         return 2
-    try:
-        sweep = [int(n) for n in args.steps_sweep.split(",")] if args.steps_sweep else []
-    except ValueError:
-        sweep = [0]
-    if any(n < 1 for n in sweep):
+    parts = args.steps_sweep.split(",") if args.steps_sweep else []
+    sweep = [int(n) for n in parts if n.strip().isdigit()]
+    if len(sweep) != len(parts) or any(n < 1 for n in sweep):
         print(f"evaluate: --steps-sweep takes step counts >= 1 separated by commas, got '{args.steps_sweep}'",
               file=sys.stderr)
         return 2

@@ -105,7 +105,7 @@ class ToyLumiX:
                 share_query = info.metadata.get(META_SHARE_QUERY, "true") == "true"
             one_step = adapter_objective(info) == OBJECTIVE_ONE_STEP
         return cls(backbone, text, lora, True if share_query is None else share_query,
-                   one_step=with_adapter and one_step)
+                   one_step=one_step)
 
     @staticmethod
     def card(folder: "str | os.PathLike[str]" = WEIGHTS_DIR) -> dict:

@@ -14,6 +14,7 @@ from typing import Any, Optional, Union, get_args, get_origin, get_type_hints
 
 from ..maps import RELEASE, MapSet
 from ..model.checkpoint import OBJECTIVE_FLOW_MATCHING, OBJECTIVES
+from .one_step import ONE_STEP_LOSSES
 
 #: Environment variable naming a ComfyUI checkout (same name as the host tests use).
 COMFYUI_ENV = "COMFYUI_PATH"
@@ -161,8 +162,6 @@ class FitConfig:
         if self.logit_std <= 0:
             raise ConfigError(f"logit_std must be > 0, got {self.logit_std}")
         _check_choice("objective", self.objective, OBJECTIVES)
-        from .one_step import ONE_STEP_LOSSES
-
         _check_choice("one_step_loss", self.one_step_loss, ONE_STEP_LOSSES)
         _check_choice("timestep_sampler", self.timestep_sampler, TIMESTEP_SAMPLERS)
         _check_choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)

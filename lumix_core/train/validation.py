@@ -91,13 +91,13 @@ def render_validation(model: Flux, cache: LatentCache, path: Path, *, scenes: in
         scene = cache.scene(i)
         h, w = scene.record.height, scene.record.width
         cond = TextConditioning(scene.txt[None].to(device, torch.float32), scene.y[None].to(device, torch.float32))
-        noise = shared_noise(1, maps, (cache.latent_channels, h, w), seed=seed + i, device=device)
-        timesteps = schedule_for(w * VAE_FACTOR, h * VAE_FACTOR, steps, "release")
         with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
             if one_step:
                 color = scene.latents[maps.query_index][None].to(device, torch.float32)
                 x = decompose_one_step(denoise, color, maps, cond, guidance=guidance)
             else:
+                noise = shared_noise(1, maps, (cache.latent_channels, h, w), seed=seed + i, device=device)
+                timesteps = schedule_for(w * VAE_FACTOR, h * VAE_FACTOR, steps, "release")
                 x = sample_euler(denoise, noise, timesteps, cond, guidance=guidance, group=maps.size)
         rows.append(decoder.decode_latents(x.float()).float().cpu())
         prompts.append(scene.record.caption)
