@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from lumix_core.toy.evaluate import (SATURATED_COLORS, dominant_color, held_out_scenes, reads_photo,
+from lumix_core.toy.evaluate import (SATURATED_COLORS, caption_following_of_truth, dominant_color, held_out_scenes, reads_photo,
                                      reference_scores, summary_table, truth_of)
 from lumix_core.world.metrics import evaluate_maps
 from lumix_core.world.scene import PALETTE
@@ -52,6 +52,18 @@ def test_reference_rows_rank_truth_above_trivial_and_baselines():
     table = summary_table({"decomposition": truth, "generation": truth, **refs})
     assert "decomposition depth_abs_rel" in table and "<= 0.05" in table and "½ trivial" in table
     assert " prior " in table.splitlines()[0]
+
+
+def test_caption_following_checks_scored_on_the_worlds_own_truth():
+    """The colour check must pass on true albedos (else it measures nothing); the light check's
+    result on the truth is printed beside the model's (docs/toy_model.md: this world's lights
+    barely change the left half of the image, so the truth itself fails the light target)."""
+    truth = caption_following_of_truth(seeds=4, scenes=32)
+    assert truth["color_prompts"] >= 3 and truth["color_following"] == 1.0
+    assert 0.0 <= truth["light_following"] <= 1.0 and truth["light_left_minus_right"] > 0.0
+    table = summary_table({"decomposition": {}, "generation": {}, "caption_following": truth,
+                           "caption_following_of_truth": truth, **reference_scores(held_out_scenes(2, size=32))})
+    assert "world's own truth" in table
 
 
 def test_steps_sweep_is_checked_before_anything_runs(capsys):

@@ -107,3 +107,22 @@ def test_scripts_refuse_to_write_into_a_used_folder(tmp_path, capsys):
     assert ablation.main(["--out", str(tmp_path / "new"), "--doc", str(doc)]) == 2
     assert doc.read_text() == "previous table" and (tmp_path / "old.txt").read_text() == "keep me"
     assert "not an empty folder" in capsys.readouterr().err
+
+
+def test_ablation_keeps_objectives_apart_and_one_step_tables_have_no_generation(tmp_path, capsys):
+    from lumix_core.toy import ablation
+
+    out = tmp_path / "abl"
+    assert ablation.main(["--out", str(out), "--steps", "1", "--runs", "", "--eval-scenes", "2"]) == 0
+    capsys.readouterr()
+    assert ablation.main(["--out", str(out), "--steps", "1", "--runs", "", "--objective", "one-step"]) == 2
+    assert "other stage-2 settings" in capsys.readouterr().err
+    dec = {k: 0.5 for k, *_ in ablation.DEC_COLUMNS}
+    refs = {k: dec for k in ("ground_truth", "ground_truth_vae", "prior", "trivial", "copy_color", "independent_noise")}
+    meta = {"command": "x", "objective": "one-step", "one_step_loss": "both", "steps": 1, "batch_size": 4,
+            "lr": 0.002, "rank": 24, "photo": 1.0, "backbone": "b", "eval_scenes": 2, "sample_steps": 24, "true_cfg": 2}
+    table = ablation.render_markdown({"a": {"decomposition": dec, "generation": {}, "stage2_s": 1.0}}, refs, meta)
+    assert "one-step objective" in table and "one model call" in table and "generation" not in table
+    assert "| (a) QBA + Tensor LoRA | 0.5" in table and "prior" in table
+    flow = ablation.render_markdown({}, refs, {**meta, "objective": "flow-matching"})
+    assert "generation recompose error" in flow

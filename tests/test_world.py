@@ -38,6 +38,8 @@ from lumix_core.world.scene import (
     describe_surface,
     light_direction_word,
     main_light,
+    main_light_word,
+    mirror_main_light,
     sample_scene,
 )
 
@@ -223,6 +225,27 @@ def test_side_light_word_matches_shading():
         assert brighter_left == (side == "left"), (seed, text)
         checked += 1
     assert checked >= 5
+
+
+def test_mirrored_main_light_swaps_left_and_right_and_changes_nothing_else():
+    swapped = 0
+    for seed in range(40):
+        spec = sample_scene(seed)
+        mirrored = mirror_main_light(spec)
+        word = main_light_word(spec)
+        assert word == spec.caption.rsplit("light from ", 1)[1].split()[-1]
+        if word in ("left", "right"):
+            assert main_light_word(mirrored) == {"left": "right", "right": "left"}[word]
+            swapped += 1
+        elif word in ("above", "front", "behind"):
+            assert main_light_word(mirrored) == word
+        twice = mirror_main_light(mirrored)
+        np.testing.assert_allclose(main_light(twice).vector, main_light(spec).vector, atol=1e-12)
+        assert (mirrored.objects, mirrored.floor, mirrored.camera, mirrored.wall) == \
+               (spec.objects, spec.floor, spec.camera, spec.wall)
+        assert [l for l in mirrored.lights if l is not main_light(mirrored)] == \
+               [l for l in spec.lights if l is not main_light(spec)]
+    assert swapped >= 5
 
 
 def test_vocabulary_is_exactly_what_the_grammar_produces():

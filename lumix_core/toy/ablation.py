@@ -10,6 +10,11 @@ batch, learning rate and rank; only the setting named in the row changes:
   (c) Tensor LoRA without QBA (maps mix through G1 only; each attends with its own queries);
 * small-data curve: (a) on the first 50, 200 and 800 scenes of the same stream.
 
+``--objective`` picks the stage-2 objective of every run: ``flow-matching`` (the multi-step
+adapter's recipe, :class:`Stage2Settings`) or ``one-step`` (the one-step decomposition
+adapter's recipe, :data:`ONE_STEP_SETTINGS`: photo decompositions only, no caption, one model
+call). One-step runs have no generation to score; their table shows decomposition only.
+
 Every run is scored on the same held-out scenes and seeds (:mod:`lumix_core.toy.evaluate`):
 decomposition (color pinned, no caption) against ground truth, and the physical coherence
 of maps generated from the caption alone. Each run writes ``DIR/run_<name>/scores.json``;
@@ -31,12 +36,12 @@ from typing import Optional, Sequence
 import torch
 
 from ..io.files import write_text_atomically
-from ..model.checkpoint import inspect_adapter
+from ..model.checkpoint import OBJECTIVE_FLOW_MATCHING, OBJECTIVE_ONE_STEP, inspect_adapter
 from ..train.fit import FINAL_ADAPTER
 from .evaluate import (EVAL_DATA_SEED, EvalSettings, evaluate_decomposition, evaluate_generation, held_out_scenes,
                        reference_scores)
 from .model import BACKBONE_FILE, TEXT_FILE, WEIGHTS_DIR, ToyLumiX
-from .recipe import Stage2Settings, fit_adapter, prepare_cache, write_maps_dataset
+from .recipe import ONE_STEP_SETTINGS, Stage2Settings, fit_adapter, prepare_cache, write_maps_dataset
 from .reproduce import _progress, check_empty_folder
 from .text import ToyTextEncoder
 
@@ -97,11 +102,11 @@ def run_one(out: Path, weights: Path, run: Run, stage2: Stage2Settings, evaluati
         adapter = fit_adapter(cache, weights / BACKBONE_FILE, folder / "stage2", settings,
                               on_step=_progress(f"run {run.name}", 100, settings.steps), text=text).adapter_path
         seconds = time.perf_counter() - t
-    model = ToyLumiX.load(weights, adapter=adapter)  # QBA on/off read from the adapter's metadata
+    model = ToyLumiX.load(weights, adapter=adapter)  # QBA on/off and the objective read from its metadata
     scenes = held_out_scenes(evaluation.scenes)
     scores = {"run": asdict(run), "stage2": asdict(settings), "stage2_s": seconds,
               "decomposition": evaluate_decomposition(model, scenes, evaluation),
-              "generation": evaluate_generation(model, scenes, evaluation)}
+              "generation": {} if model.one_step else evaluate_generation(model, scenes, evaluation)}
     write_text_atomically(folder / SCORES_FILE, json.dumps(scores, indent=1, sort_keys=True) + "\n")
     log.info("run %s: %.0f s, %s", run.name, seconds, {k: round(scores["decomposition"][k], 4) for k, *_ in DEC_COLUMNS})
     return scores
@@ -116,48 +121,60 @@ def _cell(scores: Optional[dict], key: str, digits: int) -> str:
     return text + (f" ± {sem:.{digits}f}" if sem and sem >= 10 ** -digits else "")
 
 
-def _row(label: str, dec: Optional[dict], gen: Optional[dict], seconds: Optional[float]) -> str:
-    cells = [label] + [_cell(dec, k, d) for k, _, d in DEC_COLUMNS] + [_cell(gen, k, d) for k, _, d in GEN_COLUMNS]
+def _row(label: str, dec: Optional[dict], gen: Optional[dict], seconds: Optional[float], generation: bool) -> str:
+    cells = [label] + [_cell(dec, k, d) for k, _, d in DEC_COLUMNS]
+    cells += [_cell(gen, k, d) for k, _, d in GEN_COLUMNS] if generation else []
     cells.append(f"{seconds:.0f}" if seconds is not None and seconds == seconds else "–")
     return "| " + " | ".join(cells) + " |"
 
 
-def _header() -> str:
-    names = [n for _, n, _ in DEC_COLUMNS + GEN_COLUMNS]
+def _header(generation: bool) -> str:
+    names = [n for _, n, _ in DEC_COLUMNS + (GEN_COLUMNS if generation else ())]
     return "| setting | " + " | ".join(names) + " | stage-2 wall time (s) |\n" + "|---" * (len(names) + 2) + "|"
 
 
 def render_markdown(results: dict[str, dict], refs: dict, meta: dict) -> str:
-    lines = ["## Ablation (toy scale)", "", f"Command: `{meta['command']}`", "",
+    """The ablation and small-data tables; one-step runs (``meta['objective']``) have no generation columns."""
+    generation = meta["objective"] != OBJECTIVE_ONE_STEP
+    if generation:
+        recipe = (f"flow matching, photo-conditioning probability {meta['photo']}. Held-out: {meta['eval_scenes']} "
+                  f"scenes (seed stream {EVAL_DATA_SEED}), {meta['sample_steps']} Euler steps; decomposition with the "
+                  f"color pinned and no caption (CFG 1), generation from the caption with true CFG {meta['true_cfg']}.")
+    else:
+        recipe = (f"the one-step objective ({meta['one_step_loss']} loss spaces), every scene a photo "
+                  f"decomposition without caption. Held-out: {meta['eval_scenes']} scenes (seed stream "
+                  f"{EVAL_DATA_SEED}), one model call with the color pinned and no caption.")
+    lines = [f"## Ablation (toy scale, {meta['objective']} objective)", "", f"Command: `{meta['command']}`", "",
              f"Stage 2: {meta['steps']} steps x {meta['batch_size']} scenes, lr {meta['lr']}, rank {meta['rank']}, "
-             f"photo-conditioning probability {meta['photo']}; backbone `{meta['backbone']}`. Held-out: "
-             f"{meta['eval_scenes']} scenes (seed stream {EVAL_DATA_SEED}), {meta['sample_steps']} Euler steps; "
-             "decomposition with the color pinned and no caption (CFG 1), generation from the caption with true "
-             f"CFG {meta['true_cfg']}.", "", _header()]
+             f"{recipe} Backbone `{meta['backbone']}`.", "", _header(generation)]
     for run in PLAN:
         if run.name in results and run.scenes == max(CURVE_SIZES):
             r = results[run.name]
-            lines.append(_row(run.label, r["decomposition"], r["generation"], r["stage2_s"]))
+            lines.append(_row(run.label, r["decomposition"], r["generation"], r["stage2_s"], generation))
     labels = {"ground_truth": "ground truth (the renders' own maps)",
               "ground_truth_vae": "ground truth through the toy VAE (the best a toy model can reach)",
+              "prior": "prior: the mean maps of 64 training scenes, whatever the photo (the bar for reading it)",
               "trivial": "trivial: camera-facing normals, flat depth, color as albedo, luminance as irradiance",
               "copy_color": "baseline: the color copied into every map",
               "independent_noise": "baseline: one uniform noise image per map"}
     for key, label in labels.items():
-        lines.append(_row(label, refs[key], refs[key], None))
-    lines += ["", "## Small-data curve (setting a, same steps)", "", _header()]
+        lines.append(_row(label, refs[key], refs[key], None, generation))
+    lines += ["", "## Small-data curve (setting a, same steps)", "", _header(generation)]
     for n in CURVE_SIZES:
         name = "a" if n == max(CURVE_SIZES) else f"a{n}"
         if name in results:
             r = results[name]
-            lines.append(_row(f"{n} training scenes", r["decomposition"], r["generation"], r["stage2_s"]))
+            lines.append(_row(f"{n} training scenes", r["decomposition"], r["generation"], r["stage2_s"], generation))
     lines += ["", "Cells are mean ± standard error over the held-out scenes (one sampling seed per scene). "
                   "Decomposition: normal = mean angular error vs the true camera-space normals; depth = AbsRel "
                   "after a least-squares scale/shift fit; albedo, irradiance = scale-invariant MSE in linear light; "
                   "reads photo = share of scenes whose depth (normal) map is closer to its own truth than to the "
-                  "next scene's (chance ~0.5). Generation: lumix_core.world.metrics.map_coherence -- albedo x irradiance "
-                  "vs color (relative RMS after one exposure fit) and depth-derived vs predicted normals; the "
-                  "baseline rows score the references' own maps the same way.", ""]
+                  "next scene's (chance ~0.5)."]
+    if generation:
+        lines[-1] += (" Generation: lumix_core.world.metrics.map_coherence -- albedo x irradiance vs color (relative "
+                      "RMS after one exposure fit) and depth-derived vs predicted normals; the baseline rows score "
+                      "the references' own maps the same way.")
+    lines.append("")
     return "\n".join(lines)
 
 
@@ -169,7 +186,8 @@ def report(out: Path, weights: Path, stage2: Stage2Settings, evaluation: EvalSet
         if path.is_file():
             results[run.name] = json.loads(path.read_text(encoding="utf-8"))
     refs = reference_scores(held_out_scenes(evaluation.scenes), evaluation.seed)
-    meta = {"command": command, "steps": stage2.steps, "batch_size": stage2.batch_size, "lr": stage2.lr,
+    meta = {"command": command, "objective": stage2.objective, "one_step_loss": stage2.one_step_loss,
+            "steps": stage2.steps, "batch_size": stage2.batch_size, "lr": stage2.lr,
             "rank": stage2.rank, "photo": stage2.photo_conditioning_prob, "backbone": str(weights / BACKBONE_FILE),
             "eval_scenes": evaluation.scenes, "sample_steps": evaluation.steps, "true_cfg": evaluation.true_cfg}
     text_md = render_markdown(results, refs, meta)
@@ -179,11 +197,14 @@ def report(out: Path, weights: Path, stage2: Stage2Settings, evaluation: EvalSet
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    d2, de = Stage2Settings(), EvalSettings()
+    de = EvalSettings()
     ap = argparse.ArgumentParser(prog="python -m lumix_core.toy.ablation", description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True, help="folder for the runs (finished runs in it are kept, not redone)")
     ap.add_argument("--weights", default=str(WEIGHTS_DIR), help="model folder whose backbone + text encoder are used")
-    ap.add_argument("--steps", type=int, default=d2.steps, help="stage-2 steps of every run")
+    ap.add_argument("--objective", choices=(OBJECTIVE_FLOW_MATCHING, OBJECTIVE_ONE_STEP), default=OBJECTIVE_FLOW_MATCHING,
+                    help="stage-2 objective of every run: the multi-step adapter's recipe (flow matching) or the "
+                         "one-step decomposition adapter's")
+    ap.add_argument("--steps", type=int, default=None, help="stage-2 steps of every run (default: the recipe's)")
     ap.add_argument("--eval-scenes", type=int, default=de.scenes)
     ap.add_argument("--runs", default=",".join(r.name for r in PLAN),
                     help="comma-separated runs to do (default: all): " + ", ".join(r.name for r in PLAN))
@@ -205,7 +226,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"ablation: unknown run(s) {', '.join(unknown)}; choose from {', '.join(known)}", file=sys.stderr)
         return 2
     out, weights = Path(args.out), Path(args.weights)
-    stage2, evaluation = replace(d2, steps=args.steps), replace(de, scenes=args.eval_scenes)
+    recipe = ONE_STEP_SETTINGS if args.objective == OBJECTIVE_ONE_STEP else Stage2Settings()
+    stage2 = recipe if args.steps is None else replace(recipe, steps=args.steps)
+    evaluation = replace(de, scenes=args.eval_scenes)
     if out.exists() and not (out / MARKER).is_file():
         try:
             check_empty_folder(out)

@@ -44,7 +44,7 @@ from ..io.files import write_text_atomically
 from ..world.dataset import scene_seed
 from ..world.metrics import evaluate_maps, map_coherence
 from ..world.render import RenderResult, render
-from ..world.scene import FLOOR_COLORS, PALETTE, sample_scene
+from ..world.scene import FLOOR_COLORS, PALETTE, main_light_word, mirror_main_light, sample_scene
 from . import vae
 from .backbone import IMAGE_SIZE, SAMPLE_STEPS, TRUE_CFG
 from .model import WEIGHTS_DIR, ToyLumiX
@@ -203,8 +203,46 @@ def caption_following(model: ToyLumiX, settings: EvalSettings, seeds: int = 16) 
         for side in ("the left", "the right"):
             irr = model.generate([base + side], seed=settings.seed + 2000 + seed, steps=settings.steps,
                                  true_cfg=settings.true_cfg)["irradiance"].image[0]
-            left_half.append(float(irr[:, : irr.shape[1] // 2].mean()))
+            left_half.append(_left_half(irr))
         diffs.append(left_half[0] - left_half[1])
+    d = np.array(diffs)
+    return {"color_following": float(np.mean(hits)), "color_prompts": float(len(hits)),
+            "light_following": float(np.mean(d >= VISIBLE_STEP)), "light_left_minus_right": float(d.mean() * 255),
+            "light_left_minus_right_sem": float(d.std(ddof=1) / np.sqrt(len(d)) * 255)}
+
+
+def _left_half(image: np.ndarray | torch.Tensor) -> float:
+    return float(image[:, : image.shape[1] // 2].mean())
+
+
+def caption_following_of_truth(seeds: int = 16, scenes: int = 64) -> dict[str, float]:
+    """:func:`caption_following`'s two scores on the world's own ground truth -- the check that
+    the targets are reachable at all in this world (a metric the truth fails measures nothing):
+
+    * ``color_following``: of the first ``scenes`` held-out scenes, those with one object of one
+      saturated colour (what a colour prompt of :func:`color_prompts` describes): is the object's
+      colour the dominant one of the true albedo (:func:`dominant_color`)?
+    * ``light_following``: the first ``seeds`` held-out scenes whose main light comes from the
+      left or right, each rendered again with that light mirrored (:func:`mirror_main_light`):
+      does "from the left" make the left half of the true irradiance brighter than "from the
+      right" by at least :data:`VISIBLE_STEP`? ``light_left_minus_right``: the mean (8-bit).
+    """
+    hits = []
+    for r in held_out_scenes(scenes):
+        objects = r.spec.objects
+        if len(objects) == 1 and objects[0].material.kind == "flat" and objects[0].material.colors[0] in SATURATED_COLORS:
+            albedo = torch.from_numpy(r.encode()["albedo"])
+            hits.append(float(dominant_color(albedo) == objects[0].material.colors[0]))
+    diffs, i = [], 0
+    while len(diffs) < seeds:
+        spec = sample_scene(scene_seed(EVAL_DATA_SEED, i))
+        i += 1
+        word = main_light_word(spec)
+        if word not in ("left", "right"):
+            continue
+        pair = [render(s, IMAGE_SIZE).encode()["irradiance"] for s in (spec, mirror_main_light(spec))]
+        left, right = pair if word == "left" else pair[::-1]
+        diffs.append(_left_half(left) - _left_half(right))
     d = np.array(diffs)
     return {"color_following": float(np.mean(hits)), "color_prompts": float(len(hits)),
             "light_following": float(np.mean(d >= VISIBLE_STEP)), "light_left_minus_right": float(d.mean() * 255),
@@ -312,6 +350,7 @@ def evaluate_all(model: ToyLumiX, settings: EvalSettings, *, following: bool = T
            **reference_scores(scenes, settings.seed)}
     if following and not model.one_step:
         out["caption_following"] = caption_following(model, settings)
+        out["caption_following_of_truth"] = caption_following_of_truth()
     return out
 
 
@@ -368,6 +407,12 @@ def summary_table(results: dict[str, dict[str, float]]) -> str:
             target = f"{op} {value}" if value is not None else ""
             lines.append(f"| generation {key} | {_fmt(follow, key)} | " + " | ".join("" for _ in refs)
                          + f" | {target} |")
+    truth = results.get("caption_following_of_truth")
+    if truth:
+        lines += ["", f"The world's own truth on the caption-following checks (caption_following_of_truth): colour "
+                      f"{truth['color_following']:.2f} of {truth['color_prompts']:.0f} one-object scenes, light "
+                      f"{truth['light_following']:.2f} (mean left - right {truth['light_left_minus_right']:+.1f}/255, "
+                      "main light mirrored)."]
     return "\n".join(lines)
 
 
@@ -425,4 +470,4 @@ if __name__ == "__main__":
 
 __all__ = ["EVAL_DATA_SEED", "GT_METRICS", "COHERENCE_METRICS", "TARGETS", "EvalSettings", "held_out_scenes",
            "truth_of", "mean_and_sem", "evaluate_decomposition", "evaluate_generation", "caption_following",
-           "dominant_color", "reference_scores", "prior_maps", "steps_table", "random_normal_deviation", "evaluate_all", "summary_table"]
+           "dominant_color", "caption_following_of_truth", "reference_scores", "prior_maps", "steps_table", "random_normal_deviation", "evaluate_all", "summary_table"]

@@ -40,6 +40,8 @@ __all__ = [
     "describe_surface",
     "light_direction_word",
     "main_light",
+    "main_light_word",
+    "mirror_main_light",
 ]
 
 Vec3 = tuple[float, float, float]
@@ -243,6 +245,29 @@ def _light_direction(light: Light, camera: Camera) -> np.ndarray:
 def main_light(spec: SceneSpec) -> Light:
     """The brightest light (by intensity x mean colour at the camera target)."""
     return max(spec.lights, key=lambda l: l.intensity * float(np.mean(l.color)))
+
+
+def main_light_word(spec: SceneSpec) -> str:
+    """The caption's "light from ..." word of ``spec`` (its main light's direction)."""
+    return light_direction_word(_light_direction(main_light(spec), spec.camera), spec.camera)
+
+
+def mirror_main_light(spec: SceneSpec) -> SceneSpec:
+    """``spec`` with its main light reflected left <-> right about the camera's vertical plane
+    through its target; everything else unchanged. The world's own answer to "light from the
+    left vs from the right, same scene" (the caption-following check scored on ground truth)."""
+    light = main_light(spec)
+    right, _ = _horizontal_frame(spec.camera)
+    if light.kind == "directional":
+        v = np.asarray(light.vector, dtype=np.float64)
+        v = v - 2.0 * float(v @ right) * right
+    else:
+        target = np.asarray(spec.camera.target, dtype=np.float64)
+        offset = np.asarray(light.vector, dtype=np.float64) - target
+        v = target + offset - 2.0 * float(offset @ right) * right
+    mirrored = Light(light.kind, tuple(float(x) for x in v), light.color, light.intensity)
+    return SceneSpec(spec.objects, spec.floor, tuple(mirrored if l is light else l for l in spec.lights),
+                     spec.camera, spec.ambient, spec.wall, spec.seed)
 
 
 def caption(spec: SceneSpec) -> str:

@@ -1,0 +1,130 @@
+"""Which targets can the toy lab reach at all? Two checks on the world's own ground truth.
+
+    python docs/experiment_world_limits.py [--scenes 64] [--fit-scenes 128]
+
+No model is involved: both checks ask what a *perfect* toy model could score.
+
+1. **The codec floor of albedo.** Every true map goes through a linear codec of 16 numbers per
+   4 x 4 RGB cell (FLUX's latent geometry at the toy's cell size) and back, and is scored like a
+   prediction. Codecs: the shipped DCT "VAE" (:mod:`lumix_core.toy.vae`); the best linear codec
+   for all five maps (PCA of the cells of ``--fit-scenes`` training scenes, uncentred like the
+   DCT one); PCA fitted on albedo cells only (the best any 16-number linear codec can do for
+   albedo); and PCA with more numbers per cell (more latent channels than FLUX has).
+   The target is albedo si-MSE <= half of "color as albedo".
+2. **The light-following target in the world's truth.** The held-out scenes whose main light
+   comes from the left or right, each rendered again with that light mirrored
+   (:func:`lumix_core.world.scene.mirror_main_light`): does "from the left" brighten the left
+   half of the irradiance by >= 5/255 (the target: in >= 80 % of scenes)? Once for the world as
+   it is (a directional main light), once with the main light made a point light at a distance
+   from the camera target (same irradiance at the target), the candidate fix.
+
+Prints markdown tables (docs/toy_model.md, "What the world allows").
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from lumix_core.toy import vae
+from lumix_core.toy.evaluate import EVAL_DATA_SEED, VISIBLE_STEP, held_out_scenes, truth_of
+from lumix_core.toy.recipe import Stage2Settings
+from lumix_core.world.dataset import scene_seed
+from lumix_core.world.metrics import evaluate_maps
+from lumix_core.world.render import render
+from lumix_core.world.scene import Light, SceneSpec, main_light, main_light_word, mirror_main_light, sample_scene
+
+MAPS = ("albedo", "irradiance", "color", "depth", "normal")
+CELL = vae.FACTOR * vae.FACTOR * vae.IMAGE_CHANNELS  # 48 values per 4 x 4 RGB cell
+
+
+def cells(image: torch.Tensor) -> torch.Tensor:
+    """``[H, W, 3]`` in [0, 1] -> ``[cells, 48]`` in [-1, 1] (the toy VAE's cell layout)."""
+    return F.pixel_unshuffle(image.permute(2, 0, 1)[None] * 2 - 1, vae.FACTOR)[0].reshape(CELL, -1).T
+
+
+def image(c: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    out = F.pixel_shuffle(c.T.reshape(1, CELL, h // vae.FACTOR, w // vae.FACTOR), vae.FACTOR)[0]
+    return ((out.permute(1, 2, 0) + 1) / 2).clamp(0, 1)
+
+
+def pca(rows: torch.Tensor, k: int) -> torch.Tensor:
+    """``[k, 48]`` orthonormal rows: the best rank-k linear projection of ``rows`` (no offset)."""
+    return torch.linalg.svd(rows.double(), full_matrices=False)[2][:k].float()
+
+
+def codec_floor(held: list, fit_scenes: int) -> None:
+    train = [render(sample_scene(scene_seed(Stage2Settings().data_seed, i))) for i in range(fit_scenes)]
+    x = {m: torch.cat([cells(torch.from_numpy(r.encode()[m])) for r in train]) for m in MAPS}
+    every = torch.cat([x[m] for m in MAPS])
+    codecs = {"DCT, 16 per cell (shipped)": vae.basis(), "PCA of all maps, 16 per cell": pca(every, 16),
+              "PCA of albedo only, 16 per cell (best linear for albedo)": pca(x["albedo"], 16),
+              **{f"PCA of all maps, {k} per cell": pca(every, k) for k in (20, 24, 32)}}
+    color_as_albedo = np.mean([evaluate_maps({"albedo": torch.from_numpy(r.encode()["color"])}, truth_of(r))["albedo_si_mse"]
+                               for r in held])
+    print(f"\n### Codec floor ({len(held)} held-out scenes; target albedo si-MSE <= {color_as_albedo / 2:.4f}, "
+          f"half of color-as-albedo {color_as_albedo:.4f})\n")
+    print("| codec | albedo si-MSE | irradiance si-MSE | normal (deg) | depth AbsRel |\n|---|---|---|---|---|")
+    for name, basis in codecs.items():
+        rows = []
+        for r in held:
+            maps = {k: torch.from_numpy(v) for k, v in r.encode().items()}
+            rows.append(evaluate_maps({k: image(cells(v) @ basis.T @ basis, *v.shape[:2]) for k, v in maps.items()},
+                                      truth_of(r)))
+        mean = {k: float(np.mean([row[k] for row in rows])) for k in rows[0]}
+        print(f"| {name} | {mean['albedo_si_mse']:.4f} | {mean['irradiance_si_mse']:.5f} | "
+              f"{mean['normal_angular_error_deg']:.2f} | {mean['depth_abs_rel']:.4f} |")
+
+
+def with_point_main_light(spec: SceneSpec, distance: float) -> SceneSpec:
+    """The main light as a point light ``distance`` from the camera target along its direction
+    (a point light's intensity is its irradiance at the target, so the target stays as lit)."""
+    light = main_light(spec)
+    target = np.asarray(spec.camera.target, dtype=np.float64)
+    position = tuple(float(v) for v in target + distance * np.asarray(light.vector, dtype=np.float64))
+    point = Light("point", position, light.color, light.intensity)
+    return dataclasses.replace(spec, lights=tuple(point if l is light else l for l in spec.lights))
+
+
+def light_check(count: int) -> None:
+    variants = {"directional main light (the world as shipped)": lambda s: s,
+                **{f"point main light at {d:g} units": (lambda s, d=d: with_point_main_light(s, d)) for d in (3.0, 5.0)}}
+    print(f"\n### Light following in the truth (first {count} held-out scenes lit from the left or right, "
+          "main light mirrored)\n")
+    print("| world | mean left-half difference (8-bit) | share >= 5/255 | clipped irradiance pixels |\n|---|---|---|---|")
+    for name, make in variants.items():
+        diffs, clipped, i = [], [], 0
+        while len(diffs) < count:
+            spec = sample_scene(scene_seed(EVAL_DATA_SEED, i))
+            i += 1
+            word = main_light_word(spec)
+            if word not in ("left", "right"):
+                continue
+            spec = make(spec)
+            a, b = (render(s).encode()["irradiance"] for s in (spec, mirror_main_light(spec)))
+            left, right = (a, b) if word == "left" else (b, a)
+            half = a.shape[1] // 2
+            diffs.append(float(left[:, :half].mean() - right[:, :half].mean()))
+            clipped.append(float(np.mean(a >= 254.5 / 255)))
+        d = np.array(diffs)
+        print(f"| {name} | {255 * d.mean():+.1f} ± {255 * d.std(ddof=1) / np.sqrt(len(d)):.1f} | "
+              f"{np.mean(d >= VISIBLE_STEP):.2f} | {np.mean(clipped):.3f} |")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--scenes", type=int, default=64, help="held-out scenes for the codec floor")
+    ap.add_argument("--fit-scenes", type=int, default=128, help="training scenes the PCA codecs are fitted on")
+    ap.add_argument("--light-scenes", type=int, default=32, help="left/right-lit held-out scenes for the light check")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    codec_floor(held_out_scenes(args.scenes), args.fit_scenes)
+    light_check(args.light_scenes)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
