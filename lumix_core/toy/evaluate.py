@@ -34,7 +34,7 @@ import time
 from dataclasses import asdict, dataclass, replace
 from functools import lru_cache
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -44,7 +44,7 @@ from ..io.files import write_text_atomically
 from ..world.dataset import scene_seed
 from ..world.metrics import evaluate_maps, map_coherence
 from ..world.render import RenderResult, render
-from ..world.scene import FLOOR_COLORS, PALETTE, main_light_word, mirror_main_light, sample_scene
+from ..world.scene import FLOOR_COLORS, PALETTE, SceneSpec, main_light_word, mirror_main_light, sample_scene
 from . import vae
 from .backbone import IMAGE_SIZE, SAMPLE_STEPS, TRUE_CFG
 from .model import WEIGHTS_DIR, ToyLumiX
@@ -215,6 +215,24 @@ def _left_half(image: np.ndarray | torch.Tensor) -> float:
     return float(image[:, : image.shape[1] // 2].mean())
 
 
+def mirrored_light_pairs(count: int, transform: Callable[[SceneSpec], SceneSpec] = lambda spec: spec
+                         ) -> list[tuple[np.ndarray, np.ndarray]]:
+    """True irradiance ``(lit from the left, lit from the right)``, each ``[H, W, 3]``, of the
+    first ``count`` held-out scenes whose main light comes from the left or right: the scene
+    (after ``transform``) and the same scene with its main light mirrored (:func:`mirror_main_light`)."""
+    pairs, i = [], 0
+    while len(pairs) < count:
+        spec = sample_scene(scene_seed(EVAL_DATA_SEED, i))
+        i += 1
+        word = main_light_word(spec)
+        if word not in ("left", "right"):
+            continue
+        spec = transform(spec)
+        lit, mirrored = (render(s, IMAGE_SIZE).encode()["irradiance"] for s in (spec, mirror_main_light(spec)))
+        pairs.append((lit, mirrored) if word == "left" else (mirrored, lit))
+    return pairs
+
+
 def caption_following_of_truth(seeds: int = 16, scenes: int = 64) -> dict[str, float]:
     """:func:`caption_following`'s two scores on the world's own ground truth -- the check that
     the targets are reachable at all in this world (a metric the truth fails measures nothing):
@@ -233,16 +251,7 @@ def caption_following_of_truth(seeds: int = 16, scenes: int = 64) -> dict[str, f
         if len(objects) == 1 and objects[0].material.kind == "flat" and objects[0].material.colors[0] in SATURATED_COLORS:
             albedo = torch.from_numpy(r.encode()["albedo"])
             hits.append(float(dominant_color(albedo) == objects[0].material.colors[0]))
-    diffs, i = [], 0
-    while len(diffs) < seeds:
-        spec = sample_scene(scene_seed(EVAL_DATA_SEED, i))
-        i += 1
-        word = main_light_word(spec)
-        if word not in ("left", "right"):
-            continue
-        pair = [render(s, IMAGE_SIZE).encode()["irradiance"] for s in (spec, mirror_main_light(spec))]
-        left, right = pair if word == "left" else pair[::-1]
-        diffs.append(_left_half(left) - _left_half(right))
+    diffs = [_left_half(left) - _left_half(right) for left, right in mirrored_light_pairs(seeds)]
     d = np.array(diffs)
     return {"color_following": float(np.mean(hits)), "color_prompts": float(len(hits)),
             "light_following": float(np.mean(d >= VISIBLE_STEP)), "light_left_minus_right": float(d.mean() * 255),
@@ -470,4 +479,4 @@ if __name__ == "__main__":
 
 __all__ = ["EVAL_DATA_SEED", "GT_METRICS", "COHERENCE_METRICS", "TARGETS", "EvalSettings", "held_out_scenes",
            "truth_of", "mean_and_sem", "evaluate_decomposition", "evaluate_generation", "caption_following",
-           "dominant_color", "caption_following_of_truth", "reference_scores", "prior_maps", "steps_table", "random_normal_deviation", "evaluate_all", "summary_table"]
+           "dominant_color", "caption_following_of_truth", "mirrored_light_pairs", "reference_scores", "prior_maps", "steps_table", "random_normal_deviation", "evaluate_all", "summary_table"]
