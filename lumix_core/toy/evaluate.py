@@ -18,6 +18,8 @@ pixel by pixel with the render the caption came from:
   :func:`caption_following` checks that the maps obey the words: the named object colour
   must dominate the albedo, and "light from the left" must brighten the left half of the
   irradiance against "light from the right" with the same seed.
+  :func:`caption_following_of_truth` scores the world's own truth on the same two checks, so
+  the table shows how much of each target this world allows at all.
 
 :func:`reference_scores` gives the scale: the true maps, the true maps through the toy VAE,
 the trivial guesses (camera-facing normals, flat depth, color as albedo, flat or luminance
