@@ -468,8 +468,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 0
     results = evaluate_all(model, settings, following=not args.no_following)
     print(summary_table(results))
-    print(f"\n{settings.scenes} held-out scenes (seed stream {EVAL_DATA_SEED}), {settings.steps} steps, "
-          f"{time.perf_counter() - t:.0f} s; model: {args.weights}")
+    sampling = "one model call (one-step adapter)" if model.one_step else f"{settings.steps} steps"
+    print(f"\n{settings.scenes} held-out scenes (seed stream {EVAL_DATA_SEED}), {sampling}, "
+          f"{time.perf_counter() - t:.0f} s; model: {args.weights}" + (f", adapter {args.adapter}" if args.adapter else ""))
     if args.json:
         write_text_atomically(Path(args.json), json.dumps({"settings": asdict(settings), **results}, indent=1) + "\n")
     return 0

@@ -74,7 +74,7 @@ class Stage2Settings:
 #: The shipped one-step decomposition adapter (``lumix decompose --fast``): a fresh adapter of the
 #: same rank trained only on decompositions without caption, both loss spaces (the measured
 #: winner at 1000 steps, docs/toy_model.md); lr, rank and batch as stage 2.
-ONE_STEP_SETTINGS = Stage2Settings(steps=3000, caption_dropout=1.0, photo_conditioning_prob=1.0,
+ONE_STEP_SETTINGS = Stage2Settings(steps=6000, caption_dropout=1.0, photo_conditioning_prob=1.0,
                                    objective=OBJECTIVE_ONE_STEP, one_step_loss="both")
 
 
