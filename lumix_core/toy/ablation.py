@@ -3,7 +3,7 @@
 Stage-2 runs on one frozen stage-1 backbone (default: the shipped one), with the same steps,
 batch, learning rate and rank; only the setting named in the row changes:
 
-* ablation, on the largest training set, two training seeds for (a) and (b):
+* ablation, on the largest training set, two training seeds for each of (a), (b) and (c):
   (a) QBA + Tensor LoRA (the LumiX recipe);
   (b) independent per-map LoRAs -- no query broadcast, G1 held block-diagonal, so map i's
       adapter reads only map i (the maps meet only through the shared noise and prompt);
@@ -71,6 +71,7 @@ PLAN: tuple[Run, ...] = (
     Run("b", "(b) independent per-map LoRAs (no QBA, block-diagonal G1)", **_B),
     Run("b_seed1", "(b) independent per-map LoRAs, seed 1", **_B, seed=1),
     Run("c", "(c) Tensor LoRA without QBA", share_query=False, independent_maps=False),
+    Run("c_seed1", "(c) Tensor LoRA without QBA, seed 1", share_query=False, independent_maps=False, seed=1),
     *(Run(f"a{n}", f"(a) on {n} scenes", **_A, scenes=n) for n in CURVE_SIZES if n != max(CURVE_SIZES)),
 )
 
