@@ -206,6 +206,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                     help="stage-2 objective of every run: the multi-step adapter's recipe (flow matching) or the "
                          "one-step decomposition adapter's")
     ap.add_argument("--steps", type=int, default=None, help="stage-2 steps of every run (default: the recipe's)")
+    ap.add_argument("--rank", type=int, default=None, help="adapter rank of every run (default: the recipe's)")
     ap.add_argument("--eval-scenes", type=int, default=de.scenes)
     ap.add_argument("--runs", default=",".join(r.name for r in PLAN),
                     help="comma-separated runs to do (default: all): " + ", ".join(r.name for r in PLAN))
@@ -228,7 +229,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     out, weights = Path(args.out), Path(args.weights)
     recipe = ONE_STEP_SETTINGS if args.objective == OBJECTIVE_ONE_STEP else Stage2Settings()
-    stage2 = recipe if args.steps is None else replace(recipe, steps=args.steps)
+    stage2 = replace(recipe, **{k: v for k, v in (("steps", args.steps), ("rank", args.rank)) if v is not None})
     evaluation = replace(de, scenes=args.eval_scenes)
     if out.exists() and not (out / MARKER).is_file():
         try:
