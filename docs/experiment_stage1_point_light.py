@@ -31,13 +31,11 @@ from lumix_core.model.flux_io import load_flux, save_flux  # noqa: E402
 from lumix_core.sampling.denoiser import TextConditioning  # noqa: E402
 from lumix_core.toy import stage1, vae  # noqa: E402
 from lumix_core.toy.backbone import IMAGE_SIZE, TRUE_CFG, make_backbone, sample_maps, toy_config  # noqa: E402
-from lumix_core.toy.evaluate import VISIBLE_STEP, color_prompts, dominant_color  # noqa: E402
+from lumix_core.toy.evaluate import (LIGHT_PROMPT, VISIBLE_STEP, color_prompts, dominant_color,  # noqa: E402
+                                     left_half_mean)
 from lumix_core.toy.model import BACKBONE_FILE, TEXT_FILE, WEIGHTS_DIR  # noqa: E402
 from lumix_core.toy.text import ToyTextEncoder  # noqa: E402
 from lumix_core.world.scene import sample_scene  # noqa: E402
-
-BASE = "a white sphere and a gray box on a gray floor, light from "
-
 
 COLOR_ONLY = MapSet(("color",))
 
@@ -64,8 +62,8 @@ def light_following(model, text: ToyTextEncoder, seeds: int = 16) -> dict[str, f
     for seed in range(seeds):
         halves = []
         for side in ("the left", "the right"):
-            image = _color_image(model, text, BASE + side, 2000 + seed)
-            halves.append(float(image[:, : image.shape[1] // 2].mean()))
+            image = _color_image(model, text, LIGHT_PROMPT + side, 2000 + seed)
+            halves.append(left_half_mean(image))
         diffs.append(halves[0] - halves[1])
     d = np.array(diffs)
     return {"light_following": float(np.mean(d >= VISIBLE_STEP)), "left_minus_right_8bit": float(255 * d.mean()),

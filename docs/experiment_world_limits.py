@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from lumix_core.toy import vae
-from lumix_core.toy.evaluate import VISIBLE_STEP, held_out_scenes, mirrored_light_pairs, truth_of
+from lumix_core.toy.evaluate import VISIBLE_STEP, held_out_scenes, left_half_mean, mirrored_light_pairs, truth_of
 from lumix_core.toy.recipe import Stage2Settings
 from lumix_core.world.dataset import scene_seed
 from lumix_core.world.metrics import evaluate_maps
@@ -63,8 +63,8 @@ def codec_floor(held: list, fit_scenes: int) -> None:
     codecs = {"DCT, 16 per cell (shipped)": vae.basis(), "PCA of all maps, 16 per cell": pca(every, 16),
               "PCA of albedo only, 16 per cell (best linear for albedo)": pca(x["albedo"], 16),
               **{f"PCA of all maps, {k} per cell": pca(every, k) for k in (20, 24, 32)}}
-    color_as_albedo = np.mean([evaluate_maps({"albedo": torch.from_numpy(r.encode()["color"])}, truth_of(r))["albedo_si_mse"]
-                               for r in held])
+    color_as_albedo = np.mean([evaluate_maps({"albedo": torch.from_numpy(r.encode()["color"])},
+                                             truth_of(r))["albedo_si_mse"] for r in held])
     print(f"\n### Codec floor ({len(held)} held-out scenes; target albedo si-MSE <= {color_as_albedo / 2:.4f}, "
           f"half of color-as-albedo {color_as_albedo:.4f})\n")
     print("| codec | albedo si-MSE | irradiance si-MSE | normal (deg) | depth AbsRel |\n|---|---|---|---|---|")
@@ -91,13 +91,15 @@ def with_point_main_light(spec: SceneSpec, distance: float) -> SceneSpec:
 
 def light_check(count: int) -> None:
     variants = {"directional main light (the world as shipped)": lambda s: s,
-                **{f"point main light at {d:g} units": (lambda s, d=d: with_point_main_light(s, d)) for d in (3.0, 5.0)}}
+                **{f"point main light at {d:g} units": (lambda s, d=d: with_point_main_light(s, d))
+                   for d in (3.0, 5.0)}}
     print(f"\n### Light following in the truth (first {count} held-out scenes lit from the left or right, "
           "main light mirrored)\n")
-    print("| world | mean left-half difference (8-bit) | share >= 5/255 | clipped irradiance pixels |\n|---|---|---|---|")
+    print("| world | mean left-half difference (8-bit) | share >= 5/255 | clipped irradiance pixels |\n"
+          "|---|---|---|---|")
     for name, make in variants.items():
         pairs = mirrored_light_pairs(count, make)
-        d = np.array([left[:, :left.shape[1] // 2].mean() - right[:, :right.shape[1] // 2].mean() for left, right in pairs])
+        d = np.array([left_half_mean(left) - left_half_mean(right) for left, right in pairs])
         clipped = np.mean([np.mean(irradiance >= 254.5 / 255) for pair in pairs for irradiance in pair])
         print(f"| {name} | {255 * d.mean():+.1f} ± {255 * d.std(ddof=1) / np.sqrt(len(d)):.1f} | "
               f"{np.mean(d >= VISIBLE_STEP):.2f} | {clipped:.3f} |")

@@ -202,8 +202,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m lumix_core.toy.ablation", description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True, help="folder for the runs (finished runs in it are kept, not redone)")
     ap.add_argument("--weights", default=str(WEIGHTS_DIR), help="model folder whose backbone + text encoder are used")
-    ap.add_argument("--objective", choices=(OBJECTIVE_FLOW_MATCHING, OBJECTIVE_ONE_STEP), default=OBJECTIVE_FLOW_MATCHING,
-                    help="stage-2 objective of every run: the multi-step adapter's recipe (flow matching) or the "
+    ap.add_argument("--objective", choices=(OBJECTIVE_FLOW_MATCHING, OBJECTIVE_ONE_STEP),
+                    default=OBJECTIVE_FLOW_MATCHING, help="stage-2 objective of every run: the multi-step adapter's recipe (flow matching) or the "
                          "one-step decomposition adapter's")
     ap.add_argument("--steps", type=int, default=None, help="stage-2 steps of every run (default: the recipe's)")
     ap.add_argument("--rank", type=int, default=None, help="adapter rank of every run (default: the recipe's)")

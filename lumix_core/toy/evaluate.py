@@ -159,6 +159,10 @@ def evaluate_generation(model: ToyLumiX, scenes: Sequence[RenderResult], setting
     return mean_and_sem(rows)
 
 
+#: The light-following prompt, completed with "the left" or "the right".
+LIGHT_PROMPT = "a white sphere and a gray box on a gray floor, light from "
+
+
 def dominant_color(albedo: torch.Tensor, colors: Sequence[str] = tuple(PALETTE)) -> Optional[str]:
     """The most frequent non-floor colour of an sRGB albedo ``[H, W, 3]``: every pixel is
     assigned its nearest palette colour, and the floor colours (neutral) are not counted.
@@ -199,13 +203,12 @@ def caption_following(model: ToyLumiX, settings: EvalSettings, seeds: int = 16) 
             for n, (color, _) in enumerate(chunk):
                 hits.append(float(dominant_color(maps["albedo"].image[n]) == color))
     diffs = []
-    base = "a white sphere and a gray box on a gray floor, light from "
     for seed in range(seeds):
         left_half = []
         for side in ("the left", "the right"):
-            irr = model.generate([base + side], seed=settings.seed + 2000 + seed, steps=settings.steps,
+            irr = model.generate([LIGHT_PROMPT + side], seed=settings.seed + 2000 + seed, steps=settings.steps,
                                  true_cfg=settings.true_cfg)["irradiance"].image[0]
-            left_half.append(_left_half(irr))
+            left_half.append(left_half_mean(irr))
         diffs.append(left_half[0] - left_half[1])
     d = np.array(diffs)
     return {"color_following": float(np.mean(hits)), "color_prompts": float(len(hits)),
@@ -213,7 +216,8 @@ def caption_following(model: ToyLumiX, settings: EvalSettings, seeds: int = 16) 
             "light_left_minus_right_sem": float(d.std(ddof=1) / np.sqrt(len(d)) * 255)}
 
 
-def _left_half(image: np.ndarray | torch.Tensor) -> float:
+def left_half_mean(image: np.ndarray | torch.Tensor) -> float:
+    """Mean of the left half (columns) of an image ``[H, W, C]``: what the light-following checks compare."""
     return float(image[:, : image.shape[1] // 2].mean())
 
 
@@ -250,10 +254,10 @@ def caption_following_of_truth(seeds: int = 16, scenes: int = 64) -> dict[str, f
     hits = []
     for r in held_out_scenes(scenes):
         objects = r.spec.objects
-        if len(objects) == 1 and objects[0].material.kind == "flat" and objects[0].material.colors[0] in SATURATED_COLORS:
-            albedo = torch.from_numpy(r.encode()["albedo"])
-            hits.append(float(dominant_color(albedo) == objects[0].material.colors[0]))
-    diffs = [_left_half(left) - _left_half(right) for left, right in mirrored_light_pairs(seeds)]
+        material = objects[0].material if len(objects) == 1 else None
+        if material is not None and material.kind == "flat" and material.colors[0] in SATURATED_COLORS:
+            hits.append(float(dominant_color(torch.from_numpy(r.encode()["albedo"])) == material.colors[0]))
+    diffs = [left_half_mean(left) - left_half_mean(right) for left, right in mirrored_light_pairs(seeds)]
     d = np.array(diffs)
     return {"color_following": float(np.mean(hits)), "color_prompts": float(len(hits)),
             "light_following": float(np.mean(d >= VISIBLE_STEP)), "light_left_minus_right": float(d.mean() * 255),
@@ -470,7 +474,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(summary_table(results))
     sampling = "one model call (one-step adapter)" if model.one_step else f"{settings.steps} steps"
     print(f"\n{settings.scenes} held-out scenes (seed stream {EVAL_DATA_SEED}), {sampling}, "
-          f"{time.perf_counter() - t:.0f} s; model: {args.weights}" + (f", adapter {args.adapter}" if args.adapter else ""))
+          f"{time.perf_counter() - t:.0f} s; model: {args.weights}"
+          + (f", adapter {args.adapter}" if args.adapter else ""))
     if args.json:
         write_text_atomically(Path(args.json), json.dumps({"settings": asdict(settings), **results}, indent=1) + "\n")
     return 0
@@ -480,6 +485,7 @@ if __name__ == "__main__":
     sys.exit(main())
 
 
-__all__ = ["EVAL_DATA_SEED", "GT_METRICS", "COHERENCE_METRICS", "TARGETS", "EvalSettings", "held_out_scenes",
-           "truth_of", "mean_and_sem", "evaluate_decomposition", "evaluate_generation", "caption_following",
-           "dominant_color", "caption_following_of_truth", "mirrored_light_pairs", "reference_scores", "prior_maps", "steps_table", "random_normal_deviation", "evaluate_all", "summary_table"]
+__all__ = ["EVAL_DATA_SEED", "GT_METRICS", "COHERENCE_METRICS", "TARGETS", "LIGHT_PROMPT", "EvalSettings",
+           "held_out_scenes", "truth_of", "mean_and_sem", "evaluate_decomposition", "evaluate_generation",
+           "caption_following", "caption_following_of_truth", "mirrored_light_pairs", "left_half_mean", "dominant_color",
+           "reference_scores", "prior_maps", "steps_table", "random_normal_deviation", "evaluate_all", "summary_table"]

@@ -73,9 +73,9 @@ class Stage2Settings:
 
 #: The shipped one-step decomposition adapter (``lumix decompose --fast``): a fresh adapter trained only
 #: on decompositions without caption, both loss spaces (the measured winner at 1000 steps,
-#: docs/toy_model.md); lr and batch as stage 2. Rank 32 and 6000 steps: on 64 held-out scenes both
-#: beat rank 24 at 3000 and 6000 steps on every ground-truth score (docs/toy_model.md), and rank 32 is
-#: the widest whose float16 file keeps the shipped folder under 25 MB.
+#: docs/toy_model.md); lr and batch as stage 2. Rank 32 at 6000 steps beat rank 24 at 3000 and at
+#: 6000 steps on every ground-truth score of 64 held-out scenes (docs/toy_model.md); rank 32 is the
+#: widest whose float16 file keeps the shipped folder under 25 MB.
 ONE_STEP_SETTINGS = Stage2Settings(steps=6000, rank=32, caption_dropout=1.0, photo_conditioning_prob=1.0,
                                    objective=OBJECTIVE_ONE_STEP, one_step_loss="both")
 
