@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import torch
 
-from lumix_core.toy.evaluate import (SATURATED_COLORS, caption_following_of_truth, dominant_color, held_out_scenes, reads_photo,
-                                     reference_scores, summary_table, truth_of)
+from lumix_core.toy.evaluate import (SATURATED_COLORS, caption_following_of_truth, dominant_color, held_out_scenes,
+                                     reads_photo, reference_scores, summary_table, truth_of)
 from lumix_core.world.metrics import evaluate_maps
 from lumix_core.world.scene import PALETTE
 
@@ -58,7 +58,7 @@ def test_caption_following_checks_scored_on_the_worlds_own_truth():
     """The colour check must pass on true albedos (else it measures nothing); the light check's
     result on the truth is printed beside the model's (docs/toy_model.md: this world's lights
     barely change the left half of the image, so the truth itself fails the light target)."""
-    truth = caption_following_of_truth(seeds=4, scenes=32)
+    truth = caption_following_of_truth(held_out_scenes(32), seeds=4)
     assert truth["color_prompts"] >= 3 and truth["color_following"] == 1.0
     assert 0.0 <= truth["light_following"] <= 1.0 and truth["light_left_minus_right"] > 0.0
     table = summary_table({"decomposition": {}, "generation": {}, "caption_following": truth,

@@ -239,11 +239,11 @@ def mirrored_light_pairs(count: int, transform: Callable[[SceneSpec], SceneSpec]
     return pairs
 
 
-def caption_following_of_truth(seeds: int = 16, scenes: int = 64) -> dict[str, float]:
+def caption_following_of_truth(scenes: Sequence[RenderResult], seeds: int = 16) -> dict[str, float]:
     """:func:`caption_following`'s two scores on the world's own ground truth -- the check that
     the targets are reachable at all in this world (a metric the truth fails measures nothing):
 
-    * ``color_following``: of the first ``scenes`` held-out scenes, those with one object of one
+    * ``color_following``: of the held-out ``scenes``, those with one object of one
       saturated colour (what a colour prompt of :func:`color_prompts` describes): is the object's
       colour the dominant one of the true albedo (:func:`dominant_color`)?
     * ``light_following``: the first ``seeds`` held-out scenes whose main light comes from the
@@ -252,7 +252,7 @@ def caption_following_of_truth(seeds: int = 16, scenes: int = 64) -> dict[str, f
       right" by at least :data:`VISIBLE_STEP`? ``light_left_minus_right``: the mean (8-bit).
     """
     hits = []
-    for r in held_out_scenes(scenes):
+    for r in scenes:
         objects = r.spec.objects
         material = objects[0].material if len(objects) == 1 else None
         if material is not None and material.kind == "flat" and material.colors[0] in SATURATED_COLORS:
@@ -365,7 +365,7 @@ def evaluate_all(model: ToyLumiX, settings: EvalSettings, *, following: bool = T
            **reference_scores(scenes, settings.seed)}
     if following and not model.one_step:
         out["caption_following"] = caption_following(model, settings)
-        out["caption_following_of_truth"] = caption_following_of_truth()
+        out["caption_following_of_truth"] = caption_following_of_truth(scenes)
     return out
 
 

@@ -14,7 +14,7 @@ contain is known (:func:`caption_vocabulary`).
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Literal, Sequence, Union
 
 import numpy as np
@@ -265,9 +265,8 @@ def mirror_main_light(spec: SceneSpec) -> SceneSpec:
         target = np.asarray(spec.camera.target, dtype=np.float64)
         offset = np.asarray(light.vector, dtype=np.float64) - target
         v = target + offset - 2.0 * float(offset @ right) * right
-    mirrored = Light(light.kind, tuple(float(x) for x in v), light.color, light.intensity)
-    return SceneSpec(spec.objects, spec.floor, tuple(mirrored if l is light else l for l in spec.lights),
-                     spec.camera, spec.ambient, spec.wall, spec.seed)
+    mirrored = replace(light, vector=tuple(float(x) for x in v))
+    return replace(spec, lights=tuple(mirrored if l is light else l for l in spec.lights))
 
 
 def caption(spec: SceneSpec) -> str:
