@@ -14,9 +14,10 @@ No model is involved: both checks ask what a *perfect* toy model could score.
 2. **The light-following target in the world's truth.** The held-out scenes whose main light
    comes from the left or right, each rendered again with that light mirrored
    (:func:`lumix_core.world.scene.mirror_main_light`): does "from the left" brighten the left
-   half of the irradiance by >= 5/255 (the target: in >= 80 % of scenes)? Once for the world as
-   it is (a directional main light), once with the main light made a point light at a distance
-   from the camera target (same irradiance at the target), the candidate fix.
+   half of the irradiance by >= 5/255 (the target: in >= 80 % of scenes)? For the world as it
+   is (the main light a point light :data:`~lumix_core.world.scene.MAIN_LIGHT_DISTANCE` from the
+   camera target), for the world as it was before (the main light directional, same direction
+   and the same irradiance at the target) and with the lamp nearer or farther.
 
 Prints markdown tables (docs/toy_model.md, "What the world allows").
 """
@@ -35,7 +36,7 @@ from lumix_core.toy.recipe import Stage2Settings
 from lumix_core.world.dataset import scene_seed
 from lumix_core.world.metrics import evaluate_maps
 from lumix_core.world.render import render
-from lumix_core.world.scene import Light, SceneSpec, main_light, sample_scene
+from lumix_core.world.scene import MAIN_LIGHT_DISTANCE, Light, SceneSpec, direction_to_light, main_light, sample_scene
 
 MAPS = ("albedo", "irradiance", "color", "depth", "normal")
 CELL = vae.FACTOR * vae.FACTOR * vae.IMAGE_CHANNELS  # 48 values per 4 x 4 RGB cell
@@ -79,20 +80,23 @@ def codec_floor(held: list, fit_scenes: int) -> None:
               f"{mean['normal_angular_error_deg']:.2f} | {mean['depth_abs_rel']:.4f} |")
 
 
-def with_point_main_light(spec: SceneSpec, distance: float) -> SceneSpec:
-    """The main light as a point light ``distance`` from the camera target along its direction
-    (a point light's intensity is its irradiance at the target, so the target stays as lit)."""
+def with_main_light_at(spec: SceneSpec, distance: "float | None") -> SceneSpec:
+    """The main light moved along its direction from the camera target: a point light ``distance``
+    from the target, or directional for ``None``; its irradiance at the target stays the same."""
     light = main_light(spec)
-    target = np.asarray(spec.camera.target, dtype=np.float64)
-    position = tuple(float(v) for v in target + distance * np.asarray(light.vector, dtype=np.float64))
-    point = Light("point", position, light.color, light.intensity)
-    return dataclasses.replace(spec, lights=tuple(point if l is light else l for l in spec.lights))
+    direction = direction_to_light(light, spec.camera)
+    if distance is None:
+        moved = Light("directional", tuple(float(v) for v in direction), light.color, light.intensity)
+    else:
+        target = np.asarray(spec.camera.target, dtype=np.float64)
+        moved = Light("point", tuple(float(v) for v in target + distance * direction), light.color, light.intensity)
+    return dataclasses.replace(spec, lights=tuple(moved if l is light else l for l in spec.lights))
 
 
 def light_check(count: int) -> None:
-    variants = {"directional main light (the world as shipped)": lambda s: s,
-                **{f"point main light at {d:g} units": (lambda s, d=d: with_point_main_light(s, d))
-                   for d in (3.0, 5.0)}}
+    variants = {"directional main light (the world before)": lambda s: with_main_light_at(s, None),
+                f"point main light at {MAIN_LIGHT_DISTANCE:g} units (the world as shipped)": lambda s: s,
+                **{f"point main light at {d:g} units": (lambda s, d=d: with_main_light_at(s, d)) for d in (3.0, 5.0)}}
     print(f"\n### Light following in the truth (first {count} held-out scenes lit from the left or right, "
           "main light mirrored)\n")
     print("| world | mean left-half difference (8-bit) | share >= 5/255 | clipped irradiance pixels |\n"

@@ -22,8 +22,11 @@ Shading (Lambertian, linear space, per channel)::
 where ``vis_k`` is 0 if a shadow ray towards light k hits any surface, ``falloff`` is 1 for
 directional lights and ``(d0 / d)^2`` for point lights (``d0`` = distance from the light
 to the camera target, so ``intensity`` is the irradiance it gives there). Display encoding
-is :func:`tone_map` (clip + sRGB gamma); the sampler keeps ambient + the peak irradiance
-of every light <= 1, so irradiance practically never clips. The map encodings
+is :func:`tone_map` (clip + sRGB gamma). Nothing clips: the sampler budgets ambient + the
+lights' irradiance at the target <= 1, and where a surface nearer to a point light still gets
+more than 1, the camera's exposure scales all the light down until the brightest pixel is 1
+(:attr:`RenderResult.exposure`, as a camera with auto-exposure would; ``color = albedo x
+irradiance`` still holds exactly, and the encoded maps keep it). The map encodings
 themselves (sRGB, ``(n+1)/2`` normals, near-bright min-max depth) are those of
 :mod:`lumix_core.conventions`; this module only calls them.
 """
@@ -220,7 +223,7 @@ def tone_map(linear: np.ndarray) -> np.ndarray:
 
     A plain clip rather than Reinhard keeps ``tone_map(albedo * irradiance)`` and the sRGB
     albedo in the same units, so the shading can still be recovered by division wherever
-    nothing clipped (the sampler's light budget keeps directional light below 1).
+    nothing clipped (irradiance never exceeds 1: :func:`render`'s exposure).
     """
     x = torch.from_numpy(np.clip(np.asarray(linear, dtype=np.float64), 0.0, 1.0))
     return _np(conventions.linear_to_srgb(x))
@@ -253,6 +256,7 @@ class RenderResult:
     surface is hit), ``position`` camera-space hit points (OpenGL, z < 0), ``normal`` unit
     camera-space normals facing the camera ((0, 0, 1) where nothing is hit), ``hit`` the
     coverage mask, ``object_id`` the index into ``spec.surfaces`` (-1: nothing hit).
+    ``exposure`` (<= 1): the factor the lights were scaled by so that no irradiance exceeds 1.
     """
 
     spec: SceneSpec
@@ -264,6 +268,7 @@ class RenderResult:
     position: np.ndarray
     hit: np.ndarray
     object_id: np.ndarray
+    exposure: float = 1.0
 
     @property
     def caption(self) -> str:
@@ -347,7 +352,9 @@ def render(spec: SceneSpec, size: int | tuple[int, int] = 64) -> RenderResult:
     depth = np.where(hit, -p_cam[:, 2], np.inf)
 
     albedo = _np(conventions.srgb_to_linear(torch.from_numpy(albedo_srgb))).astype(np.float32)
-    irradiance = irr.astype(np.float32)
+    peak = float(irr.max(initial=0.0))
+    exposure = 1.0 / peak if peak > 1.0 else 1.0
+    irradiance = np.minimum(irr * exposure, 1.0).astype(np.float32)  # min: float rounding only
     shape3 = (h, w, 3)
     return RenderResult(
         spec=spec,
@@ -359,4 +366,5 @@ def render(spec: SceneSpec, size: int | tuple[int, int] = 64) -> RenderResult:
         position=p_cam.astype(np.float32).reshape(shape3),
         hit=hit.reshape(h, w),
         object_id=ids.astype(np.int32).reshape(h, w),
+        exposure=exposure,
     )
