@@ -202,18 +202,19 @@ def caption_following(model: ToyLumiX, settings: EvalSettings, seeds: int = 16) 
                                   steps=settings.steps, true_cfg=settings.true_cfg)
             for n, (color, _) in enumerate(chunk):
                 hits.append(float(dominant_color(maps["albedo"].image[n]) == color))
-    diffs = []
-    for seed in range(seeds):
-        left_half = []
-        for side in ("the left", "the right"):
-            irr = model.generate([LIGHT_PROMPT + side], seed=settings.seed + 2000 + seed, steps=settings.steps,
-                                 true_cfg=settings.true_cfg)["irradiance"].image[0]
-            left_half.append(left_half_mean(irr))
-        diffs.append(left_half[0] - left_half[1])
-    d = np.array(diffs)
+    d = np.array([light_left_minus_right(model, settings, settings.seed + 2000 + seed) for seed in range(seeds)])
     return {"color_following": float(np.mean(hits)), "color_prompts": float(len(hits)),
             "light_following": float(np.mean(d >= VISIBLE_STEP)), "light_left_minus_right": float(d.mean() * 255),
             "light_left_minus_right_sem": float(d.std(ddof=1) / np.sqrt(len(d)) * 255)}
+
+
+def light_left_minus_right(model: ToyLumiX, settings: EvalSettings, seed: int) -> float:
+    """Left-half mean of the irradiance generated for "light from the left" minus that for "light
+    from the right" (same seed, in [0, 1] units): what the light-following check thresholds."""
+    halves = [left_half_mean(model.generate([LIGHT_PROMPT + side], seed=seed, steps=settings.steps,
+                                            true_cfg=settings.true_cfg)["irradiance"].image[0])
+              for side in ("the left", "the right")]
+    return halves[0] - halves[1]
 
 
 def left_half_mean(image: np.ndarray | torch.Tensor) -> float:
