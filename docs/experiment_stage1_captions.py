@@ -24,7 +24,7 @@ from lumix_core.model.flux_io import load_flux
 from lumix_core.sampling.denoiser import TextConditioning
 from lumix_core.toy import vae
 from lumix_core.toy.backbone import TRUE_CFG, sample_maps
-from lumix_core.toy.evaluate import (LIGHT_PROMPT, VISIBLE_STEP, color_prompts, dominant_color,
+from lumix_core.toy.evaluate import (LIGHT_PROMPT, LIGHT_SEED_OFFSET, VISIBLE_STEP, color_prompts, dominant_color,
                                      left_half_mean)
 from lumix_core.toy.model import BACKBONE_FILE, TEXT_FILE, WEIGHTS_DIR
 from lumix_core.toy.text import ToyTextEncoder
@@ -54,7 +54,7 @@ def light_following(model, text: ToyTextEncoder, seeds: int = 16) -> dict[str, f
     for seed in range(seeds):
         halves = []
         for side in ("the left", "the right"):
-            image = _color_image(model, text, LIGHT_PROMPT + side, 2000 + seed)
+            image = _color_image(model, text, LIGHT_PROMPT + side, LIGHT_SEED_OFFSET + seed)
             halves.append(left_half_mean(image))
         diffs.append(halves[0] - halves[1])
     d = np.array(diffs)

@@ -161,6 +161,8 @@ def evaluate_generation(model: ToyLumiX, scenes: Sequence[RenderResult], setting
 
 #: The light-following prompt, completed with "the left" or "the right".
 LIGHT_PROMPT = "a white sphere and a gray box on a gray floor, light from "
+#: Sampling seed of the light check's seed ``i``: LIGHT_SEED_OFFSET + i (+ the settings' seed).
+LIGHT_SEED_OFFSET = 2000
 
 
 def dominant_color(albedo: torch.Tensor, colors: Sequence[str] = tuple(PALETTE)) -> Optional[str]:
@@ -202,15 +204,17 @@ def caption_following(model: ToyLumiX, settings: EvalSettings, seeds: int = 16) 
                                   steps=settings.steps, true_cfg=settings.true_cfg)
             for n, (color, _) in enumerate(chunk):
                 hits.append(float(dominant_color(maps["albedo"].image[n]) == color))
-    d = np.array([light_left_minus_right(model, settings, settings.seed + 2000 + seed) for seed in range(seeds)])
+    d = np.array([light_left_minus_right(model, settings, i) for i in range(seeds)])
     return {"color_following": float(np.mean(hits)), "color_prompts": float(len(hits)),
             "light_following": float(np.mean(d >= VISIBLE_STEP)), "light_left_minus_right": float(d.mean() * 255),
             "light_left_minus_right_sem": float(d.std(ddof=1) / np.sqrt(len(d)) * 255)}
 
 
-def light_left_minus_right(model: ToyLumiX, settings: EvalSettings, seed: int) -> float:
+def light_left_minus_right(model: ToyLumiX, settings: EvalSettings, index: int) -> float:
     """Left-half mean of the irradiance generated for "light from the left" minus that for "light
-    from the right" (same seed, in [0, 1] units): what the light-following check thresholds."""
+    from the right" (the check's seed ``index``, the same for both; in [0, 1] units): what the
+    light-following check thresholds."""
+    seed = settings.seed + LIGHT_SEED_OFFSET + index
     halves = [left_half_mean(model.generate([LIGHT_PROMPT + side], seed=seed, steps=settings.steps,
                                             true_cfg=settings.true_cfg)["irradiance"].image[0])
               for side in ("the left", "the right")]
