@@ -19,8 +19,8 @@ import torch
 from lumix_core.cli import main
 from lumix_core.conventions import vectors_to_normals
 from lumix_core.toy.demo import DEFAULT_PROMPT, FILE_PREFIX, run_demo
-from lumix_core.toy.evaluate import (VISIBLE_STEP, EvalSettings, held_out_scenes, light_left_minus_right,
-                                     random_normal_deviation)
+from lumix_core.toy.evaluate import (TARGETS, VISIBLE_STEP, EvalSettings, color_hits, held_out_scenes,
+                                     light_left_minus_right, random_normal_deviation)
 from lumix_core.toy.model import (ADAPTER_FILE, BACKBONE_FILE, CARD_FILE, ONE_STEP_ADAPTER_FILE, TEXT_FILE, WEIGHTS_DIR,
                                   ToyLumiX)
 from lumix_core.world.metrics import depth_abs_rel, normal_angular_error
@@ -124,6 +124,15 @@ def test_light_from_the_left_brightens_the_left_half_of_the_generated_irradiance
     """The light-following target on two of the evaluation's 16 seeds, with the shipped multi-step
     adapter: "light from the left" against "from the right" (same seed) must brighten the left half
     of the generated irradiance by at least the visible step (5/255) in both. The shipped model
-    gives about +48/255 on average; the model of the directional-light world gave +0.7/255."""
+    gives about +42/255 on average; the model of the directional-light world gave +0.7/255."""
     for index in (0, 1):
         assert light_left_minus_right(model, EvalSettings(), index) >= VISIBLE_STEP, index
+
+
+def test_the_named_colour_dominates_the_generated_albedo(model):
+    """The colour-following target on the first of the evaluation's two seeds (its 14 single-object
+    prompts), with the shipped multi-step adapter: the named colour must be the dominant saturated
+    one of the generated albedo in at least the target's share. The shipped model gets 13 of 14;
+    the model shipped before (whose 4000-step stage 1 drew most colours green or purple) got 5."""
+    hits = color_hits(model, EvalSettings(), 0)
+    assert np.mean(hits) >= TARGETS["color_following"][1], hits

@@ -195,19 +195,24 @@ def caption_following(model: ToyLumiX, settings: EvalSettings, seeds: int = 16) 
       half of the irradiance brighter than "light from the right" (same seed, same objects) by
       at least :data:`VISIBLE_STEP`; ``light_left_minus_right`` is the mean difference (8-bit).
     """
-    hits = []
-    prompts = color_prompts()
-    for seed in range(2):
-        for start in range(0, len(prompts), settings.batch):
-            chunk = prompts[start: start + settings.batch]
-            maps = model.generate([p for _, p in chunk], seed=settings.seed + 1000 * seed + start,
-                                  steps=settings.steps, true_cfg=settings.true_cfg)
-            for n, (color, _) in enumerate(chunk):
-                hits.append(float(dominant_color(maps["albedo"].image[n]) == color))
+    hits = [hit for index in range(2) for hit in color_hits(model, settings, index)]
     d = np.array([light_left_minus_right(model, settings, i) for i in range(seeds)])
     return {"color_following": float(np.mean(hits)), "color_prompts": float(len(hits)),
             "light_following": float(np.mean(d >= VISIBLE_STEP)), "light_left_minus_right": float(d.mean() * 255),
             "light_left_minus_right_sem": float(d.std(ddof=1) / np.sqrt(len(d)) * 255)}
+
+
+def color_hits(model: ToyLumiX, settings: EvalSettings, index: int) -> list[float]:
+    """For each prompt of :func:`color_prompts`, 1.0 if the albedo generated with the colour check's
+    seed ``index`` has the named colour as its dominant one (:func:`dominant_color`), else 0.0."""
+    hits = []
+    prompts = color_prompts()
+    for start in range(0, len(prompts), settings.batch):
+        chunk = prompts[start: start + settings.batch]
+        maps = model.generate([p for _, p in chunk], seed=settings.seed + 1000 * index + start,
+                              steps=settings.steps, true_cfg=settings.true_cfg)
+        hits += [float(dominant_color(maps["albedo"].image[n]) == color) for n, (color, _) in enumerate(chunk)]
+    return hits
 
 
 def light_left_minus_right(model: ToyLumiX, settings: EvalSettings, index: int) -> float:
@@ -492,5 +497,5 @@ if __name__ == "__main__":
 
 __all__ = ["EVAL_DATA_SEED", "GT_METRICS", "COHERENCE_METRICS", "TARGETS", "LIGHT_PROMPT", "EvalSettings",
            "held_out_scenes", "truth_of", "mean_and_sem", "evaluate_decomposition", "evaluate_generation",
-           "caption_following", "caption_following_of_truth", "mirrored_light_pairs", "left_half_mean", "dominant_color",
+           "caption_following", "color_hits", "caption_following_of_truth", "mirrored_light_pairs", "left_half_mean", "dominant_color",
            "reference_scores", "prior_maps", "steps_table", "random_normal_deviation", "evaluate_all", "summary_table"]
