@@ -1,12 +1,13 @@
 """Does a stage-1 backbone follow its caption's light and colour words? (~3 min on one core)
 
-    python docs/experiment_stage1_captions.py [--backbone DIR]     # default: the shipped stage 1
+    python docs/experiment_stage1_captions.py [--backbone DIR] [--colour-seeds N]   # default: the shipped stage 1
 
 The light-following check of :func:`lumix_core.toy.evaluate.caption_following`, applied to a stage-1
 backbone's own color images (text -> color, no adapter; 16 seeds, same prompts, true CFG, 24 steps):
 the share of seeds where "light from the left" makes the left half of the color image brighter than
 "light from the right" by >= 5/255, and the mean difference; and, roughly, the colour check on the
-color images of the single-object prompts (2 seeds). What an adapter can inherit: a stage 1 that
+color images of the single-object prompts (``--colour-seeds`` seeds each, default 2 as in the
+evaluation), with what was drawn for each named colour. What an adapter can inherit: a stage 1 that
 does not follow a word gives the adapters nothing to follow it with (docs/toy_model.md has the
 figures for the stage 1 of the directional-light world and of today's point-light world).
 """
@@ -41,12 +42,18 @@ def _color_image(model, text: ToyTextEncoder, prompt: str, seed: int) -> torch.T
     return vae.decode_display(latents)[0]
 
 
-def color_following(model, text: ToyTextEncoder) -> dict[str, float]:
+def color_following(model, text: ToyTextEncoder, seeds: int = 2) -> dict:
     """:func:`caption_following`'s colour prompts on the color image itself (shading included, so
-    only a rough reading): is the named colour the dominant saturated one?"""
-    hits = [float(dominant_color(_color_image(model, text, prompt, 1000 * seed + i)) == color)
-            for seed in range(2) for i, (color, prompt) in enumerate(color_prompts())]
-    return {"color_following": float(np.mean(hits)), "color_prompts": float(len(hits))}
+    only a rough reading): is the named colour the dominant saturated one? Also, per named colour,
+    how often each colour was the dominant one (``drawn``)."""
+    hits, drawn = [], {}
+    for seed in range(seeds):
+        for i, (color, prompt) in enumerate(color_prompts()):
+            got = dominant_color(_color_image(model, text, prompt, 1000 * seed + i))
+            hits.append(float(got == color))
+            counts = drawn.setdefault(color, {})
+            counts[str(got)] = counts.get(str(got), 0) + 1
+    return {"color_following": float(np.mean(hits)), "color_prompts": float(len(hits)), "drawn": drawn}
 
 
 def light_following(model, text: ToyTextEncoder, seeds: int = 16) -> dict[str, float]:
@@ -66,13 +73,17 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--backbone", default=str(WEIGHTS_DIR),
                     help=f"folder with a stage-1 {BACKBONE_FILE} and {TEXT_FILE} (default: the shipped ones)")
+    ap.add_argument("--colour-seeds", type=int, default=2,
+                    help="seeds per colour prompt (default 2, as in the evaluation; 4 gives 8 images per colour)")
     args = ap.parse_args()
+    if args.colour_seeds < 1:
+        ap.error("--colour-seeds must be >= 1")
     torch.set_num_threads(1)
     folder = Path(args.backbone)
     model, text = load_flux(folder / BACKBONE_FILE), ToyTextEncoder.load(folder / TEXT_FILE)
     with torch.no_grad():
         model.eval()
-        print(json.dumps({**light_following(model, text), **color_following(model, text)}))
+        print(json.dumps({**light_following(model, text), **color_following(model, text, args.colour_seeds)}))
     return 0
 
 
