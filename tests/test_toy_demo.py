@@ -19,7 +19,7 @@ import torch
 from lumix_core.cli import main
 from lumix_core.conventions import vectors_to_normals
 from lumix_core.toy.demo import DEFAULT_PROMPT, FILE_PREFIX, run_demo
-from lumix_core.toy.evaluate import (TARGETS, VISIBLE_STEP, EvalSettings, color_hits, held_out_scenes,
+from lumix_core.toy.evaluate import (TARGETS, VISIBLE_STEP, EvalSettings, held_out_scenes, object_checks,
                                      light_left_minus_right, random_normal_deviation)
 from lumix_core.toy.model import (ADAPTER_FILE, BACKBONE_FILE, CARD_FILE, ONE_STEP_ADAPTER_FILE, TEXT_FILE, WEIGHTS_DIR,
                                   ToyLumiX)
@@ -129,10 +129,27 @@ def test_light_from_the_left_brightens_the_left_half_of_the_generated_irradiance
         assert light_left_minus_right(model, EvalSettings(), index) >= VISIBLE_STEP, index
 
 
-def test_the_named_colour_dominates_the_generated_albedo(model):
+@pytest.fixture(scope="module")
+def first_seed_checks(model) -> list[dict[str, float]]:
+    """The evaluation's colour and shape checks on its first seed (14 single-object prompts)."""
+    return object_checks(model, EvalSettings(), 0)
+
+
+def test_the_named_colour_dominates_the_generated_albedo(first_seed_checks):
     """The colour-following target on the first of the evaluation's two seeds (its 14 single-object
     prompts), with the shipped multi-step adapter: the named colour must be the dominant saturated
     one of the generated albedo in at least the target's share. The shipped model gets 13 of 14;
     the model shipped before (whose 4000-step stage 1 drew most colours green or purple) got 5."""
-    hits = color_hits(model, EvalSettings(), 0)
+    hits = [c["color"] for c in first_seed_checks]
     assert np.mean(hits) >= TARGETS["color_following"][1], hits
+
+
+@pytest.mark.xfail(strict=True, reason="known, issue 9: the shipped toy draws blobs; its objects' normals fit "
+                   "neither a sphere nor flat faces, and every one reads as a box (0.5, chance; docs/toy_model.md). "
+                   "strict: a model that draws recognisable shapes makes this XPASS and fail, so the marker must "
+                   "then be removed")
+def test_the_generated_objects_are_the_named_shapes(first_seed_checks):
+    """The same generations, shape check (lumix_core.toy.shape_check): the object of the named
+    colour must read as the named shape in at least the target's share of the prompts."""
+    hits = [c["shape"] for c in first_seed_checks]
+    assert np.mean(hits) >= TARGETS["shape_following"][1], hits

@@ -60,7 +60,7 @@ def test_caption_following_checks_scored_on_the_worlds_own_truth():
     lamp lights its own side; under the earlier directional main light the truth failed it,
     docs/toy_model.md). The truth's scores are printed beside the model's."""
     truth = caption_following_of_truth(held_out_scenes(32), seeds=4)
-    assert truth["color_prompts"] >= 3 and truth["color_following"] == 1.0
+    assert truth["color_prompts"] >= 3 and truth["color_following"] == 1.0 and truth["shape_following"] == 1.0
     assert truth["light_following"] == 1.0 and truth["light_left_minus_right"] > 0.0
     table = summary_table({"decomposition": {}, "generation": {}, "caption_following": truth,
                            "caption_following_of_truth": truth, **reference_scores(held_out_scenes(2, size=32))})

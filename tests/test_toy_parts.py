@@ -54,6 +54,17 @@ def test_text_encoder_shapes_padding_and_empty_caption():
     assert torch.equal(enc.tokenize(["A RED sphere."]), enc.tokenize(["a red sphere"]))
 
 
+def test_a_seeded_text_encoder_is_fixed_by_its_seed_and_leaves_the_global_rng_alone():
+    torch.manual_seed(1)
+    expected_next = torch.rand(3)
+    torch.manual_seed(1)
+    first = ToyTextEncoder(seed=7)
+    assert torch.equal(torch.rand(3), expected_next)  # the global stream went on as if nothing had drawn
+    again, other = ToyTextEncoder(seed=7), ToyTextEncoder(seed=8)
+    assert torch.equal(first.words.weight, again.words.weight) and torch.equal(first.positions, again.positions)
+    assert not torch.equal(first.words.weight, other.words.weight)
+
+
 def test_unknown_words_are_refused_with_suggestions_and_the_vocabulary():
     enc = ToyTextEncoder()
     with pytest.raises(PromptError) as info:

@@ -50,6 +50,7 @@ from ..world.scene import FLOOR_COLORS, PALETTE, SceneSpec, main_light_word, mir
 from . import vae
 from .backbone import IMAGE_SIZE, SAMPLE_STEPS, TRUE_CFG
 from .model import WEIGHTS_DIR, ToyLumiX
+from .shape_check import SHAPES, nearest_palette, recognised_shape
 from .text import ToyTextEncoder
 
 #: Seed stream of the held-out scenes (stage 1 trains on stream 1, stage 2 on stream 2).
@@ -68,6 +69,9 @@ TARGETS = {
     "reads_photo_depth": (">=", 0.9),
     "reads_photo_normal": (">=", 0.9),
     "color_following": (">=", 0.8),
+    #: The issue asks for "recognisable spheres and boxes in the contact sheet"; this is its
+    #: measured stand-in (:mod:`lumix_core.toy.shape_check`), held to the colour check's bar.
+    "shape_following": (">=", 0.8),
     "light_following": (">=", 0.8),
 }
 
@@ -170,18 +174,21 @@ def dominant_color(albedo: torch.Tensor, colors: Sequence[str] = tuple(PALETTE))
     assigned its nearest palette colour, and the floor colours (neutral) are not counted.
     None if no pixel is nearest to a saturated colour."""
     names = list(colors)
-    palette = torch.tensor([PALETTE[c] for c in names], dtype=torch.float32)
-    nearest = torch.cdist(albedo.reshape(-1, 3).float(), palette).argmin(dim=1)
-    counts = torch.bincount(nearest, minlength=len(names))
+    counts = np.bincount(nearest_palette(albedo, names).reshape(-1), minlength=len(names))
     for i, name in enumerate(names):
         if name in FLOOR_COLORS:
             counts[i] = 0
     return names[int(counts.argmax())] if int(counts.max()) > 0 else None
 
 
-def color_prompts(shapes: Sequence[str] = ("sphere", "box")) -> list[tuple[str, str]]:
+def color_prompts(shapes: Sequence[str] = SHAPES) -> list[tuple[str, str]]:
     """``(colour, prompt)`` for one object of each saturated colour and shape on a gray floor."""
     return [(c, f"a {c} {s} on a gray floor, light from above") for c in SATURATED_COLORS for s in shapes]
+
+
+def prompt_shape(prompt: str) -> str:
+    """The shape a prompt of :func:`color_prompts` names."""
+    return next(s for s in SHAPES if f" {s} " in f" {prompt} ")
 
 
 def caption_following(model: ToyLumiX, settings: EvalSettings, seeds: int = 16) -> dict[str, float]:
@@ -191,28 +198,38 @@ def caption_following(model: ToyLumiX, settings: EvalSettings, seeds: int = 16) 
     * ``color_following``: fraction of single-object prompts (each saturated colour, sphere
       and box, two seeds) whose generated albedo's dominant colour (:func:`dominant_color`) is
       the named one.
+    * ``shape_following``: of the same generations, the fraction whose object of the named
+      colour reads as the named shape (:func:`lumix_core.toy.shape_check.recognised_shape`: do
+      its normals fit a sphere or three flat faces better?). Half the prompts name a sphere,
+      half a box, so a model that draws one blob for everything scores 0.5.
     * ``light_following``: fraction of seeds for which "light from the left" makes the left
       half of the irradiance brighter than "light from the right" (same seed, same objects) by
       at least :data:`VISIBLE_STEP`; ``light_left_minus_right`` is the mean difference (8-bit).
     """
-    hits = [hit for index in range(2) for hit in color_hits(model, settings, index)]
+    checks = [c for index in range(2) for c in object_checks(model, settings, index)]
     d = np.array([light_left_minus_right(model, settings, i) for i in range(seeds)])
-    return {"color_following": float(np.mean(hits)), "color_prompts": float(len(hits)),
+    return {"color_following": float(np.mean([c["color"] for c in checks])), "color_prompts": float(len(checks)),
+            "shape_following": float(np.mean([c["shape"] for c in checks])),
             "light_following": float(np.mean(d >= VISIBLE_STEP)), "light_left_minus_right": float(d.mean() * 255),
             "light_left_minus_right_sem": float(d.std(ddof=1) / np.sqrt(len(d)) * 255)}
 
 
-def color_hits(model: ToyLumiX, settings: EvalSettings, index: int) -> list[float]:
-    """For each prompt of :func:`color_prompts`, 1.0 if the albedo generated with the colour check's
-    seed ``index`` has the named colour as its dominant one (:func:`dominant_color`), else 0.0."""
-    hits = []
+def object_checks(model: ToyLumiX, settings: EvalSettings, index: int) -> list[dict[str, float]]:
+    """For each prompt of :func:`color_prompts`, generated with the colour check's seed ``index``:
+    ``color`` 1.0 if the albedo's dominant colour (:func:`dominant_color`) is the named one, and
+    ``shape`` 1.0 if the named colour's object reads as the named shape
+    (:func:`lumix_core.toy.shape_check.recognised_shape`), else 0.0."""
+    checks = []
     prompts = color_prompts()
     for start in range(0, len(prompts), settings.batch):
         chunk = prompts[start: start + settings.batch]
         maps = model.generate([p for _, p in chunk], seed=settings.seed + 1000 * index + start,
                               steps=settings.steps, true_cfg=settings.true_cfg)
-        hits += [float(dominant_color(maps["albedo"].image[n]) == color) for n, (color, _) in enumerate(chunk)]
-    return hits
+        for n, (color, prompt) in enumerate(chunk):
+            albedo, normal = maps["albedo"].image[n], maps["normal"].image[n]
+            checks.append({"color": float(dominant_color(albedo) == color),
+                           "shape": float(recognised_shape(albedo, normal, color) == prompt_shape(prompt))})
+    return checks
 
 
 def light_left_minus_right(model: ToyLumiX, settings: EvalSettings, index: int) -> float:
@@ -250,26 +267,31 @@ def mirrored_light_pairs(count: int, transform: Callable[[SceneSpec], SceneSpec]
 
 
 def caption_following_of_truth(scenes: Sequence[RenderResult], seeds: int = 16) -> dict[str, float]:
-    """:func:`caption_following`'s two scores on the world's own ground truth -- the check that
+    """:func:`caption_following`'s scores on the world's own ground truth -- the check that
     the targets are reachable at all in this world (a metric the truth fails measures nothing):
 
-    * ``color_following``: of the held-out ``scenes``, those with one object of one
-      saturated colour (what a colour prompt of :func:`color_prompts` describes): is the object's
-      colour the dominant one of the true albedo (:func:`dominant_color`)?
+    * ``color_following`` / ``shape_following``: of the held-out ``scenes``, those with one
+      object of one saturated colour (what a prompt of :func:`color_prompts` describes): is the
+      object's colour the dominant one of the true albedo (:func:`dominant_color`), and does the
+      object read as its own shape (:func:`lumix_core.toy.shape_check.recognised_shape`)?
     * ``light_following``: the first ``seeds`` held-out scenes whose main light comes from the
       left or right, each rendered again with that light mirrored (:func:`mirror_main_light`):
       does "from the left" make the left half of the true irradiance brighter than "from the
       right" by at least :data:`VISIBLE_STEP`? ``light_left_minus_right``: the mean (8-bit).
     """
-    hits = []
+    colors, shapes = [], []
     for r in scenes:
         objects = r.spec.objects
         material = objects[0].material if len(objects) == 1 else None
         if material is not None and material.kind == "flat" and material.colors[0] in SATURATED_COLORS:
-            hits.append(float(dominant_color(torch.from_numpy(r.encode()["albedo"])) == material.colors[0]))
+            maps = r.encode()
+            colors.append(float(dominant_color(torch.from_numpy(maps["albedo"])) == material.colors[0]))
+            shapes.append(float(recognised_shape(maps["albedo"], maps["normal"], material.colors[0])
+                                == objects[0].shape))
     diffs = [left_half_mean(left) - left_half_mean(right) for left, right in mirrored_light_pairs(seeds)]
     d = np.array(diffs)
-    return {"color_following": float(np.mean(hits)), "color_prompts": float(len(hits)),
+    return {"color_following": float(np.mean(colors)), "color_prompts": float(len(colors)),
+            "shape_following": float(np.mean(shapes)),
             "light_following": float(np.mean(d >= VISIBLE_STEP)), "light_left_minus_right": float(d.mean() * 255),
             "light_left_minus_right_sem": float(d.std(ddof=1) / np.sqrt(len(d)) * 255)}
 
@@ -426,7 +448,7 @@ def summary_table(results: dict[str, dict[str, float]]) -> str:
     for key in COHERENCE_METRICS:
         lines.append(f"| generation {key} | {_fmt(gen, key)} | " + " | ".join("" for _ in refs) + " | |")
     follow = results.get("caption_following", {})
-    for key in ("color_following", "light_following", "light_left_minus_right"):
+    for key in ("color_following", "shape_following", "light_following", "light_left_minus_right"):
         if key in follow:
             op, value = TARGETS.get(key, ("", None))
             target = f"{op} {value}" if value is not None else ""
@@ -435,7 +457,8 @@ def summary_table(results: dict[str, dict[str, float]]) -> str:
     truth = results.get("caption_following_of_truth")
     if truth:
         lines += ["", f"The world's own truth on the caption-following checks (caption_following_of_truth): colour "
-                      f"{truth['color_following']:.2f} of {truth['color_prompts']:.0f} one-object scenes, light "
+                      f"{truth['color_following']:.2f} and shape {truth['shape_following']:.2f} of "
+                      f"{truth['color_prompts']:.0f} one-object scenes, light "
                       f"{truth['light_following']:.2f} (mean left - right {truth['light_left_minus_right']:+.1f}/255, "
                       "main light mirrored)."]
     return "\n".join(lines)
@@ -497,5 +520,5 @@ if __name__ == "__main__":
 
 __all__ = ["EVAL_DATA_SEED", "GT_METRICS", "COHERENCE_METRICS", "TARGETS", "LIGHT_PROMPT", "EvalSettings",
            "held_out_scenes", "truth_of", "mean_and_sem", "evaluate_decomposition", "evaluate_generation",
-           "caption_following", "color_hits", "caption_following_of_truth", "mirrored_light_pairs", "left_half_mean", "dominant_color",
+           "caption_following", "object_checks", "prompt_shape", "caption_following_of_truth", "mirrored_light_pairs", "left_half_mean", "dominant_color",
            "reference_scores", "prior_maps", "steps_table", "random_normal_deviation", "evaluate_all", "summary_table"]

@@ -21,8 +21,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-import torch
-
 from ..maps import RELEASE
 from ..model.checkpoint import OBJECTIVE_FLOW_MATCHING, OBJECTIVE_ONE_STEP
 from ..model.flux import FluxConfig
@@ -94,9 +92,7 @@ def train_backbone(out: "str | os.PathLike[str]", settings: Stage1Settings, *, c
             raise FileExistsError(f"{out / name} exists; stage 1 never replaces a trained backbone")
     data = render_color_set(settings.scenes, settings.data_seed, size)
     model = make_backbone(config or toy_config(), seed=settings.seed)
-    with torch.random.fork_rng(devices=[]):  # the text table's init follows the run's seed too
-        torch.manual_seed(settings.seed)
-        text = ToyTextEncoder()
+    text = ToyTextEncoder(seed=settings.seed)
     result = train_stage1(model, text, data, settings, on_step=on_step)
     save_flux(model, out / BACKBONE_FILE)
     text.save(out / TEXT_FILE)

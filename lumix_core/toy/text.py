@@ -13,11 +13,12 @@ closest matches -- guessing an embedding for it would silently produce an arbitr
 """
 from __future__ import annotations
 
+import contextlib
 import difflib
 import json
 import os
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Iterator, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -38,6 +39,17 @@ META_MAX_TOKENS = "lumix.toy_max_tokens"
 FORMAT_VERSION = "1"
 
 
+@contextlib.contextmanager
+def _seeded(seed: Optional[int]) -> Iterator[None]:
+    """Random draws inside come from ``seed`` (global RNG restored after); None: the global RNG."""
+    if seed is None:
+        yield
+        return
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
 class PromptError(ValueError):
     """A prompt the toy text encoder cannot read (unknown words, too long)."""
 
@@ -46,15 +58,18 @@ class ToyTextEncoder(nn.Module):
     """Captions -> ``(txt [N, max_tokens, dim], y [N, dim])``."""
 
     def __init__(self, vocabulary: Optional[Sequence[str]] = None, max_tokens: int = MAX_TOKENS,
-                 dim: int = TEXT_DIM) -> None:
+                 dim: int = TEXT_DIM, seed: Optional[int] = None) -> None:
+        """``seed``: draw the initial tables from this seed, leaving the global RNG untouched (a
+        stage-1 run is then fixed by its own settings whatever ran before it); None: the global RNG."""
         super().__init__()
         self.vocabulary: tuple[str, ...] = tuple(vocabulary if vocabulary is not None else caption_vocabulary())
         if len(set(self.vocabulary)) != len(self.vocabulary):
             raise ValueError("the vocabulary has duplicate words")
         self.max_tokens, self.dim = int(max_tokens), int(dim)
         self._ids = {w: i + 1 for i, w in enumerate(self.vocabulary)}
-        self.words = nn.Embedding(len(self.vocabulary) + 1, self.dim)
-        self.positions = nn.Parameter(torch.randn(self.max_tokens, self.dim) * 0.1)
+        with _seeded(seed):
+            self.words = nn.Embedding(len(self.vocabulary) + 1, self.dim)
+            self.positions = nn.Parameter(torch.randn(self.max_tokens, self.dim) * 0.1)
 
     # -- tokens --------------------------------------------------------------------------
     def check_prompt(self, prompt: str) -> list[str]:
