@@ -25,7 +25,8 @@ the toy VAE; the normals name all of them, the wrong model's residual at least 1
 above the right one's, at least 20 on the rendered maps). Why two models and no
 threshold: a model that draws the same blob for every prompt is named one shape every time,
 so over prompts with as many spheres as boxes it scores exactly one half -- chance -- whatever
-the blob looks like. The world's own truth scores 1.0 (``tests/test_toy_evaluate.py``).
+the blob looks like; camera-facing normals, noise and the color image copied into the normal
+slot do the same. The world's own truth scores 1.0 (``tests/test_toy_shape_check.py``).
 """
 from __future__ import annotations
 
