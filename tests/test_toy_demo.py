@@ -144,8 +144,8 @@ def test_the_named_colour_dominates_the_generated_albedo(first_seed_checks):
     assert np.mean(hits) >= TARGETS["color_following"][1], hits
 
 
-@pytest.mark.xfail(strict=True, reason="known, issue 9: the shipped toy draws blobs; its objects' normals fit "
-                   "neither a sphere nor flat faces, and every one reads as a box (0.5, chance; docs/toy_model.md). "
+@pytest.mark.xfail(strict=True, reason="known, issue 9: the shipped toy draws blobs; its objects' normals are "
+                   "far from a sphere's, and every one reads as a box (0.5, chance; docs/toy_model.md). "
                    "strict: a model that draws recognisable shapes makes this XPASS and fail, so the marker must "
                    "then be removed")
 def test_the_generated_objects_are_the_named_shapes(first_seed_checks):

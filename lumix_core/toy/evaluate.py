@@ -16,9 +16,10 @@ pixel by pixel with the render the caption came from:
   alone, scored by :func:`lumix_core.world.metrics.map_coherence` (does albedo x irradiance give
   the color, do the depth's slopes give the normals?) -- no ground truth exists for them.
   :func:`caption_following` checks that the maps obey the words: the named object colour
-  must dominate the albedo, and "light from the left" must brighten the left half of the
-  irradiance against "light from the right" with the same seed.
-  :func:`caption_following_of_truth` scores the world's own truth on the same two checks, so
+  must dominate the albedo, the object must read as the named sphere or box
+  (:mod:`lumix_core.toy.shape_check`), and "light from the left" must brighten the left half
+  of the irradiance against "light from the right" with the same seed.
+  :func:`caption_following_of_truth` scores the world's own truth on the same checks, so
   the table shows how much of each target this world allows at all.
 
 :func:`reference_scores` gives the scale: the true maps, the true maps through the toy VAE,
