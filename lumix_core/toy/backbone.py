@@ -21,6 +21,7 @@ from ..model.flux import Flux, FluxConfig, tiny_config
 from ..sampling.denoiser import FluxDenoiser, TextConditioning
 from ..sampling.sampler import Pinned, sample_euler, schedule, shared_noise
 from . import vae
+from .rng import seeded
 from .text import TEXT_DIM
 
 #: Image side of the toy model in pixels (64 x 64 -> 16 x 16 latent cells -> 64 tokens).
@@ -47,8 +48,7 @@ def make_backbone(config: Optional[FluxConfig] = None, seed: int = 0) -> Flux:
     from scratch on few CPU steps this converges markedly faster than PyTorch's default init,
     whose random gates and shifts scramble the residual stream at step 0.
     """
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with seeded(seed):
         model = Flux(config or toy_config())
     zeroed = [model.final_layer.adaLN_modulation[-1], model.final_layer.linear]
     zeroed += [b.img_mod.lin for b in model.double_blocks] + [b.txt_mod.lin for b in model.double_blocks]

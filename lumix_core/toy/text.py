@@ -13,18 +13,18 @@ closest matches -- guessing an embedding for it would silently produce an arbitr
 """
 from __future__ import annotations
 
-import contextlib
 import difflib
 import json
 import os
 from pathlib import Path
-from typing import Iterator, Optional, Sequence
+from typing import Optional, Sequence
 
 import torch
 from torch import Tensor, nn
 
 from ..io.safetensors_io import CheckpointError, atomic_save, load_tensors, read_header
 from ..world.scene import caption_tokens, caption_vocabulary
+from .rng import seeded
 
 #: Longest caption the grammar can write, in words: three two-colour patterned objects
 #: (6 words each, plus "and"), a patterned floor (7), a patterned wall (9) and the light (4).
@@ -37,17 +37,6 @@ META_FORMAT = "lumix.toy_text_format"
 META_VOCAB = "lumix.toy_vocabulary"
 META_MAX_TOKENS = "lumix.toy_max_tokens"
 FORMAT_VERSION = "1"
-
-
-@contextlib.contextmanager
-def _seeded(seed: Optional[int]) -> Iterator[None]:
-    """Random draws inside come from ``seed`` (global RNG restored after); None: the global RNG."""
-    if seed is None:
-        yield
-        return
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        yield
 
 
 class PromptError(ValueError):
@@ -67,7 +56,7 @@ class ToyTextEncoder(nn.Module):
             raise ValueError("the vocabulary has duplicate words")
         self.max_tokens, self.dim = int(max_tokens), int(dim)
         self._ids = {w: i + 1 for i, w in enumerate(self.vocabulary)}
-        with _seeded(seed):
+        with seeded(seed):
             self.words = nn.Embedding(len(self.vocabulary) + 1, self.dim)
             self.positions = nn.Parameter(torch.randn(self.max_tokens, self.dim) * 0.1)
 
