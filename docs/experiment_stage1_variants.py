@@ -8,7 +8,8 @@ width and steps, then the recipe's multi-step stage 2 on it (:class:`~lumix_core
 defaults, the trainer's ``fit``), then the caption checks of :func:`lumix_core.toy.evaluate.caption_following`
 (colour, shape, light) on the result. ``--data`` reuses the stage-2 scenes of a reproduce run
 (``RUN/data``; otherwise they are rendered into ``DIR/data``). Writes ``DIR/stage1``, ``DIR/cache``,
-``DIR/stage2``, ``DIR/weights`` (a model folder ``lumix_core.toy.evaluate --weights`` reads) and
+``DIR/stage2``, ``DIR/weights`` (a model folder ``lumix_core.toy.evaluate --weights`` reads, adapter in
+float16 as reproduce ships it) and
 ``DIR/following.json``. The figures it gave are in docs/toy_model.md ("What a wider or longer stage 1
 does for shapes"). ``--stage1-scenes``, ``--stage2-scenes``, ``--stage2-steps`` shrink it for a smoke run.
 """
@@ -17,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import shutil
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -26,9 +26,9 @@ import torch
 
 from lumix_core.toy.backbone import toy_config
 from lumix_core.toy.evaluate import EvalSettings, caption_following
-from lumix_core.toy.model import ADAPTER_FILE, BACKBONE_FILE, TEXT_FILE, ToyLumiX
+from lumix_core.toy.model import BACKBONE_FILE, TEXT_FILE, ToyLumiX
 from lumix_core.toy.recipe import Stage2Settings, fit_adapter, prepare_cache, train_backbone, write_maps_dataset
-from lumix_core.toy.reproduce import _progress, check_empty_folder
+from lumix_core.toy.reproduce import _progress, assemble_weights, check_empty_folder
 from lumix_core.toy.stage1 import Stage1Settings
 from lumix_core.toy.text import ToyTextEncoder
 
@@ -62,13 +62,10 @@ def main() -> None:
     s2 = replace(d2, steps=args.stage2_steps, scenes=args.stage2_scenes)
     fit_adapter(cache, out / "stage1" / BACKBONE_FILE, out / "stage2", s2, on_step=_progress("stage 2", 100, s2.steps))
     times["stage2_s"] = time.perf_counter() - t
-    weights = out / "weights"
-    weights.mkdir()
-    for name in (BACKBONE_FILE, TEXT_FILE):
-        shutil.copy(out / "stage1" / name, weights / name)
-    shutil.copy(out / "stage2" / "adapter.safetensors", weights / ADAPTER_FILE)
-    result = {"hidden": args.hidden, "heads": args.heads, "stage1_steps": s1.steps, **times,
-              **caption_following(ToyLumiX.load(weights), EvalSettings())}
+    variant = {"hidden": args.hidden, "heads": args.heads, "stage1_steps": s1.steps, **times}
+    weights = assemble_weights(out / "weights", out / "stage1", out / "stage2" / "adapter.safetensors", None,
+                               {"experiment": "docs/experiment_stage1_variants.py", **variant})
+    result = {**variant, **caption_following(ToyLumiX.load(weights), EvalSettings())}
     (out / "following.json").write_text(json.dumps(result, indent=1) + "\n")
     print(json.dumps(result))
 
