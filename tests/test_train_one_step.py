@@ -16,7 +16,8 @@ from lumix_core.toy.vae import ToyVAEDecoder
 from lumix_core.train.config import ConfigError
 from lumix_core.train.curves import EVALUATIONS, read_jsonl
 from lumix_core.train.fit import run_fit
-from lumix_core.train.one_step import make_one_step_batch, one_step_losses, pixel_terms, predicted_clean
+from lumix_core.train.one_step import (DETAIL_WINDOW, detail_weights, make_one_step_batch, one_step_losses, pixel_terms,
+                                      predicted_clean)
 
 from helpers import tiny_adapter, tiny_flux
 from train_helpers import fit_config, interrupted_and_resumed, synthetic_cache, tiny_flux_file
@@ -67,6 +68,46 @@ def test_pixel_depth_term_ignores_scale_and_shift_but_not_layout():
     # Normals: angular, so a longer vector in the same direction costs only the small MSE anchor.
     n = torch.nn.functional.normalize(torch.randn(1, 8, 8, 3), dim=-1)
     assert float(pixel_terms(1.2 * n, n, "normal")) < 0.1 * float(pixel_terms(-n, n, "normal"))
+
+
+def _floor_with_a_sphere(size: int = 32, radius: float = 6.0) -> torch.Tensor:
+    """True normals ``[1, size, size, 3]``: an upward-tilted plane with a head-on sphere in it."""
+    n = torch.tensor([0.0, 0.8, 0.6]).expand(size, size, 3).clone()
+    yy, xx = torch.meshgrid(torch.arange(size) - size / 2 + 0.5, torch.arange(size) - size / 2 + 0.5, indexing="ij")
+    inside = xx ** 2 + yy ** 2 < radius ** 2
+    x, y = xx / radius, -yy / radius
+    sphere = torch.stack([x, y, (1 - x ** 2 - y ** 2).clamp_min(0).sqrt()], dim=-1)
+    n[inside] = sphere[inside]
+    return n[None], inside
+
+
+def test_detail_weights_leave_planes_alone_and_lift_curved_objects():
+    n, inside = _floor_with_a_sphere()
+    w = detail_weights(n, 10.0)
+    assert w.shape == (1, 32, 32) and torch.allclose(w.mean(), torch.tensor(1.0))
+    far = torch.ones(32, 32, dtype=torch.bool)
+    far[16 - 6 - DETAIL_WINDOW: 16 + 6 + DETAIL_WINDOW, 16 - 6 - DETAIL_WINDOW: 16 + 6 + DETAIL_WINDOW] = False
+    plane = w[0][far]
+    assert torch.allclose(plane, plane[0].expand_as(plane)), "every pixel of a plane weighs the same"
+    assert float(w[0][inside].mean()) > 2.0 * float(plane[0]), "a sphere's pixels weigh more than the plane's"
+    # A plain plane everywhere: weights 1, so the strength changes nothing where there is no detail.
+    flat = torch.tensor([0.0, 0.8, 0.6]).expand(1, 8, 8, 3)
+    assert torch.allclose(detail_weights(flat, 10.0), torch.ones(1, 8, 8))
+
+
+def test_detail_weight_moves_the_normal_loss_towards_the_object():
+    n, inside = _floor_with_a_sphere()
+    wrong_object = n.clone()
+    wrong_object[0][inside] = torch.tensor([0.0, 0.8, 0.6])  # the sphere drawn flat, as faint objects are
+    wrong_plane = n.clone()
+    wrong_plane[0][~inside] = torch.nn.functional.normalize(torch.tensor([0.3, 0.8, 0.6]), dim=0)
+    plain = [float(pixel_terms(p, n, "normal")) for p in (wrong_object, wrong_plane)]
+    weighted = [float(pixel_terms(p, n, "normal", detail_weight=10.0)) for p in (wrong_object, wrong_plane)]
+    assert weighted[0] / weighted[1] > 2.0 * plain[0] / plain[1]
+    assert float(pixel_terms(n, n, "normal", detail_weight=10.0)) < 1e-6, "the truth still costs nothing"
+    # Other maps are untouched by it.
+    d = torch.rand(1, 8, 8, 3)
+    assert torch.equal(pixel_terms(d * 0.5, d, "albedo", detail_weight=10.0), pixel_terms(d * 0.5, d, "albedo"))
 
 
 def test_decompose_one_step_is_one_literal_model_call():
@@ -121,10 +162,22 @@ def test_pixel_losses_without_a_differentiable_decoder_are_refused_with_the_fix(
     assert not (tmp_path / "run").exists(), "a refused run leaves no output folder"
     with pytest.raises(ConfigError, match="objective must be one of flow-matching, one-step"):
         run_fit(fit_config(tmp_path, cache, flux, objective="onestep", steps=1))
+    for kw in ({"objective": "one-step", "one_step_loss": "latent"}, {"one_step_loss": "both"}):
+        with pytest.raises(ConfigError, match="needs --objective one-step with --one-step-loss pixel or both"):
+            run_fit(fit_config(tmp_path, cache, flux, one_step_detail_weight=5.0, steps=1, **kw))
+    with pytest.raises(ConfigError, match="one_step_detail_weight must be >= 0"):
+        run_fit(fit_config(tmp_path, cache, flux, objective="one-step", one_step_loss="both",
+                           one_step_detail_weight=-1.0, steps=1))
 
 
 def test_pixel_losses_train_with_the_toy_decoder(files, tmp_path):
     root, cache, flux = files
-    result = run_fit(fit_config(tmp_path, cache, flux, objective="one-step", one_step_loss="both", steps=6,
-                                batch_size=4, lr=1e-2), decoder=ToyVAEDecoder())
+    kw = dict(objective="one-step", one_step_loss="both", steps=6, batch_size=4, lr=1e-2)
+    result = run_fit(fit_config(tmp_path, cache, flux, **kw), decoder=ToyVAEDecoder())
     assert result.losses[-1] < 0.97 * result.losses[0], result.losses  # the same 4 scenes every step
+    # The detail weight acts on normals: a cache of the release maps (with a normal map), both ways.
+    release = synthetic_cache(tmp_path / "release_cache", maps=RELEASE, scenes=4, size=4)
+    plain, detail = (run_fit(fit_config(tmp_path, release, flux, name=f"detail{w}", one_step_detail_weight=w, **kw),
+                             decoder=ToyVAEDecoder()) for w in (0.0, 5.0))
+    assert detail.losses[-1] < 0.97 * detail.losses[0], detail.losses
+    assert detail.losses[0] != plain.losses[0], "the detail weight reaches the loss the trainer optimises"

@@ -72,6 +72,7 @@ class Stage2Settings:
     holdout: int = 16
     objective: str = OBJECTIVE_FLOW_MATCHING
     one_step_loss: str = "latent"
+    one_step_detail_weight: float = 0.0
 
 
 #: The shipped one-step decomposition adapter (``lumix decompose --fast``): a fresh adapter trained only
@@ -126,7 +127,7 @@ def fit_config(cache: "str | os.PathLike[str]", backbone: "str | os.PathLike[str
                      checkpoint_every=s.evaluate_every, validate_every=s.evaluate_every, validation_scenes=2,
                      validation_steps=SAMPLE_STEPS, validation_guidance=1.0, share_query=s.share_query,
                      independent_maps=s.independent_maps, holdout=s.holdout, objective=s.objective,
-                     one_step_loss=s.one_step_loss)
+                     one_step_loss=s.one_step_loss, one_step_detail_weight=s.one_step_detail_weight)
 
 
 def fit_adapter(cache: "str | os.PathLike[str]", backbone: "str | os.PathLike[str]",

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Optional, Union, get_args, get_origin, get_type_hints
 
 from ..maps import RELEASE, MapSet
-from ..model.checkpoint import OBJECTIVE_FLOW_MATCHING, OBJECTIVES
+from ..model.checkpoint import OBJECTIVE_FLOW_MATCHING, OBJECTIVE_ONE_STEP, OBJECTIVES
 from .one_step import ONE_STEP_LOSSES
 
 #: Environment variable naming a ComfyUI checkout (same name as the host tests use).
@@ -112,6 +112,10 @@ class FitConfig:
     one_step_loss: str = _opt("latent", "loss space of --objective one-step: latent (any decoder), pixel "
                                         "(angular normals, scale/shift-invariant depth on decoded maps: needs a "
                                         "differentiable decoder, i.e. the toy VAE) or both")
+    one_step_detail_weight: float = _opt(0.0, "pixel and both one-step losses: weigh each pixel's normal error by 1 + W "
+                                              "x how far its true normal is from the mean normal around it, so "
+                                              "curved surfaces and edges (small objects) count more than large "
+                                              "planes (0: every pixel alike)")
     timestep_sampler: str = _opt("logit-normal", "training timesteps: logit-normal (t = sigmoid(N(mean, std))) "
                                                  "or shifted (uniform t mapped by the resolution shift)")
     logit_mean: float = _opt(0.0, "mean of the logit-normal sampler")
@@ -159,6 +163,11 @@ class FitConfig:
             p = getattr(self, name)
             if not 0.0 <= p <= 1.0:
                 raise ConfigError(f"{name} is a probability in [0, 1], got {p}")
+        if self.one_step_detail_weight < 0:
+            raise ConfigError(f"one_step_detail_weight must be >= 0, got {self.one_step_detail_weight}")
+        if self.one_step_detail_weight and (self.objective != OBJECTIVE_ONE_STEP or self.one_step_loss == "latent"):
+            raise ConfigError("--one-step-detail-weight weighs the pixel normal loss: it needs --objective one-step "
+                              "with --one-step-loss pixel or both")
         if self.logit_std <= 0:
             raise ConfigError(f"logit_std must be > 0, got {self.logit_std}")
         _check_choice("objective", self.objective, OBJECTIVES)

@@ -296,7 +296,8 @@ class _Trainer:
 
     def _scene_losses(self, v: Tensor, batch) -> Tensor:
         if self.one_step:
-            return one_step_losses(v, batch, self.cache.maps, self.config.one_step_loss, self._pixel_decode)
+            return one_step_losses(v, batch, self.cache.maps, self.config.one_step_loss, self._pixel_decode,
+                                   self.config.one_step_detail_weight)
         return scene_losses(v, batch)
 
     # -- state ---------------------------------------------------------------------------
