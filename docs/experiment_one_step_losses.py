@@ -43,7 +43,10 @@ def main() -> int:
     for loss in args.losses.split(","):
         run = Path(args.out) / loss
         if not (run / "adapter.safetensors").is_file():
-            settings = replace(ONE_STEP_SETTINGS, steps=args.steps, evaluate_every=args.every, one_step_loss=loss)
+            # Without the detail weight: the loss spaces were compared before it existed, and the
+            # latent space has no pixel term for it to weigh.
+            settings = replace(ONE_STEP_SETTINGS, steps=args.steps, evaluate_every=args.every, one_step_loss=loss,
+                               one_step_detail_weight=0.0)
             fit_adapter(args.cache, Path(args.weights) / BACKBONE_FILE, run, settings, text=text)
         for row in read_jsonl(run / EVALUATIONS):
             lines.append(f"| {loss} | {row['step']} | "

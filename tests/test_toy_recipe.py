@@ -139,5 +139,9 @@ def test_ablation_keeps_objectives_apart_and_one_step_tables_have_no_generation(
     table = ablation.render_markdown({"a": {"decomposition": dec, "generation": {}, "stage2_s": 1.0}}, refs, meta)
     assert "one-step objective" in table and "one model call" in table and "generation" not in table
     assert "| (a) QBA + Tensor LoRA | 0.5" in table and "prior" in table
+    assert "detail weight" not in table
+    assert "normal detail weight 20" in ablation.render_markdown({}, refs, {**meta, "one_step_detail_weight": 20.0})
+    assert ablation.main(["--out", str(tmp_path / "w"), "--runs", "", "--one-step-detail-weight", "5"]) == 2
+    assert "applies to --objective one-step only" in capsys.readouterr().err
     flow = ablation.render_markdown({}, refs, {**meta, "objective": "flow-matching"})
     assert "generation recompose error" in flow

@@ -142,7 +142,9 @@ def render_markdown(results: dict[str, dict], refs: dict, meta: dict) -> str:
                   f"scenes (seed stream {EVAL_DATA_SEED}), {meta['sample_steps']} Euler steps; decomposition with the "
                   f"color pinned and no caption (CFG 1), generation from the caption with true CFG {meta['true_cfg']}.")
     else:
-        recipe = (f"the one-step objective ({meta['one_step_loss']} loss spaces), every scene a photo "
+        weight = meta.get("one_step_detail_weight") or 0.0
+        recipe = (f"the one-step objective ({meta['one_step_loss']} loss spaces"
+                  + (f", normal detail weight {weight:g}" if weight else "") + "), every scene a photo "
                   f"decomposition without caption. Held-out: {meta['eval_scenes']} scenes (seed stream "
                   f"{EVAL_DATA_SEED}), one model call with the color pinned and no caption.")
     lines = [f"## Ablation (toy scale, {meta['objective']} objective)", "", f"Command: `{meta['command']}`", "",
@@ -188,6 +190,7 @@ def report(out: Path, weights: Path, stage2: Stage2Settings, evaluation: EvalSet
             results[run.name] = json.loads(path.read_text(encoding="utf-8"))
     refs = reference_scores(held_out_scenes(evaluation.scenes), evaluation.seed)
     meta = {"command": command, "objective": stage2.objective, "one_step_loss": stage2.one_step_loss,
+            "one_step_detail_weight": stage2.one_step_detail_weight,
             "steps": stage2.steps, "batch_size": stage2.batch_size, "lr": stage2.lr,
             "rank": stage2.rank, "photo": stage2.photo_conditioning_prob, "backbone": str(weights / BACKBONE_FILE),
             "eval_scenes": evaluation.scenes, "sample_steps": evaluation.steps, "true_cfg": evaluation.true_cfg}
@@ -207,6 +210,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                          "one-step decomposition adapter's")
     ap.add_argument("--steps", type=int, default=None, help="stage-2 steps of every run (default: the recipe's)")
     ap.add_argument("--rank", type=int, default=None, help="adapter rank of every run (default: the recipe's)")
+    ap.add_argument("--one-step-detail-weight", type=float, default=None,
+                    help="--objective one-step: the normal loss's detail weight of every run (default: the "
+                         "recipe's; docs/ablation.md's runs used 0, made before it existed)")
     ap.add_argument("--eval-scenes", type=int, default=de.scenes)
     ap.add_argument("--runs", default=",".join(r.name for r in PLAN),
                     help="comma-separated runs to do (default: all): " + ", ".join(r.name for r in PLAN))
@@ -229,7 +235,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     out, weights = Path(args.out), Path(args.weights)
     recipe = ONE_STEP_SETTINGS if args.objective == OBJECTIVE_ONE_STEP else Stage2Settings()
-    stage2 = replace(recipe, **{k: v for k, v in (("steps", args.steps), ("rank", args.rank)) if v is not None})
+    if args.one_step_detail_weight is not None and args.objective != OBJECTIVE_ONE_STEP:
+        print("ablation: --one-step-detail-weight applies to --objective one-step only", file=sys.stderr)
+        return 2
+    chosen = (("steps", args.steps), ("rank", args.rank), ("one_step_detail_weight", args.one_step_detail_weight))
+    stage2 = replace(recipe, **{k: v for k, v in chosen if v is not None})
     evaluation = replace(de, scenes=args.eval_scenes)
     if out.exists() and not (out / MARKER).is_file():
         try:

@@ -79,9 +79,11 @@ class Stage2Settings:
 #: on decompositions without caption, both loss spaces (the measured winner at 1000 steps,
 #: docs/toy_model.md); lr and batch as stage 2. Rank 32 at 6000 steps beat rank 24 at 3000 and at
 #: 6000 steps on every ground-truth score of 64 held-out scenes (docs/toy_model.md); rank 32 is the
-#: widest whose float16 file keeps the shipped folder under 25 MB.
+#: widest whose float16 file keeps the shipped folder under 25 MB. Detail weight 20 (the normals' angular error
+#: weighted towards curved surfaces and edges, :func:`lumix_core.train.one_step.detail_weights`): against 0 it
+#: read the normals of as many or more held-out scenes in every set scored (docs/toy_model.md).
 ONE_STEP_SETTINGS = Stage2Settings(steps=6000, rank=32, caption_dropout=1.0, photo_conditioning_prob=1.0,
-                                   objective=OBJECTIVE_ONE_STEP, one_step_loss="both")
+                                   objective=OBJECTIVE_ONE_STEP, one_step_loss="both", one_step_detail_weight=20.0)
 
 
 def train_backbone(out: "str | os.PathLike[str]", settings: Stage1Settings, *, config: Optional[FluxConfig] = None,
