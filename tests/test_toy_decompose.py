@@ -70,7 +70,7 @@ def test_bad_inputs_get_one_line_each_and_the_rest_is_still_done(tmp_path, capsy
     assert "cut.png: " in err[3]
     assert "Traceback" not in captured.err
     assert sorted(p.name for p in out.iterdir()) == sorted(f"good_{m}.png" for m in MAPS)
-    assert "1 decomposed, 4 failed" in captured.out
+    assert "1 decomposed (the multi-step adapter, 1 step, seed 0), 4 failed" in captured.out
 
 
 def test_usage_errors_write_nothing(tmp_path, capsys):
@@ -147,6 +147,37 @@ def test_fast_decompose_makes_one_model_call_per_photo(fast_weights, tmp_path, m
     # Deterministic: no noise, so a second run gives the same bytes.
     assert main(["decompose", str(photo), "--out", str(out), "--fast", "--weights", str(fast_weights)]) == 0
     assert all((out / f"p_{m}.png").read_bytes() == (out / f"p_1_{m}.png").read_bytes() for m in MAPS)
+
+
+def test_decompose_uses_the_one_step_adapter_unless_asked_to_sample(fast_weights, tmp_path, monkeypatch, capsys):
+    """No flags: the folder's one-step adapter (one call). --steps or --seed: the multi-step
+    sampler. A folder without a one-step adapter: sampled, and the command says so."""
+    import shutil
+
+    from lumix_core.model.flux import Flux
+    from lumix_core.toy.model import ADAPTER_FILE, BACKBONE_FILE, TEXT_FILE
+
+    calls = []
+    forward = Flux.forward
+    monkeypatch.setattr(Flux, "forward", lambda self, *a, **k: calls.append(1) or forward(self, *a, **k))
+    photo = _photo(tmp_path / "p.png", size=(16, 16))
+    assert main(["decompose", str(photo), "--out", str(tmp_path / "a"), "--weights", str(fast_weights)]) == 0
+    assert len(calls) == 1 and "1 decomposed (the one-step adapter)" in capsys.readouterr().out
+    calls.clear()
+    assert main(["decompose", str(photo), "--out", str(tmp_path / "b"), "--weights", str(fast_weights),
+                 "--seed", "3"]) == 0
+    assert len(calls) > 1 and "the multi-step adapter, 24 steps, seed 3" in capsys.readouterr().out
+    with Image.open(tmp_path / "b" / "p_depth.png") as img:
+        assert img.text["lumix.steps"] == "24" and img.text["lumix.seed"] == "3"
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for name in (BACKBONE_FILE, TEXT_FILE, ADAPTER_FILE):
+        shutil.copyfile(fast_weights / name, bare / name)
+    calls.clear()
+    assert main(["decompose", str(photo), "--out", str(tmp_path / "c"), "--weights", str(bare), "--threads", "1"]) == 0
+    text = capsys.readouterr().out
+    assert "has no adapter_one_step.safetensors; sampling with its multi-step adapter in 24 steps" in text
+    assert len(calls) > 1 and all((tmp_path / "c" / f"p_{m}.png").is_file() for m in MAPS)
 
 
 def test_fast_decompose_refuses_steps_and_seed_and_a_folder_without_a_one_step_adapter(tmp_path, capsys):

@@ -1,12 +1,16 @@
 """``lumix decompose IMAGE ... --out DIR``: a photo's five maps from the shipped toy model.
 
 The photo goes where the release puts it: encoded into the color slot, fed clean at t = 0
-at every step, never updated, while the other maps are denoised from one shared noise
 (:meth:`lumix_core.toy.model.ToyLumiX.generate` with ``color=``). No caption by default, as
 a user decomposing a photo has none; ``--prompt`` may add one in the toy's vocabulary.
-``--fast`` uses the shipped one-step adapter instead (:data:`.model.ONE_STEP_ADAPTER_FILE`,
-trained with ``lumix-train fit --objective one-step``): one deterministic model call per
-photo instead of ``--steps`` Euler steps, no noise (so ``--seed`` and ``--steps`` do not apply).
+
+Which adapter: by default the folder's one-step adapter (:data:`.model.ONE_STEP_ADAPTER_FILE`,
+trained with ``lumix-train fit --objective one-step``): one deterministic model call per photo,
+and on the toy the only adapter that reads its photo (docs/toy_model.md). ``--steps`` or
+``--seed`` ask for sampling, so they select the multi-step adapter: the photo at every step,
+never updated, while the other maps are denoised from one shared noise. A folder without a
+one-step adapter is sampled too, and the command says so. ``--fast`` insists on the one-step
+adapter (an error where there is none).
 
 Sizes: any image PIL reads (grey, palette, alpha and EXIF-rotated files included) is turned
 into RGB and resized to the model's 64 x 64 -- the whole frame, so a non-square photo is
@@ -182,10 +186,14 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--out", type=output_folder, required=True, help="output folder (made if missing)")
     p.add_argument("--prompt", default="", help="optional caption in the toy's vocabulary (default: none)")
     p.add_argument("--fast", action="store_true",
-                   help="one model call per photo with the shipped one-step adapter (about 10x faster; "
-                        "--steps and --seed then do not apply)")
-    p.add_argument("--steps", type=positive_int, default=None, help=f"Euler steps (default {SAMPLE_STEPS}; not with --fast)")
-    p.add_argument("--seed", type=seed_value, default=None, help="noise seed, 0 to 2**64-1 (default 0; not with --fast)")
+                   help="insist on the one-step adapter (the default wherever the folder has one): one model call "
+                        "per photo; an error if the folder has none")
+    p.add_argument("--steps", type=positive_int, default=None,
+                   help=f"sample with the multi-step adapter in this many Euler steps instead (default {SAMPLE_STEPS} "
+                        "where the folder has no one-step adapter); about 20x slower, and on the toy it does not "
+                        "read its photo")
+    p.add_argument("--seed", type=seed_value, default=None,
+                   help="sample with the multi-step adapter from this noise seed, 0 to 2**64-1 (default 0)")
     p.add_argument("--weights", default=None, help="toy model folder (default: the shipped weights)")
     p.add_argument("--threads", type=thread_count, default=1, help="CPU threads for torch (default %(default)s)")
     return p
@@ -197,17 +205,22 @@ def main(args: argparse.Namespace) -> int:
     from .text import PromptError
 
     out = args.out  # checked by the parser: a folder we can make and write into
-    if args.fast and (args.steps is not None or args.seed is not None):
+    sampled = args.steps is not None or args.seed is not None
+    if args.fast and sampled:
         print("lumix decompose: --fast decomposes in one deterministic step, so --steps and --seed do not apply; "
               "drop them, or drop --fast to sample with steps and a seed", file=sys.stderr)
         return 2
+    weights = Path(args.weights or WEIGHTS_DIR)
+    fast = args.fast or (not sampled and (weights / ONE_STEP_ADAPTER_FILE).is_file())
     steps = SAMPLE_STEPS if args.steps is None else args.steps
     seed = 0 if args.seed is None else args.seed
+    if not fast and not sampled:
+        print(f"note: {weights} has no {ONE_STEP_ADAPTER_FILE}; sampling with its multi-step adapter in {steps} steps")
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
     try:
         done, failed = run_decompose(args.images, out, prompt=args.prompt, steps=steps, seed=seed,
-                                     weights=args.weights or WEIGHTS_DIR, fast=args.fast)
+                                     weights=weights, fast=fast)
     except (PromptError, FileNotFoundError, ValueError) as e:
         print(f"lumix decompose: {e}", file=sys.stderr)
         return 2
@@ -220,5 +233,6 @@ def main(args: argparse.Namespace) -> int:
             print(f"  note: {d.note}")
     for raw, reason in failed:
         print(f"lumix decompose: {raw}: {reason}", file=sys.stderr)
-    print(f"{len(done)} decomposed, {len(failed)} failed, {time.perf_counter() - start:.1f} s")
+    how = "the one-step adapter" if fast else f"the multi-step adapter, {steps} step{'s' * (steps != 1)}, seed {seed}"
+    print(f"{len(done)} decomposed ({how}), {len(failed)} failed, {time.perf_counter() - start:.1f} s")
     return 1 if failed else 0
