@@ -1,6 +1,6 @@
 """Do one-step adapters draw the world's own spheres and boxes? The shape check on true renders.
 
-    python docs/experiment_object_normals.py ADAPTER [ADAPTER ...] [--names A,B] [--scan 240] [--figure FILE.png]
+    python docs/experiment_object_normals.py ADAPTER [ADAPTER ...] [--names A,B] [--scan 240] [--fov LO,HI] [--figure FILE.png]
 
 Each adapter (a one-step adapter file on the shipped backbone) decomposes the held-out renders
 with one flat, saturated object (found among the first ``--scan`` scenes of the evaluation's
@@ -8,7 +8,9 @@ stream); :func:`lumix_core.toy.shape_check.recognised_shape` then names the obje
 The truth scores 1.0 (tests/test_toy_shape_check.py), so a miss is the adapter's. Prints, per
 adapter and true shape, the share named right and the mean angle of the object's normals to each
 shape model. ``--figure``: six sphere scenes, columns input | true normal | true normal through
-the toy VAE | each adapter's normal. Results: docs/toy_model.md.
+the toy VAE | each adapter's normal. ``--fov 19,27.5``: the same scenes seen through a narrower
+lens (the world draws its cameras' field of view from :data:`lumix_core.world.scene.FOV_RANGE_DEG`,
+38-55 degrees), so every object is about twice as large in the frame. Results: docs/toy_model.md.
 """
 from __future__ import annotations
 
@@ -18,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+import lumix_core.world.scene as world_scene
 
 from lumix_core.io.files import write_bytes_atomically
 from lumix_core.io.png import encode_png
@@ -44,8 +48,12 @@ def main(argv=None) -> int:
     ap.add_argument("adapters", nargs="+", help="one-step adapter files (run on the shipped backbone)")
     ap.add_argument("--scan", type=int, default=240, help="held-out scenes to search (default %(default)s)")
     ap.add_argument("--names", help="comma-separated names of the adapters for the table and figure (default: file names)")
+    ap.add_argument("--fov", help="LO,HI: the cameras' field-of-view range in degrees instead of the world's")
     ap.add_argument("--figure", help="write the sphere figure here (refuses to overwrite)")
     args = ap.parse_args(argv)
+    if args.fov:
+        lo, hi = (float(v) for v in args.fov.split(","))
+        world_scene.FOV_RANGE_DEG = (lo, hi)  # read by the scene sampler at every draw
     names = args.names.split(",") if args.names else [Path(p).stem for p in args.adapters]
     if len(names) != len(args.adapters):
         print(f"--names gives {len(names)} names for {len(args.adapters)} adapters", file=sys.stderr)
