@@ -26,21 +26,10 @@ import lumix_core.world.scene as world_scene
 from lumix_core.io.files import write_bytes_atomically
 from lumix_core.io.png import encode_png
 from lumix_core.toy import vae
-from lumix_core.toy.evaluate import SATURATED_COLORS, held_out_scenes
+from lumix_core.toy.evaluate import one_object_scenes
 from lumix_core.toy.model import WEIGHTS_DIR, ToyLumiX
 from lumix_core.toy.shape_check import object_mask, recognised_shape, shape_residuals
 from lumix_core.train.validation import contact_sheet
-
-
-def one_object_scenes(scan: int) -> list[tuple[str, str, dict[str, np.ndarray]]]:
-    """(colour word, shape, encoded maps) of the scanned held-out scenes with one flat saturated object."""
-    found = []
-    for r in held_out_scenes(scan):
-        objects = r.spec.objects
-        material = objects[0].material
-        if len(objects) == 1 and material.kind == "flat" and material.colors[0] in SATURATED_COLORS:
-            found.append((material.colors[0], objects[0].shape, r.encode()))
-    return found
 
 
 def main(argv=None) -> int:
@@ -62,7 +51,8 @@ def main(argv=None) -> int:
         print(f"{args.figure} exists; choose a new --figure path (nothing is overwritten)", file=sys.stderr)
         return 2
     torch.set_num_threads(1)
-    scenes = one_object_scenes(args.scan)
+    scenes = [(r.spec.objects[0].material.colors[0], r.spec.objects[0].shape, r.encode())
+              for r in one_object_scenes(args.scan)]
     color = torch.stack([torch.from_numpy(maps["color"]) for _, _, maps in scenes])
     spheres = [n for n, (_, shape, _) in enumerate(scenes) if shape == "sphere"][:6]
     columns = [color[spheres], torch.stack([torch.from_numpy(scenes[n][2]["normal"]) for n in spheres])]

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from lumix_core.toy.evaluate import SATURATED_COLORS, held_out_scenes
+from lumix_core.toy.evaluate import one_object_scenes
 from lumix_core.toy.shape_check import object_mask, recognised_shape, shape_residuals
 from lumix_core.world.scene import PALETTE
 
@@ -14,14 +14,9 @@ from lumix_core.world.scene import PALETTE
 def _one_object_scenes(count: int = 16):
     """(albedo, normal, colour, shape, color image) of held-out scenes with one flat saturated object."""
     out = []
-    for r in held_out_scenes(80):
-        objects = r.spec.objects
-        m = objects[0].material
-        if len(objects) == 1 and m.kind == "flat" and m.colors[0] in SATURATED_COLORS:
-            maps = r.encode()
-            out.append((maps["albedo"], maps["normal"], m.colors[0], objects[0].shape, maps["color"]))
-        if len(out) == count:
-            break
+    for r in one_object_scenes(80)[:count]:
+        maps, obj = r.encode(), r.spec.objects[0]
+        out.append((maps["albedo"], maps["normal"], obj.material.colors[0], obj.shape, maps["color"]))
     return out
 
 

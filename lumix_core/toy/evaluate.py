@@ -81,6 +81,18 @@ def held_out_scenes(count: int, size: int = IMAGE_SIZE, data_seed: int = EVAL_DA
     return [render(sample_scene(scene_seed(data_seed, i)), size) for i in range(count)]
 
 
+def one_object_scenes(scan: int) -> list[RenderResult]:
+    """The scenes among the first ``scan`` held-out ones with a single flat object of a saturated
+    colour: the ones whose object the shape check can find by its colour alone."""
+    found = []
+    for r in held_out_scenes(scan):
+        objects = r.spec.objects
+        material = objects[0].material
+        if len(objects) == 1 and material.kind == "flat" and material.colors[0] in SATURATED_COLORS:
+            found.append(r)
+    return found
+
+
 def truth_of(result: RenderResult) -> dict[str, np.ndarray]:
     """The raw buffers :func:`lumix_core.world.metrics.evaluate_maps` scores against."""
     return {"depth": result.depth, "normal": result.normal, "albedo": result.albedo,
@@ -520,6 +532,6 @@ if __name__ == "__main__":
 
 
 __all__ = ["EVAL_DATA_SEED", "GT_METRICS", "COHERENCE_METRICS", "TARGETS", "LIGHT_PROMPT", "EvalSettings",
-           "held_out_scenes", "truth_of", "mean_and_sem", "evaluate_decomposition", "evaluate_generation",
+           "held_out_scenes", "one_object_scenes", "truth_of", "mean_and_sem", "evaluate_decomposition", "evaluate_generation",
            "caption_following", "object_checks", "prompt_shape", "caption_following_of_truth", "mirrored_light_pairs", "left_half_mean", "dominant_color",
            "reference_scores", "prior_maps", "steps_table", "random_normal_deviation", "evaluate_all", "summary_table"]

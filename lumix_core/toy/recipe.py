@@ -75,7 +75,7 @@ class Stage2Settings:
     one_step_detail_weight: float = 0.0
 
 
-#: The shipped one-step decomposition adapter (``lumix decompose --fast``): a fresh adapter trained only
+#: The shipped one-step decomposition adapter (what ``lumix decompose`` uses): a fresh adapter trained only
 #: on decompositions without caption, both loss spaces (the measured winner at 1000 steps,
 #: docs/toy_model.md); lr and batch as stage 2. Rank 32 at 6000 steps beat rank 24 at 3000 and at
 #: 6000 steps on every ground-truth score of 64 held-out scenes (docs/toy_model.md); rank 32 is the
