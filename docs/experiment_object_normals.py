@@ -41,7 +41,11 @@ def main(argv=None) -> int:
     ap.add_argument("--figure", help="write the sphere figure here (refuses to overwrite)")
     args = ap.parse_args(argv)
     if args.fov:
-        lo, hi = (float(v) for v in args.fov.split(","))
+        try:
+            lo, hi = (float(v) for v in args.fov.split(","))
+        except ValueError:
+            print(f"--fov takes two angles in degrees, LO,HI (e.g. 19,27.5), got '{args.fov}'", file=sys.stderr)
+            return 2
         world_scene.FOV_RANGE_DEG = (lo, hi)  # read by the scene sampler at every draw
     names = args.names.split(",") if args.names else [Path(p).stem for p in args.adapters]
     if len(names) != len(args.adapters):
@@ -77,7 +81,7 @@ def main(argv=None) -> int:
         labels.append(name)
     if args.figure:
         rows = [torch.stack([c[i].float() for c in columns]) for i in range(len(spheres))]
-        write_bytes_atomically(Path(args.figure), encode_png(contact_sheet(rows, labels=labels, scale=3)))
+        write_bytes_atomically(Path(args.figure), encode_png(contact_sheet(rows, labels=labels, scale=3)), overwrite=False)
     return 0
 
 
