@@ -4,7 +4,7 @@
 
 Each adapter (a one-step adapter file on the shipped backbone) decomposes the held-out renders
 with one flat, saturated object (found among the first ``--scan`` scenes of the evaluation's
-stream); :func:`lumix_core.toy.shape_check.recognised_shape` then names the object in its maps.
+stream); the shape check (:func:`lumix_core.toy.shape_check.recognised_shape`) then names the object in its maps.
 The truth scores 1.0 (tests/test_toy_shape_check.py), so a miss is the adapter's. Prints, per
 adapter and true shape, the share named right and the mean angle of the object's normals to each
 shape model. ``--figure``: six sphere scenes, columns input | true normal | true normal through
@@ -28,7 +28,7 @@ from lumix_core.io.png import encode_png
 from lumix_core.toy import vae
 from lumix_core.toy.evaluate import one_object_scenes
 from lumix_core.toy.model import WEIGHTS_DIR, ToyLumiX
-from lumix_core.toy.shape_check import object_mask, recognised_shape, shape_residuals
+from lumix_core.toy.shape_check import better_fit, object_mask, shape_residuals
 from lumix_core.train.validation import contact_sheet
 
 
@@ -72,9 +72,9 @@ def main(argv=None) -> int:
         albedo, normal = maps["albedo"].image, maps["normal"].image
         for shape in ("sphere", "box"):
             idx = [n for n, s in enumerate(scenes) if s[1] == shape]
-            hits = [recognised_shape(albedo[n], normal[n], scenes[n][0]) == shape for n in idx]
             res = [shape_residuals(m, normal[n]) for n in idx
                    if (m := object_mask(albedo[n], scenes[n][0])) is not None]
+            hits = [better_fit(r) == shape for r in res]  # an object not drawn at all is a miss
             print(f"| {name} | {shape} | {len(idx)} | {sum(hits)} | "
                   f"{np.mean([r['sphere'] for r in res]):.1f} | {np.mean([r['box'] for r in res]):.1f} |")
         columns.append(normal[spheres])

@@ -52,7 +52,7 @@ from lumix_core.toy.backbone import make_backbone, toy_config
 from lumix_core.toy.evaluate import one_object_scenes
 from lumix_core.toy.model import WEIGHTS_DIR, ToyLumiX
 from lumix_core.toy.recipe import ONE_STEP_SETTINGS
-from lumix_core.toy.shape_check import SHAPES, object_mask, recognised_shape, shape_residuals
+from lumix_core.toy.shape_check import SHAPES, better_fit, object_mask, shape_residuals
 from lumix_core.train.one_step import make_one_step_batch, one_step_losses, pixel_terms
 from lumix_core.train.validation import contact_sheet
 from lumix_core.world.dataset import scene_seed
@@ -138,18 +138,16 @@ class TransformerReader:
         return latents.reshape(x0.shape)[:, NORMAL]
 
 
-def shape_scores(normal_latents: torch.Tensor, held_out: list[dict], shapes: list[tuple[str, str]],
+def shape_scores(normal_latents: torch.Tensor, masks: list[np.ndarray], shapes: list[tuple[str, str]],
                  true_normals: torch.Tensor) -> dict:
-    """Per true shape: how many are named right and the mean angle to each shape model; and the
-    mean normal error against ``true_normals [S, H, W, 3]`` (unit vectors)."""
+    """Per true shape: how many are named right and the mean angle to each shape model (objects
+    given by ``masks``, one per scene); and the mean normal error against ``true_normals [S, H, W, 3]``."""
     normals = vae.decode_display(normal_latents)
+    residuals = [shape_residuals(m, n) for m, n in zip(masks, normals)]
     row = {}
     for shape in SHAPES:
-        idx = [k for k, (_, s) in enumerate(shapes) if s == shape]
-        albedo = [torch.from_numpy(held_out[k]["albedo"]) for k in idx]
-        row[f"{shape}_named"] = sum(recognised_shape(a, normals[k], shapes[k][0]) == shape for a, k in zip(albedo, idx))
-        res = [shape_residuals(m, normals[k]) for a, k in zip(albedo, idx)
-               if (m := object_mask(a, shapes[k][0])) is not None]
+        res = [r for r, (_, s) in zip(residuals, shapes) if s == shape]
+        row[f"{shape}_named"] = sum(better_fit(r) == shape for r in res)
         for model in SHAPES:
             row[f"{shape}_to_{model}_deg"] = round(float(np.mean([r[model] for r in res])), 2)
     row["shape_following"] = round((row["sphere_named"] + row["box_named"]) / len(shapes), 3)
@@ -172,6 +170,10 @@ def main(argv=None) -> int:
     ap.add_argument("--every", type=int, default=250)
     ap.add_argument("--figure", help="PNG of six held-out spheres at the end: input | true normal | reader's normal")
     args = ap.parse_args(argv)
+    if args.init and args.reader not in ("adapter", "full"):
+        print(f"--init starts the adapter or full reader from an adapter file; the {args.reader} reader has none",
+              file=sys.stderr)
+        return 2
     out = Path(args.out)
     for path in (out, Path(args.figure) if args.figure else None):
         if path is not None and path.exists():
@@ -184,6 +186,9 @@ def main(argv=None) -> int:
     shapes = [(r.spec.objects[0].material.colors[0], r.spec.objects[0].shape) for r in scenes]
     held_x0 = latents_of(held_out)
     true_normals = vae.decode(held_x0[:, NORMAL])  # through the toy VAE, as every reader's output is
+    masks = [object_mask(torch.from_numpy(e["albedo"]), color) for e, (color, _) in zip(held_out, shapes)]
+    if any(m is None for m in masks):
+        raise RuntimeError("a held-out object is not found in its own true albedo; the shape check's data changed")
     train_x0 = held_x0 if args.pool == "memorize" else training_pool(args.pool, args.train_scenes)
     if args.reader in ("conv", "token-mlp"):
         net = ConvReader(per_token=args.reader == "token-mlp")
@@ -215,7 +220,7 @@ def main(argv=None) -> int:
         if step % args.every == 0:
             with torch.no_grad():
                 row = {"step": step, "train_loss": round(smoothed, 4),
-                       **shape_scores(normals_of(held_x0), held_out, shapes, true_normals),
+                       **shape_scores(normals_of(held_x0), masks, shapes, true_normals),
                        "wall_s": round(time.perf_counter() - start)}
             print(json.dumps(row), flush=True)
             with out.open("a", encoding="utf-8") as f:

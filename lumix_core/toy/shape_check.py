@@ -112,11 +112,13 @@ def recognised_shape(albedo: "np.ndarray | torch.Tensor", normal: "np.ndarray | 
     """"sphere" or "box": which shape model the ``color`` object's normals fit better; None if
     no such object is drawn."""
     mask = object_mask(albedo, color)
-    if mask is None:
-        return None
-    residuals = shape_residuals(mask, normal)
+    return None if mask is None else better_fit(shape_residuals(mask, normal))
+
+
+def better_fit(residuals: dict[str, float]) -> str:
+    """The shape whose model fits better, from :func:`shape_residuals` (for callers that keep the residuals)."""
     return min(SHAPES, key=residuals.__getitem__)
 
 
 __all__ = ["MIN_OBJECT_PIXELS", "BOX_FACES", "SHAPES", "nearest_palette", "object_mask", "shape_residuals",
-           "recognised_shape"]
+           "recognised_shape", "better_fit"]
