@@ -17,7 +17,7 @@ for _name in _MODULES:
     NODE_CLASS_MAPPINGS.update(_mod.NODE_CLASS_MAPPINGS)
     NODE_DISPLAY_NAME_MAPPINGS.update(_mod.NODE_DISPLAY_NAME_MAPPINGS)
 
-# The models/lumix folder must exist in folder_paths before any node lists its files.
+# The models/lumix folder must exist in folder_paths by the time a node lists its files.
 from ._host import register_adapter_folder as _register_adapter_folder  # noqa: E402
 
 _register_adapter_folder()

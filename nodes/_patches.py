@@ -96,16 +96,18 @@ class LumiXBlockPatch(_Shared):
         img = args["img"]
         lora = self._lora_on(img.device)
         if self.kind == "double":
-            img, txt = double_block_forward(self.block, img, args["txt"], args["vec"], args["pe"], adapter=lora, **common)
+            img, txt = double_block_forward(self.block, img, args["txt"], args["vec"], args["pe"], adapter=lora,
+                                            **common)
             return {"img": img, "txt": txt}
         return {"img": single_block_forward(self.block, img, args["vec"], args["pe"], adapter=lora, **common)}
 
     def __repr__(self) -> str:
-        return f"LumiXBlockPatch({self.kind}_block {self.index}, maps={self.maps.to_string()}, strength={self.strength})"
+        return (f"LumiXBlockPatch({self.kind}_block {self.index}, maps={self.maps.to_string()}, "
+                f"strength={self.strength})")
 
 
 class LumiXSamplingGuard(_Shared):
-    """``OUTER_SAMPLE`` wrapper: refuses batches QBA cannot run before the first step.
+    """``OUTER_SAMPLE`` wrapper: refuses batches QBA cannot run, ahead of the first step.
 
     Checks, for any sampler node (stock KSampler, SamplerCustomAdvanced, ours): a LATENT from the
     LumiX latent nodes holds the adapter's map set, in its order (the tag on the samples tensor,

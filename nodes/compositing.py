@@ -16,17 +16,20 @@ from ..lumix_core.maps import RELEASE_MAPS
 
 CATEGORY = "LumiX/Compositing"
 
+#: What each connected map is, as the start of a one-sentence tooltip (see :func:`_map_tooltip`).
 _MAP_TOOLTIPS = {
-    "albedo": "Albedo map (sRGB, [0,1]).",
-    "irradiance": "Irradiance / shading map as produced by LumiX (sRGB-encoded, [0,1]).",
-    "color": "Color map (sRGB, [0,1]).",
-    "depth": "Depth map: relative, near = bright, min-max normalised (grey IMAGE).",
-    "normal": "Normal map: camera-space unit vectors encoded (n+1)/2, OpenGL (Y up) unless set otherwise.",
+    "albedo": "Albedo map (sRGB, [0,1])",
+    "irradiance": "Irradiance (shading) map from LumiX (sRGB-encoded, [0,1])",
+    "color": "Color map (sRGB, [0,1])",
+    "depth": "Depth map: relative, near = bright, min-max normalised (grey IMAGE)",
+    "normal": "Normal map: camera-space unit vectors encoded (n+1)/2, OpenGL (Y up) unless set otherwise",
 }
 
 
-def _map_tooltip(name: str) -> str:
-    return _MAP_TOOLTIPS.get(name, f"{name} map.")
+def _map_tooltip(name: str, note: str = "") -> str:
+    """One sentence: what the map is, then ``note`` (what this node does with it) after a semicolon."""
+    text = _MAP_TOOLTIPS.get(name, f"{name} map")
+    return f"{text}; {note}." if note else f"{text}."
 
 
 def _normal_convention_input(tooltip: str) -> tuple:
@@ -35,12 +38,9 @@ def _normal_convention_input(tooltip: str) -> tuple:
 
 class LumiXSaveMaps:
     DESCRIPTION = (
-        "Saves LumiX maps into the output folder: 8-bit PNG per map, 16-bit PNG for depth and "
-        "normal, and one multi-layer float EXR per scene (albedo/irradiance/color.R/G/B linear, "
-        "normal.X/Y/Z, depth.Z). Prompt, seed and map conventions are embedded. Never overwrites: "
-        "files are numbered <prefix>_<counter>_<scene>_<map>. A connected consistency report is saved "
-        "beside them as <prefix>_<counter>_report.json. A set is written completely or not at all; maps with "
-        "NaN/inf values are refused; metadata that PNG cannot hold is escaped, never a reason to lose the maps."
+        "Saves LumiX maps into the output folder: 8-bit PNG, 16-bit PNG (depth, normal) and one multi-layer float EXR "
+        "per scene, with prompt, seed and map conventions embedded; never overwrites. Connect the map outputs of "
+        "LumiX Decode Maps."
     )
     CATEGORY = CATEGORY
     FUNCTION = "save"
@@ -50,18 +50,35 @@ class LumiXSaveMaps:
 
     @classmethod
     def INPUT_TYPES(cls):
-        optional = {name: ("IMAGE", {"tooltip": _map_tooltip(name) + " Optional: unconnected maps are not saved."}) for name in RELEASE_MAPS}
-        optional["prompt_text"] = ("STRING", {"default": "", "multiline": True, "tooltip": "Prompt to record in the files' metadata."})
-        optional["report_json"] = ("STRING", {"forceInput": True, "tooltip": "Optional: the report_json output of LumiX Consistency Report, saved as <prefix>_<counter>_report.json beside the maps."})
-        optional["seed"] = ("INT", {"default": -1, "min": -1, "max": 0xFFFFFFFFFFFFFFFF, "tooltip": "Seed to record in the metadata; -1 records none."})
+        optional = {name: ("IMAGE", {"tooltip": _map_tooltip(name, "optional, not saved when unconnected")})
+                    for name in RELEASE_MAPS}
+        optional["prompt_text"] = ("STRING", {"default": "", "multiline": True,
+                                              "tooltip": "Prompt to record in the files' metadata."})
+        optional["report_json"] = ("STRING", {
+            "forceInput": True,
+            "tooltip": "Optional report_json of LumiX Consistency Report, saved beside the maps as "
+                       "<prefix>_<counter>_report.json."})
+        optional["seed"] = ("INT", {"default": -1, "min": -1, "max": 0xFFFFFFFFFFFFFFFF,
+                                    "tooltip": "Seed to record in the metadata; -1 records none."})
         return {
             "required": {
-                "filename_prefix": ("STRING", {"default": "LumiX/maps", "tooltip": "File name prefix, relative to the output folder; may contain sub-folders, never '..' or an absolute path."}),
+                "filename_prefix": ("STRING", {
+                    "default": "LumiX/maps",
+                    "tooltip": "File name prefix relative to the output folder; sub-folders are allowed, '..' and "
+                               "absolute paths are not."}),
                 "save_png8": ("BOOLEAN", {"default": True, "tooltip": "8-bit PNG for every map (depth as grey)."}),
-                "save_png16": ("BOOLEAN", {"default": True, "tooltip": "16-bit PNG for depth (grey) and normal (RGB)."}),
-                "save_exr": ("BOOLEAN", {"default": True, "tooltip": "One multi-layer float32 EXR per scene (needs the 'openexr' Python package)."}),
-                "normal_convention": _normal_convention_input("Convention of the connected normal map (recorded in the metadata; the pixels are saved as they are)."),
-                "depth_far_bright": ("BOOLEAN", {"default": False, "tooltip": "Set if the connected depth map is inverted (far = bright); recorded in the metadata."}),
+                "save_png16": ("BOOLEAN", {"default": True,
+                                           "tooltip": "16-bit PNG for depth (grey) and normal (RGB)."}),
+                "save_exr": ("BOOLEAN", {"default": True,
+                                         "tooltip": "One multi-layer float32 EXR per scene (needs the 'openexr' "
+                                                    "Python package)."}),
+                "normal_convention": _normal_convention_input(
+                    "Convention of the connected normal map, recorded in the metadata (the pixels are saved as they "
+                    "are)."),
+                "depth_far_bright": ("BOOLEAN", {
+                    "default": False,
+                    "tooltip": "Set if the connected depth map is inverted (far = bright); recorded in the "
+                               "metadata."}),
             },
             "optional": optional,
             "hidden": {"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO"},
@@ -85,7 +102,8 @@ class LumiXSaveMaps:
             report=report_json,
         )
         shown = [f for f in saved if f.format == "png8"] or [f for f in saved if f.format == "png16"]
-        return {"ui": {"images": [{"filename": f.filename, "subfolder": f.subfolder, "type": "output"} for f in shown]}}
+        return {"ui": {"images": [{"filename": f.filename, "subfolder": f.subfolder, "type": "output"}
+                                  for f in shown]}}
 
 
 def _workflow_text(prompt, extra_pnginfo) -> dict:
@@ -107,15 +125,15 @@ def _workflow_text(prompt, extra_pnginfo) -> dict:
 
 class LumiXRelight:
     DESCRIPTION = (
-        "Relights a scene from its albedo and normal maps with a directional light (Lambertian, "
-        "linear light). Azimuth 0 = light from the right, 90 = from the top; elevation 90 = from "
-        "the camera. Optional depth adds distance falloff; optional irradiance keeps the original "
-        "shadows/occlusion."
+        "Relights a scene from its albedo and normal maps with one directional light (Lambertian, linear light); "
+        "optional depth adds falloff, optional irradiance keeps the original shadows. Connect the maps of LumiX "
+        "Decode Maps."
     )
     CATEGORY = CATEGORY
     FUNCTION = "relight"
     RETURN_TYPES = ("IMAGE",)
     RETURN_NAMES = ("relit",)
+    OUTPUT_TOOLTIPS = ("The relit image (sRGB, [0,1]).",)
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -123,18 +141,30 @@ class LumiXRelight:
             "required": {
                 "albedo": ("IMAGE", {"tooltip": _map_tooltip("albedo")}),
                 "normal": ("IMAGE", {"tooltip": _map_tooltip("normal")}),
-                "azimuth": ("FLOAT", {"default": 45.0, "min": -360.0, "max": 360.0, "step": 1.0, "tooltip": "Light direction in the image plane, degrees: 0 = from the right, 90 = from the top, 180 = from the left."}),
-                "elevation": ("FLOAT", {"default": 45.0, "min": -90.0, "max": 90.0, "step": 1.0, "tooltip": "Light height, degrees: 0 = grazing, 90 = from the camera, negative = from behind."}),
-                "light_color": ("STRING", {"default": "#FFFFFF", "tooltip": "Light colour: '#RRGGBB' (sRGB) or 'r,g,b' linear multipliers."}),
-                "intensity": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 20.0, "step": 0.05, "tooltip": "Light intensity (linear)."}),
-                "ambient": ("FLOAT", {"default": 0.1, "min": 0.0, "max": 5.0, "step": 0.01, "tooltip": "White ambient light reaching every pixel (linear)."}),
+                "azimuth": ("FLOAT", {
+                    "default": 45.0, "min": -360.0, "max": 360.0, "step": 1.0,
+                    "tooltip": "Light direction in the image plane, degrees: 0 = from the right, 90 = from the top, "
+                               "180 = from the left."}),
+                "elevation": ("FLOAT", {
+                    "default": 45.0, "min": -90.0, "max": 90.0, "step": 1.0,
+                    "tooltip": "Light height, degrees: 0 = grazing, 90 = from the camera, negative = from behind."}),
+                "light_color": ("STRING", {"default": "#FFFFFF",
+                                           "tooltip": "Light colour: '#RRGGBB' (sRGB) or 'r,g,b' linear "
+                                                      "multipliers."}),
+                "intensity": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 20.0, "step": 0.05,
+                                        "tooltip": "Light intensity (linear)."}),
+                "ambient": ("FLOAT", {"default": 0.1, "min": 0.0, "max": 5.0, "step": 0.01,
+                                      "tooltip": "White ambient light reaching every pixel (linear)."}),
                 "normal_convention": _normal_convention_input("Convention of the connected normal map."),
             },
             "optional": {
-                "depth": ("IMAGE", {"tooltip": _map_tooltip("depth") + " Enables light falloff."}),
-                "irradiance": ("IMAGE", {"tooltip": _map_tooltip("irradiance") + " Enables keep_shading."}),
-                "falloff": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 20.0, "step": 0.05, "tooltip": "Distance falloff strength (needs depth); 0 = none."}),
-                "keep_shading": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.05, "tooltip": "How much of the original shading pattern (from irradiance) to keep; 0 = none."}),
+                "depth": ("IMAGE", {"tooltip": _map_tooltip("depth", "optional, enables the light falloff")}),
+                "irradiance": ("IMAGE", {"tooltip": _map_tooltip("irradiance", "optional, enables keep_shading")}),
+                "falloff": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 20.0, "step": 0.05,
+                                      "tooltip": "Distance falloff strength (needs depth); 0 = none."}),
+                "keep_shading": ("FLOAT", {
+                    "default": 0.0, "min": 0.0, "max": 1.0, "step": 0.05,
+                    "tooltip": "How much of the original shading pattern (from irradiance) to keep; 0 = none."}),
             },
         }
 
@@ -148,13 +178,17 @@ class LumiXRelight:
 
 class LumiXRecompose:
     DESCRIPTION = (
-        "Multiplies albedo and irradiance in linear light into a colour estimate and shows where "
-        f"it differs from the generated colour (heat-map; brightest = {RECOMPOSE_ERROR_VMAX} linear error)."
+        "Multiplies albedo and irradiance in linear light into a colour estimate and shows where it differs from the "
+        f"color map (heat-map; brightest = {RECOMPOSE_ERROR_VMAX} linear error). Connect the maps of LumiX Decode Maps."
     )
     CATEGORY = CATEGORY
     FUNCTION = "recompose"
     RETURN_TYPES = ("IMAGE", "IMAGE")
     RETURN_NAMES = ("color_estimate", "error_heatmap")
+    OUTPUT_TOOLTIPS = (
+        "Albedo x irradiance as an sRGB image, scaled to the color map when fit_exposure is on.",
+        f"Heat-map of the estimate's linear error against the color map; brightest = {RECOMPOSE_ERROR_VMAX}.",
+    )
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -162,8 +196,11 @@ class LumiXRecompose:
             "required": {
                 "albedo": ("IMAGE", {"tooltip": _map_tooltip("albedo")}),
                 "irradiance": ("IMAGE", {"tooltip": _map_tooltip("irradiance")}),
-                "color": ("IMAGE", {"tooltip": _map_tooltip("color") + " The reference for the error."}),
-                "fit_exposure": ("BOOLEAN", {"default": True, "tooltip": "Scale the estimate by the one factor per image that best matches the colour (the maps' exposure is arbitrary)."}),
+                "color": ("IMAGE", {"tooltip": _map_tooltip("color", "the reference for the error")}),
+                "fit_exposure": ("BOOLEAN", {
+                    "default": True,
+                    "tooltip": "Scale the estimate by the one factor per image that best matches the colour (the "
+                               "maps' exposure is arbitrary)."}),
             }
         }
 
@@ -172,27 +209,51 @@ class LumiXRecompose:
         return (result.estimate, result.error_heatmap())
 
 
+#: Output tooltips of LumiX Consistency Report's heat-maps (black where a check was skipped).
+_HEATMAP_TOOLTIPS = {
+    "normal_deviation": "Heat-map of how far the decoded normals are from unit length (black = unit).",
+    "recompose_error": "Heat-map of the error of albedo x irradiance against the color map.",
+    "depth_normal_error": "Heat-map of the angle between normals derived from depth and the predicted normals.",
+}
+
+
 class LumiXConsistencyReport:
     DESCRIPTION = (
-        "Checks that the maps of each scene agree, without ground truth: unit-normal deviation, "
-        "albedo x irradiance vs colour, depth-derived vs predicted normals (degrees), and edge "
-        "agreement with colour. Outputs a JSON report (with how to read each number) and heat-maps."
+        "Checks without ground truth that the maps of each scene agree (unit normals, albedo x irradiance vs colour, "
+        "depth vs normals, edges) and outputs a JSON report and heat-maps. Connect the maps of LumiX Decode Maps."
     )
     CATEGORY = CATEGORY
     FUNCTION = "report"
     RETURN_TYPES = ("STRING",) + ("IMAGE",) * len(HEATMAP_NAMES)
     RETURN_NAMES = ("report_json",) + HEATMAP_NAMES
+    OUTPUT_TOOLTIPS = (
+        ("The report as JSON, with how to read each number; connect it to LumiX Save Maps to save it.",)
+        + tuple(_HEATMAP_TOOLTIPS.get(name, f"Heat-map of the {name} check.") for name in HEATMAP_NAMES))
 
     @classmethod
     def INPUT_TYPES(cls):
-        optional = {name: ("IMAGE", {"tooltip": _map_tooltip(name) + " Checks that need a missing map are skipped."}) for name in RELEASE_MAPS}
+        optional = {name: ("IMAGE", {"tooltip": _map_tooltip(name, "optional, checks that need it are skipped "
+                                                                   "without it")})
+                    for name in RELEASE_MAPS}
         return {
             "required": {
-                "fov_deg": ("FLOAT", {"default": 60.0, "min": 1.0, "max": 179.0, "step": 1.0, "tooltip": "Assumed horizontal field of view of the camera, degrees (for normals from depth)."}),
+                "fov_deg": ("FLOAT", {
+                    "default": 60.0, "min": 1.0, "max": 179.0, "step": 1.0,
+                    "tooltip": "Assumed horizontal field of view of the camera in degrees, for normals from "
+                               "depth."}),
                 "normal_convention": _normal_convention_input("Convention of the connected normal map."),
-                "near_far_ratio": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 0.99, "step": 0.01, "tooltip": "Nearest/farthest distance of the scene, to turn relative depth into distances; 0 = fit it to the normals."}),
-                "depth_model": (["fit"] + list(DEPTH_MODELS), {"default": "fit", "tooltip": "How relative depth maps to distance: linear in depth, or linear in disparity (1/depth); 'fit' picks the better one (a fixed near_far_ratio with 'fit' reads linear)."}),
-                "analysis_size": ("INT", {"default": 512, "min": 64, "max": 4096, "step": 64, "tooltip": "Longer image side the checks run at (smaller = faster); heat-maps have this size."}),
+                "near_far_ratio": ("FLOAT", {
+                    "default": 0.0, "min": 0.0, "max": 0.99, "step": 0.01,
+                    "tooltip": "Nearest/farthest distance of the scene, to turn relative depth into distances; "
+                               "0 = fit it to the normals."}),
+                "depth_model": (["fit"] + list(DEPTH_MODELS), {
+                    "default": "fit",
+                    "tooltip": "How relative depth maps to distance: linear in depth, linear in disparity "
+                               "(1/depth), or 'fit' to pick the better one."}),
+                "analysis_size": ("INT", {
+                    "default": 512, "min": 64, "max": 4096, "step": 64,
+                    "tooltip": "Longer image side the checks run at (smaller = faster); the heat-maps have this "
+                               "size."}),
             },
             "optional": optional,
         }

@@ -18,13 +18,14 @@ from . import _host
 CATEGORY = "LumiX/Latent"
 MAX_RESOLUTION = 16384
 
-_MAPS_TOOLTIP = ("Maps of each scene, in the adapter's order (comma-separated; must include 'color'). "
-                 "The released adapter: albedo,irradiance,color,depth,normal.")
+_MAPS_TOOLTIP = ("Maps of each scene in the adapter's order, comma-separated, including 'color' "
+                 "(the release: albedo,irradiance,color,depth,normal).")
 
 
 def maps_latent(samples: torch.Tensor, maps: MapSet, num_scenes: int, pin_slot: "str | None" = None) -> dict:
     """The LATENT dict of a LumiX batch: samples (tagged with the map set) plus map set, noise indices, pin."""
-    latent = {"samples": tag_maps(samples, maps), "batch_index": scene_batch_index(num_scenes, maps), MAPS_KEY: maps.to_string()}
+    latent = {"samples": tag_maps(samples, maps), "batch_index": scene_batch_index(num_scenes, maps),
+              MAPS_KEY: maps.to_string()}
     if pin_slot is not None:
         latent[PIN_KEY] = pin_slot
     return latent
@@ -32,9 +33,8 @@ def maps_latent(samples: torch.Tensor, maps: MapSet, num_scenes: int, pin_slot: 
 
 class LumiXEmptyMapsLatent:
     DESCRIPTION = (
-        "Empty latent for text -> maps: N scenes x M maps, the maps of a scene consecutive and sharing one "
-        "noise (batch_index), so stock KSampler, SamplerCustomAdvanced and LumiX Sampler all start every map "
-        f"of a scene from the same noise. Width and height must be multiples of {SIZE_MULTIPLE}."
+        "Empty latent for text -> maps: N scenes x M maps, the maps of a scene sharing one noise. "
+        "Connect it to LumiX Sampler (or KSampler) and decode the result with LumiX Decode Maps."
     )
     CATEGORY = CATEGORY
     FUNCTION = "make"
@@ -44,11 +44,15 @@ class LumiXEmptyMapsLatent:
 
     @classmethod
     def INPUT_TYPES(cls):
+        size = {"default": 512, "min": SIZE_MULTIPLE, "max": MAX_RESOLUTION, "step": SIZE_MULTIPLE}
         return {
             "required": {
-                "width": ("INT", {"default": 512, "min": SIZE_MULTIPLE, "max": MAX_RESOLUTION, "step": SIZE_MULTIPLE, "tooltip": f"Image width in pixels, a multiple of {SIZE_MULTIPLE}. The release was trained at 512."}),
-                "height": ("INT", {"default": 512, "min": SIZE_MULTIPLE, "max": MAX_RESOLUTION, "step": SIZE_MULTIPLE, "tooltip": f"Image height in pixels, a multiple of {SIZE_MULTIPLE}. The release was trained at 512."}),
-                "scenes": ("INT", {"default": 1, "min": 1, "max": 64, "tooltip": "Number of scenes N; the batch holds N x M maps."}),
+                "width": ("INT", {**size, "tooltip": f"Image width in pixels, a multiple of {SIZE_MULTIPLE} "
+                                                     "(the release was trained at 512)."}),
+                "height": ("INT", {**size, "tooltip": f"Image height in pixels, a multiple of {SIZE_MULTIPLE} "
+                                                      "(the release was trained at 512)."}),
+                "scenes": ("INT", {"default": 1, "min": 1, "max": 64,
+                                   "tooltip": "Number of scenes N; the batch holds N x M maps."}),
                 "maps": ("STRING", {"default": RELEASE.to_string(), "tooltip": _MAPS_TOOLTIP}),
             }
         }
@@ -62,22 +66,23 @@ class LumiXEmptyMapsLatent:
 
 class LumiXPhotoToMapsLatent:
     DESCRIPTION = (
-        "Latent for photo -> maps (decomposition): each photo is VAE-encoded into the color slot of its scene, "
-        "the other maps start from the scene's shared noise. The sampler pins the color slot (clean, t = 0), "
-        f"so the photo comes back unchanged. Photos are centre-cropped to multiples of {SIZE_MULTIPLE} pixels; grey "
-        "photos are used as RGB, alpha is dropped, photos with NaN/inf pixels are refused."
+        "Latent for photo -> maps: VAE-encodes each photo into the color slot of its scene and pins it there, so "
+        "sampling decomposes the photo into the other maps. Connect the photos and the FLUX VAE; sample with LumiX "
+        "Sampler."
     )
     CATEGORY = CATEGORY
     FUNCTION = "encode"
     RETURN_TYPES = ("LATENT",)
     RETURN_NAMES = ("latent",)
-    OUTPUT_TOOLTIPS = ("N x M latents, color slot = the encoded photo, pinned for LumiX Sampler / LumiX Pin Photo.",)
+    OUTPUT_TOOLTIPS = ("N x M latents with each photo pinned in the color slot, for LumiX Sampler or LumiX Pin "
+                       "Photo.",)
 
     @classmethod
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "image": ("IMAGE", {"tooltip": "N photos (one scene each; RGB, RGBA, grey or grey + alpha). Resize to about 512 px first: the release was trained at 512x512."}),
+                "image": ("IMAGE", {"tooltip": f"N photos, one scene each (RGB, RGBA or grey), centre-cropped to "
+                                               f"multiples of {SIZE_MULTIPLE} px; about 512 px suits the release."}),
                 "vae": ("VAE", {"tooltip": "The FLUX VAE (ae.safetensors)."}),
                 "maps": ("STRING", {"default": RELEASE.to_string(), "tooltip": _MAPS_TOOLTIP}),
             }

@@ -17,19 +17,23 @@ OUTPUTS = RELEASE_MAPS
 RETURN_TYPES = ("IMAGE",) * len(OUTPUTS) + ("MASK",)
 RETURN_NAMES = OUTPUTS + ("depth_mask",)
 OUTPUT_TOOLTIPS = (
-    "Albedo: sRGB diffuse reflectance, [0,1].",
-    "Irradiance: diffuse shading, sRGB-encoded, [0,1].",
+    "Albedo: sRGB diffuse reflectance in [0,1].",
+    "Irradiance: diffuse shading, sRGB-encoded, in [0,1].",
     "Color: the sRGB image.",
-    "Depth: relative, near = bright (unless inverted), min-max normalised per image, grey.",
-    "Normal: camera-space unit vectors encoded (n+1)/2, in the chosen convention.",
-    "Depth as a single-channel MASK (same values as the depth image).",
+    "Depth: relative, near = bright (far = bright if inverted), min-max normalised per image, grey.",
+    "Normal: camera-space unit vectors encoded (n+1)/2, OpenGL (Y up) unless directx is chosen.",
+    "Depth as a single-channel MASK with the same values as the depth image.",
 )
 
 
 def _options_inputs() -> dict:
     return {
-        "normal_convention": (list(NORMAL_CONVENTIONS), {"default": DEFAULT_NORMAL_CONVENTION, "tooltip": "Normal map convention: opengl (Y up, Blender) or directx (Y down, Unreal/3ds Max)."}),
-        "depth_far_bright": ("BOOLEAN", {"default": False, "tooltip": "Invert depth to far = bright (a Z-like pass); still relative, never metric."}),
+        "normal_convention": (list(NORMAL_CONVENTIONS), {
+            "default": DEFAULT_NORMAL_CONVENTION,
+            "tooltip": "Normal map convention: opengl (Y up, Blender) or directx (Y down, Unreal, 3ds Max)."}),
+        "depth_far_bright": ("BOOLEAN", {
+            "default": False,
+            "tooltip": "Invert depth to far = bright (a Z-like pass); it stays relative, never metric."}),
     }
 
 
@@ -41,10 +45,8 @@ def _outputs(images01, maps, normal_convention: str, depth_far_bright: bool) -> 
 
 class LumiXDecodeMaps:
     DESCRIPTION = (
-        "Decodes a LumiX latent (N scenes x M maps) with the FLUX VAE into five map batches of N images each: "
-        "albedo, irradiance, color, depth and normal, cleaned to the LumiX conventions (unit normals, depth "
-        "near = bright, one channel, min-max per image), plus depth as a MASK. Maps missing from a custom map "
-        "set come out black."
+        "Decodes a sampled LumiX latent with the FLUX VAE into albedo, irradiance, color, depth and normal images "
+        "(N each) in the LumiX conventions, plus depth as a MASK. Connect LumiX Sampler and the FLUX VAE."
     )
     CATEGORY = CATEGORY
     FUNCTION = "decode"
@@ -56,7 +58,7 @@ class LumiXDecodeMaps:
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "samples": ("LATENT", {"tooltip": "The sampled LumiX latent (its map set travels with it)."}),
+                "samples": ("LATENT", {"tooltip": "The sampled LumiX latent; its map set travels with it."}),
                 "vae": ("VAE", {"tooltip": "The FLUX VAE (ae.safetensors)."}),
                 **_options_inputs(),
             }
@@ -76,8 +78,8 @@ class LumiXDecodeMaps:
 
 class LumiXSplitMaps:
     DESCRIPTION = (
-        "Splits an already decoded IMAGE batch of N scenes x M maps (consecutive per scene, e.g. from VAE Decode) "
-        "into the five map outputs, with the same conventions as LumiX Decode Maps."
+        "Splits an already decoded IMAGE batch of N scenes x M maps (e.g. from VAE Decode) into the five map "
+        "outputs, with the same conventions as LumiX Decode Maps."
     )
     CATEGORY = CATEGORY
     FUNCTION = "split"
@@ -89,13 +91,17 @@ class LumiXSplitMaps:
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "images": ("IMAGE", {"tooltip": "N x M decoded maps, the M maps of each scene consecutive, in map-set order."}),
-                "maps": ("STRING", {"default": RELEASE.to_string(), "tooltip": "Maps of each scene, in batch order (comma-separated; must include 'color')."}),
+                "images": ("IMAGE", {"tooltip": "N x M decoded maps, the M maps of each scene consecutive, in "
+                                                "map-set order."}),
+                "maps": ("STRING", {"default": RELEASE.to_string(),
+                                    "tooltip": "Maps of each scene in batch order, comma-separated, including "
+                                               "'color'."}),
                 **_options_inputs(),
             }
         }
 
-    def split(self, images, maps=RELEASE.to_string(), normal_convention=DEFAULT_NORMAL_CONVENTION, depth_far_bright=False):
+    def split(self, images, maps=RELEASE.to_string(), normal_convention=DEFAULT_NORMAL_CONVENTION,
+              depth_far_bright=False):
         return _outputs(images, MapSet.parse(maps), normal_convention, depth_far_bright)
 
 

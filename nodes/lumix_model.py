@@ -49,11 +49,12 @@ def patch_model(model: Any, adapter_name: str, strength: float) -> Any:
     One adapter per model: a model that already carries one is refused (its G1 mixes the maps of
     one map set; a second adapter would silently replace it, and stacking is not defined).
     """
-    shape = _host.flux_shape(model)  # refuses non-FLUX.1 models before any file is read
+    shape = _host.flux_shape(model)  # refuses non-FLUX.1 models ahead of any file read
     present = installed_adapter(model)
     if present is not None:
         raise ValueError(
-            f"this MODEL already has the LumiX adapter {present.adapter_name}; LumiX runs one adapter at a time, "
+            f"this MODEL already has the LumiX adapter {present.adapter_name}; "
+            "LumiX runs one adapter at a time, "
             f"so {os.path.basename(adapter_name)} is not loaded over it. Connect the FLUX model itself (UNETLoader) "
             "to this LumiX Load Adapter, or remove one of the two LumiX Load Adapter nodes")
     path = _host.adapter_path(adapter_name) if not os.path.isabs(adapter_name) else adapter_name
@@ -82,7 +83,7 @@ def patch_model(model: Any, adapter_name: str, strength: float) -> Any:
 
 
 def _warn_about_replaced_patches(model: Any) -> None:
-    """LumiX recomputes whole blocks: other block replacements and in-block hooks no longer apply."""
+    """LumiX recomputes whole blocks: other block replacements and in-block hooks do not apply."""
     to = model.model_options.get("transformer_options", {})
     foreign = [k for k, p in to.get("patches_replace", {}).get("dit", {}).items()
                if type(p).__name__ != "LumiXBlockPatch"]
@@ -90,7 +91,8 @@ def _warn_about_replaced_patches(model: Any) -> None:
     if foreign:
         log.warning("LumiX: replacing other block patches on %s; load LumiX first or drop them", foreign[:3])
     if hooks:
-        log.warning("LumiX: the model has %s hooks; LumiX recomputes the FLUX blocks, so they are not applied", hooks)
+        log.warning("LumiX: the model has %s hooks; LumiX recomputes the FLUX blocks, so they are not applied",
+                    hooks)
 
 
 def pin_model(model: Any, latent: dict) -> Any:
@@ -117,17 +119,9 @@ def pin_model(model: Any, latent: dict) -> Any:
 
 class LumiXLoadAdapter:
     DESCRIPTION = (
-        "Turns a FLUX.1 MODEL (UNETLoader, a checkpoint, fp8 or GGUF) into LumiX: every block named in the "
-        "adapter file runs Query-Broadcast Attention and Tensor LoRA, so one sampling pass generates "
-        "albedo, irradiance, color, depth and normal maps that agree. The adapter is checked against the "
-        "model first and loaded once (shared by every clone). Sample with a LumiX latent. One adapter per "
-        "model: a MODEL that already has a LumiX adapter is refused (connect the FLUX model itself). "
-        "One-step adapters (lumix-train fit --objective one-step; their file says so in its metadata) load the same "
-        "way and decompose a photo in one step: LumiX Sampler with the 'lumix_one_step' scheduler, or "
-        "SamplerCustomAdvanced with DisableNoise + LumiX One-Step Schedule + LumiX Pin Photo "
-        "(workflows/photo_to_intrinsics_fast.json); the samplers warn when an adapter is sampled unlike it was "
-        "trained. "
-        f"Adapter files go into ComfyUI/models/{_host.ADAPTER_FOLDER} (models/{_host.LORA_FOLDER} is listed too)."
+        "Attaches a LumiX adapter to a FLUX.1 MODEL, so one sampling pass makes albedo, irradiance, color, depth "
+        "and normal maps that agree. Connect the FLUX model (UNETLoader), then sample a LumiX latent with LumiX "
+        "Sampler; one-step adapters load the same way."
     )
     CATEGORY = CATEGORY
     FUNCTION = "load"
@@ -139,9 +133,15 @@ class LumiXLoadAdapter:
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "model": ("MODEL", {"tooltip": "A FLUX.1 model (dev or schnell; bf16, fp8 or GGUF). Other model families are refused."}),
-                "adapter": (_host.adapter_files(), {"tooltip": f"LumiX adapter (.safetensors), e.g. lumix.safetensors (multi-step) or a one-step adapter from lumix-train fit --objective one-step (sample it in one step). Put the file into ComfyUI/models/{_host.ADAPTER_FOLDER} (or models/{_host.LORA_FOLDER}) and press R (refresh) if the list is empty."}),
-                "strength": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 2.0, "step": 0.05, "tooltip": "Tensor LoRA strength. 0 keeps only the shared queries: the color map is then the plain FLUX image."}),
+                "model": ("MODEL", {"tooltip": "A FLUX.1 model (dev or schnell; bf16, fp8 or GGUF) without a LumiX "
+                                               "adapter; other model families are refused."}),
+                "adapter": (_host.adapter_files(), {
+                    "tooltip": f"LumiX adapter file (.safetensors) in ComfyUI/models/{_host.ADAPTER_FOLDER} or "
+                               f"models/{_host.LORA_FOLDER}; press R to refresh an empty list."}),
+                "strength": ("FLOAT", {
+                    "default": 1.0, "min": 0.0, "max": 2.0, "step": 0.05,
+                    "tooltip": "Tensor LoRA strength; 0 keeps only the shared queries, so color is the plain FLUX "
+                               "image."}),
             }
         }
 
@@ -152,7 +152,8 @@ class LumiXLoadAdapter:
             return True
         return (f"adapter file '{adapter}' is in neither ComfyUI/models/{_host.ADAPTER_FOLDER} nor "
                 f"models/{_host.LORA_FOLDER}: put the LumiX adapter (e.g. lumix.safetensors) into "
-                f"ComfyUI/models/{_host.ADAPTER_FOLDER}, press R in ComfyUI to refresh, and pick it in LumiX Load Adapter")
+                f"ComfyUI/models/{_host.ADAPTER_FOLDER}, press R in ComfyUI to refresh, "
+                "and pick it in LumiX Load Adapter")
 
     def load(self, model, adapter, strength):
         return (patch_model(model, adapter, float(strength)),)
@@ -160,10 +161,8 @@ class LumiXLoadAdapter:
 
 class LumiXPinPhoto:
     DESCRIPTION = (
-        "For SamplerCustomAdvanced and other samplers: pins the photo of a LumiX Photo To Maps Latent in the "
-        "color slot (fed clean at t = 0 every step, never updated; the sampled latent's color slot is the photo's "
-        "latent, bit for bit), so the other maps are decomposed from it. LumiX Sampler does this by itself. One-step "
-        "adapters: pinned model + DisableNoise + LumiX One-Step Schedule + euler in SamplerCustomAdvanced."
+        "Pins the photo of a LumiX Photo To Maps Latent in the color slot, so a stock sampler (SamplerCustomAdvanced) "
+        "decomposes the other maps from it. Sample the pinned model with the same LATENT; LumiX Sampler pins by itself."
     )
     CATEGORY = CATEGORY
     FUNCTION = "pin"
@@ -175,8 +174,9 @@ class LumiXPinPhoto:
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "model": ("MODEL", {"tooltip": "The LumiX model (from LumiX Load Adapter)."}),
-                "latent": ("LATENT", {"tooltip": "The latent from LumiX Photo To Maps Latent; its color slot is the photo to pin."}),
+                "model": ("MODEL", {"tooltip": "The LumiX model from LumiX Load Adapter."}),
+                "latent": ("LATENT", {"tooltip": "The latent from LumiX Photo To Maps Latent; its color slot holds "
+                                                 "the photo to pin."}),
             }
         }
 

@@ -9,7 +9,7 @@ What happens per adapter objective (``installed_adapter(model).objective``), ste
 the warnings come from the sampling guard (``_patches.LumiXSamplingGuard``), so KSampler and
 SamplerCustomAdvanced give the same ones, and sampling always goes ahead as asked:
 
-* multi-step adapter: noise from the seed, shared per scene; more than one step runs as before;
+* multi-step adapter: noise from the seed, shared per scene; more than one step runs normally;
   one step (e.g. scheduler ``lumix_one_step``) runs one step and warns (a blurred average).
 * one-step adapter: the noise is disabled (a zero input, as it was trained; the seed is unused).
   Photo latent + one step (``lumix_one_step``) = ``lumix_core.sampling.sampler.decompose_one_step``,
@@ -33,41 +33,54 @@ ONE_STEP_SCHEDULER = "lumix_one_step"
 
 class LumiXSampler:
     DESCRIPTION = (
-        "Samples a LumiX latent like KSampler (same inputs, progress, previews). Adds the released LumiX "
-        "schedule ('lumix_release': FLUX shift computed as in the published script) and, for latents from "
-        "LumiX Photo To Maps Latent, pins the photo in the color slot (clean, t = 0) so the other maps are "
-        "decomposed from it. Refuses a MODEL without a LumiX adapter and a latent whose maps are not the "
-        "adapter's. The published settings: 50 steps, cfg 3.0 with a negative prompt, guidance 3.5 "
-        "(text); cfg 1, guidance 1 (photo). One-step adapters (LumiX Load Adapter tells them by their file): "
-        "scheduler 'lumix_one_step' (one step from t = 1 to 0, whatever 'steps' says), cfg 1, guidance 1, a photo "
-        "latent; the sampler then feeds them the fixed zero input they were trained on (no noise, the seed is "
-        "unused). It warns in the log when an adapter is sampled unlike it was trained: a one-step adapter with "
-        "more than one step, random noise or no photo, a multi-step adapter in one step (it still runs as asked)."
+        "KSampler for LumiX latents: adds the 'lumix_release' and 'lumix_one_step' schedules, photo pinning and "
+        "map-set checks. Connect the model from LumiX Load Adapter and a LumiX latent; decode the result with "
+        "LumiX Decode Maps."
     )
     CATEGORY = CATEGORY
     FUNCTION = "sample"
     RETURN_TYPES = ("LATENT",)
     RETURN_NAMES = ("latent",)
-    OUTPUT_TOOLTIPS = ("The sampled N x M maps latent (decode with LumiX Decode Maps).",)
+    OUTPUT_TOOLTIPS = ("The sampled N x M maps latent; decode it with LumiX Decode Maps.",)
 
     @classmethod
     def INPUT_TYPES(cls):
+        schedulers = [RELEASE_SCHEDULER, ONE_STEP_SCHEDULER] + _host.scheduler_names()
         return {
             "required": {
                 "model": ("MODEL", {"tooltip": "The LumiX model (FLUX.1 + LumiX Load Adapter)."}),
-                "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True, "tooltip": "Noise seed; every map of a scene gets the same noise. Unused with a one-step adapter (its input is fixed: zero)."}),
-                "steps": ("INT", {"default": 50, "min": 1, "max": 10000, "tooltip": "Sampling steps (the release uses 50; a one-step adapter 1). The 'lumix_one_step' scheduler always runs one step."}),
-                "cfg": ("FLOAT", {"default": 3.0, "min": 0.0, "max": 100.0, "step": 0.1, "round": 0.01, "tooltip": "True CFG with the negative prompt (the release: 3.0 for text, 1.0 = no negative pass for photos)."}),
-                "sampler_name": (_host.sampler_names(), {"default": "euler", "tooltip": "Sampling algorithm (the release: euler)."}),
-                "scheduler": ([RELEASE_SCHEDULER, ONE_STEP_SCHEDULER] + _host.scheduler_names(), {"default": RELEASE_SCHEDULER, "tooltip": "Noise schedule. 'lumix_release' reproduces the published script's FLUX shift; 'lumix_one_step' is the single step from t = 1 to 0 of one-step adapters (sigmas [1, 0], denoise 1.0); the others are ComfyUI's."}),
-                "positive": ("CONDITIONING", {"tooltip": "Prompt conditioning (use FluxGuidance for the distilled guidance: 3.5 text, 1.0 photo)."}),
+                "seed": ("INT", {
+                    "default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True,
+                    "tooltip": "Noise seed, shared by the maps of a scene (unused by one-step adapters, whose input "
+                               "is zero)."}),
+                "steps": ("INT", {
+                    "default": 50, "min": 1, "max": 10000,
+                    "tooltip": "Sampling steps: 50 for the release, 1 for a one-step adapter ('lumix_one_step' "
+                               "always runs one)."}),
+                "cfg": ("FLOAT", {
+                    "default": 3.0, "min": 0.0, "max": 100.0, "step": 0.1, "round": 0.01,
+                    "tooltip": "True CFG with the negative prompt: 3.0 for text, 1.0 (no negative pass) for "
+                               "photos."}),
+                "sampler_name": (_host.sampler_names(), {"default": "euler",
+                                                         "tooltip": "Sampling algorithm (the release uses euler)."}),
+                "scheduler": (schedulers, {
+                    "default": RELEASE_SCHEDULER,
+                    "tooltip": "Noise schedule: 'lumix_release' for the published settings, 'lumix_one_step' for "
+                               "one-step adapters, or one of ComfyUI's."}),
+                "positive": ("CONDITIONING", {"tooltip": "Prompt conditioning, with FluxGuidance 3.5 for text and "
+                                                         "1.0 for photos."}),
                 "negative": ("CONDITIONING", {"tooltip": "Negative prompt conditioning (unused when cfg is 1)."}),
-                "latent_image": ("LATENT", {"tooltip": "A LumiX latent: LumiX Empty Maps Latent (text) or LumiX Photo To Maps Latent (photo)."}),
-                "denoise": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip": "Amount of denoising; 1.0 for both text and photo mode."}),
+                "latent_image": ("LATENT", {"tooltip": "A LumiX latent from LumiX Empty Maps Latent (text) or LumiX "
+                                                       "Photo To Maps Latent (photo)."}),
+                "denoise": ("FLOAT", {
+                    "default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01,
+                    "tooltip": "Amount of denoising: 1.0 for text and photo mode (and always for "
+                               "'lumix_one_step')."}),
             }
         }
 
-    def sample(self, model, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent_image, denoise=1.0):
+    def sample(self, model, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent_image,
+               denoise=1.0):
         import comfy.sample
         import comfy.samplers
         import comfy.utils
@@ -117,8 +130,8 @@ class LumiXSampler:
 
 class LumiXReleaseSchedule:
     DESCRIPTION = (
-        "SIGMAS of the released LumiX schedule (FLUX shift computed from (W/8)(H/8)/256 tokens, as in the "
-        "published script) for SamplerCustomAdvanced; LumiX Sampler offers it as the 'lumix_release' scheduler."
+        "SIGMAS of the released LumiX schedule (FLUX shift from the image size, as in the published script) for "
+        "SamplerCustomAdvanced. LumiX Sampler offers the same as its 'lumix_release' scheduler."
     )
     CATEGORY = CATEGORY
     FUNCTION = "sigmas"
@@ -128,12 +141,16 @@ class LumiXReleaseSchedule:
 
     @classmethod
     def INPUT_TYPES(cls):
+        size = {"default": 512, "min": 16, "max": 16384, "step": 16}
         return {
             "required": {
-                "width": ("INT", {"default": 512, "min": 16, "max": 16384, "step": 16, "tooltip": "Image width in pixels (sets the shift)."}),
-                "height": ("INT", {"default": 512, "min": 16, "max": 16384, "step": 16, "tooltip": "Image height in pixels (sets the shift)."}),
-                "steps": ("INT", {"default": 50, "min": 1, "max": 10000, "tooltip": "Number of steps (the release uses 50)."}),
-                "denoise": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip": "Keep the last part of a longer schedule, like KSampler's denoise."}),
+                "width": ("INT", {**size, "tooltip": "Image width in pixels (sets the shift)."}),
+                "height": ("INT", {**size, "tooltip": "Image height in pixels (sets the shift)."}),
+                "steps": ("INT", {"default": 50, "min": 1, "max": 10000,
+                                  "tooltip": "Number of steps (the release uses 50)."}),
+                "denoise": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01,
+                                      "tooltip": "Runs only the last part of a longer schedule, like KSampler's "
+                                                 "denoise."}),
             }
         }
 
@@ -143,18 +160,16 @@ class LumiXReleaseSchedule:
 
 class LumiXOneStepSchedule:
     DESCRIPTION = (
-        "SIGMAS [1, 0] of a one-step adapter (lumix-train fit --objective one-step) for SamplerCustomAdvanced: one "
-        "Euler step from t = 1 to 0. Connect DisableNoise as the noise (the adapter was trained on a fixed zero "
-        "input), KSamplerSelect 'euler' as the sampler, and a guider (BasicGuider, FluxGuidance 1.0) on the model "
-        "from LumiX Pin Photo; the latent from LumiX Photo To Maps Latent. LumiX Sampler offers the same as the "
-        "'lumix_one_step' scheduler. See workflows/photo_to_intrinsics_fast.json."
+        "SIGMAS [1, 0] of a one-step adapter for SamplerCustomAdvanced: one Euler step from t = 1 to 0. Connect "
+        "DisableNoise, KSamplerSelect 'euler' and a guider on the model from LumiX Pin Photo "
+        "(workflows/photo_to_intrinsics_fast.json)."
     )
     CATEGORY = CATEGORY
     FUNCTION = "sigmas"
     RETURN_TYPES = ("SIGMAS",)
     RETURN_NAMES = ("sigmas",)
-    OUTPUT_TOOLTIPS = ("[1.0, 0.0]: one step from t = 1 (the zero input) to t = 0 (the maps). Sample with DisableNoise "
-                       "and euler.",)
+    OUTPUT_TOOLTIPS = ("[1.0, 0.0]: one step from t = 1 (the zero input) to t = 0 (the maps), sampled with "
+                       "DisableNoise and euler.",)
 
     @classmethod
     def INPUT_TYPES(cls):
