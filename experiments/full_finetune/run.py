@@ -1,6 +1,6 @@
 """Upper bound for the toy's stage 2: train the backbone *and* the adapter, not the adapter alone.
 
-    python docs/experiment_full_finetune.py --cache RUN/cache --out RUN_FT [--steps 1000]
+    python experiments/full_finetune/run.py --cache RUN/cache --out FT.jsonl [--steps 1000]
 
 Why: with the backbone frozen the toy learns a prior instead of reading its photo
 (docs/toy_model.md). If the same network, every weight trainable, reads the photo after the
@@ -30,13 +30,19 @@ from lumix_core.toy.text import ToyTextEncoder
 from lumix_core.train.cache import LatentCache
 from lumix_core.train.fit import DataOrder
 from lumix_core.train.lr_schedule import make_scheduler
-from lumix_core.train.objective import STREAM_INIT, DrawSettings, draw_scene, make_noisy_batch, sample_generator, \
-    scene_losses
+from lumix_core.train.objective import (
+    STREAM_INIT,
+    DrawSettings,
+    draw_scene,
+    make_noisy_batch,
+    sample_generator,
+    scene_losses,
+)
 
 
 def main() -> int:
     s = Stage2Settings()
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python experiments/full_finetune/run.py", description=__doc__.splitlines()[0])
     ap.add_argument("--cache", required=True)
     ap.add_argument("--out", required=True, help="new JSON-lines file for the scores")
     ap.add_argument("--weights", default=str(WEIGHTS_DIR))

@@ -1,6 +1,6 @@
 """Which targets can the toy lab reach at all? Two checks on the world's own ground truth.
 
-    python docs/experiment_world_limits.py [--scenes 64] [--fit-scenes 128]
+    python experiments/world_limits/run.py [--scenes 64] [--fit-scenes 128]
 
 No model is involved: both checks ask what a *perfect* toy model could score.
 
@@ -16,10 +16,10 @@ No model is involved: both checks ask what a *perfect* toy model could score.
    (:func:`lumix_core.world.scene.mirror_main_light`): does "from the left" brighten the left
    half of the irradiance by >= 5/255 (the target: in >= 80 % of scenes)? For the world as it
    is (the main light a point light :data:`~lumix_core.world.scene.MAIN_LIGHT_DISTANCE` from the
-   camera target), for the world as it was before (the main light directional, same direction
-   and the same irradiance at the target) and with the lamp nearer or farther.
+   camera target), for a directional main light (same direction and the same irradiance at
+   the target) and with the lamp nearer or farther.
 
-Prints markdown tables (docs/toy_model.md, "What the world allows").
+Prints markdown tables (results: experiments/world_limits/README.md).
 """
 from __future__ import annotations
 
@@ -94,7 +94,7 @@ def with_main_light_at(spec: SceneSpec, distance: "float | None") -> SceneSpec:
 
 
 def light_check(count: int) -> None:
-    variants = {"directional main light (the world before)": lambda s: with_main_light_at(s, None),
+    variants = {"directional main light": lambda s: with_main_light_at(s, None),
                 f"point main light at {MAIN_LIGHT_DISTANCE:g} units (the world as shipped)": lambda s: s,
                 **{f"point main light at {d:g} units": (lambda s, d=d: with_main_light_at(s, d)) for d in (3.0, 5.0)}}
     print(f"\n### Light following in the truth (first {count} held-out scenes lit from the left or right, "
@@ -110,7 +110,7 @@ def light_check(count: int) -> None:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python experiments/world_limits/run.py", description=__doc__.splitlines()[0])
     ap.add_argument("--scenes", type=int, default=64, help="held-out scenes for the codec floor")
     ap.add_argument("--fit-scenes", type=int, default=128, help="training scenes the PCA codecs are fitted on")
     ap.add_argument("--light-scenes", type=int, default=32, help="left/right-lit held-out scenes for the light check")

@@ -1,13 +1,13 @@
 """Why do the toy's decompositions draw no spheres? Store, generalise, or neither: five readers, one check.
 
-    python docs/experiment_shape_learning.py READER --out FILE.jsonl [--pool one] [--steps 1500]
+    python experiments/shape_learning/run.py READER --out FILE.jsonl [--pool one] [--steps 1500]
         [--train-scenes 2000] [--init ADAPTER] [--heads 2] [--every 250]
 
 Every reader is trained with the one-step normal loss of the shipped recipe (angular error with
 detail weight 20 + the small MSE share, :func:`lumix_core.train.one_step.pixel_terms`; the
 transformer readers on all maps, :func:`~lumix_core.train.one_step.one_step_losses`) and scored
 every ``--every`` steps by the shape check (:mod:`lumix_core.toy.shape_check`) on the held-out
-one-object renders of docs/experiment_object_normals.py (the 33 of the evaluation stream's first
+one-object renders of experiments/object_normals/run.py (the 33 of the evaluation stream's first
 240 scenes: 19 spheres, 14 boxes). The object mask is taken from the *true* albedo, so only the
 normals are judged. READER:
 
@@ -24,7 +24,7 @@ normals are judged. READER:
 ``--pool``: ``memorize`` trains on the 33 scored scenes themselves (can the reader *store* their
 spheres?); ``one``/``all`` on ``--train-scenes`` fresh renders of the training stream after the
 scenes the shipped recipe trained on, one-object scenes only or every scene (does it *generalise*?).
-Results and what they say: docs/toy_model.md, *What the shapes need*.
+Results and what they say: experiments/shape_learning/README.md.
 """
 from __future__ import annotations
 
@@ -157,7 +157,7 @@ def shape_scores(normal_latents: torch.Tensor, masks: list[np.ndarray], shapes: 
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python experiments/shape_learning/run.py", description=__doc__.splitlines()[0])
     ap.add_argument("reader", choices=READERS)
     ap.add_argument("--out", required=True, help="JSON lines, one per evaluation (refuses to overwrite)")
     ap.add_argument("--pool", choices=POOLS, default="one")

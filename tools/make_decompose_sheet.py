@@ -1,6 +1,6 @@
-"""Make docs/decompose_sheet.png: ``lumix decompose`` on held-out renders, next to their truth.
+"""Make docs/images/decompose_sheet.png: ``lumix decompose`` on held-out renders, next to their truth.
 
-    python docs/make_decompose_sheet.py [--weights DIR] [--out docs/decompose_sheet.png]
+    python tools/make_decompose_sheet.py [--weights DIR] [--out docs/images/decompose_sheet.png]
 
 Rows: held-out scenes of the synthetic world (seed stream 3, never trained on). Columns: the
 input color image, the four decomposed maps (color pinned, no caption, as ``lumix
@@ -23,12 +23,13 @@ from lumix_core.toy.model import ONE_STEP_ADAPTER_FILE, WEIGHTS_DIR, ToyLumiX
 from lumix_core.train.validation import contact_sheet
 
 MAPS = ("albedo", "irradiance", "depth", "normal")
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python tools/make_decompose_sheet.py", description=__doc__.splitlines()[0])
     ap.add_argument("--weights", default=str(WEIGHTS_DIR))
-    ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "decompose_sheet.png"))
+    ap.add_argument("--out", default=str(ROOT / "docs" / "images" / "decompose_sheet.png"))
     ap.add_argument("--scenes", type=int, default=4)
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -44,7 +45,7 @@ def main() -> int:
     labels = (["input"] + list(MAPS) + ([f"fast {m}" for m in MAPS] if fast is not None else [])
               + [f"true {m}" for m in MAPS])
     sheet = contact_sheet(rows, labels=labels, scale=2)
-    write_bytes_atomically(args.out, encode_png(sheet, {"lumix.made_by": "docs/make_decompose_sheet.py",
+    write_bytes_atomically(args.out, encode_png(sheet, {"lumix.made_by": "tools/make_decompose_sheet.py",
                                                         "lumix.weights": str(args.weights)}))
     print(args.out)
     return 0

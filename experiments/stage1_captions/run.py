@@ -1,6 +1,6 @@
 """Does a stage-1 backbone follow its caption's light and colour words? (~3 min on one core)
 
-    python docs/experiment_stage1_captions.py [--backbone DIR] [--colour-seeds N]   # default: the shipped stage 1
+    python experiments/stage1_captions/run.py [--backbone DIR] [--colour-seeds N]   # default: the shipped stage 1
 
 The light-following check of :func:`lumix_core.toy.evaluate.caption_following`, applied to a stage-1
 backbone's own color images (text -> color, no adapter; 16 seeds, same prompts, true CFG, 24 steps):
@@ -8,8 +8,8 @@ the share of seeds where "light from the left" makes the left half of the color 
 "light from the right" by >= 5/255, and the mean difference; and, roughly, the colour check on the
 color images of the single-object prompts (``--colour-seeds`` seeds each, default 2 as in the
 evaluation), with what was drawn for each named colour. What an adapter can inherit: a stage 1 that
-does not follow a word gives the adapters nothing to follow it with (docs/toy_model.md has the
-figures for the stage 1 of the directional-light world and of today's point-light world).
+does not follow a word gives the adapters nothing to follow it with (figures:
+experiments/stage1_captions/README.md).
 """
 from __future__ import annotations
 
@@ -70,7 +70,7 @@ def light_following(model, text: ToyTextEncoder, seeds: int = 16) -> dict[str, f
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python experiments/stage1_captions/run.py", description=__doc__.splitlines()[0])
     ap.add_argument("--backbone", default=str(WEIGHTS_DIR),
                     help=f"folder with a stage-1 {BACKBONE_FILE} and {TEXT_FILE} (default: the shipped ones)")
     ap.add_argument("--colour-seeds", type=int, default=2,

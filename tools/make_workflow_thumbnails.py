@@ -4,7 +4,7 @@ The Templates browser shows a workflow's .jpg beside it. Drawn from the file its
 boxes at their positions with their titles, sockets, widget values and links), so the
 picture always matches the graph as shipped; no browser is needed:
 
-    python docs/make_workflow_thumbnails.py [--width 1200] [names ...]
+    python tools/make_workflow_thumbnails.py [--width 1200] [names ...]
 """
 from __future__ import annotations
 
@@ -126,7 +126,8 @@ def draw(workflow: dict, width: int) -> Image.Image:
 
 
 def main(argv: "list[str] | None" = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python tools/make_workflow_thumbnails.py",
+                                     description=__doc__.splitlines()[0])
     parser.add_argument("names", nargs="*", default=sorted(p.stem for p in (ROOT / "workflows").glob("*.json")))
     parser.add_argument("--width", type=int, default=1200)
     args = parser.parse_args(argv)

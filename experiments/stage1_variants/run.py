@@ -1,7 +1,7 @@
 """Does a wider or longer stage 1 draw recognisable shapes? (~1.5 h per variant on one core)
 
-    python docs/experiment_stage1_variants.py --out DIR [--hidden 192 --heads 3] [--stage1-steps 12000]
-                                              [--data STAGE2_DATA] [--threads 1]
+    python experiments/stage1_variants/run.py --out DIR [--hidden 192 --heads 3] [--stage1-steps 12000]
+                                             [--data STAGE2_DATA] [--threads 1]
 
 One variant of the toy recipe: stage 1 (:func:`lumix_core.toy.recipe.train_backbone`) with the given
 width and steps, then the recipe's multi-step stage 2 on it (:class:`~lumix_core.toy.recipe.Stage2Settings`
@@ -9,9 +9,9 @@ defaults, the trainer's ``fit``), then the caption checks of :func:`lumix_core.t
 (colour, shape, light) on the result. ``--data`` reuses the stage-2 scenes of a reproduce run
 (``RUN/data``; otherwise they are rendered into ``DIR/data``). Writes ``DIR/stage1``, ``DIR/cache``,
 ``DIR/stage2``, ``DIR/weights`` (a model folder ``lumix_core.toy.evaluate --weights`` reads, adapter in
-float16 as reproduce ships it) and
-``DIR/following.json``. The figures it gave are in docs/toy_model.md ("What a wider or longer stage 1
-does for shapes"). ``--stage1-scenes``, ``--stage2-scenes``, ``--stage2-steps`` shrink it for a smoke run.
+float16 as reproduce ships it) and ``DIR/following.json``. The figures it gave:
+experiments/stage1_variants/README.md. ``--stage1-scenes``, ``--stage2-scenes``, ``--stage2-steps`` shrink it
+for a smoke run.
 """
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ from lumix_core.toy.text import ToyTextEncoder
 
 def main() -> None:
     d1, d2 = Stage1Settings(), Stage2Settings()
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python experiments/stage1_variants/run.py", description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True, help="new or empty folder")
     ap.add_argument("--hidden", type=int, default=128, help="backbone width (shipped: %(default)s)")
     ap.add_argument("--heads", type=int, default=2, help="attention heads (shipped: %(default)s)")
@@ -64,7 +64,7 @@ def main() -> None:
     times["stage2_s"] = time.perf_counter() - t
     variant = {"hidden": args.hidden, "heads": args.heads, "stage1_steps": s1.steps, **times}
     weights = assemble_weights(out / "weights", out / "stage1", out / "stage2" / "adapter.safetensors", None,
-                               {"experiment": "docs/experiment_stage1_variants.py", **variant})
+                               {"experiment": "experiments/stage1_variants/run.py", **variant})
     result = {**variant, **caption_following(ToyLumiX.load(weights), EvalSettings())}
     (out / "following.json").write_text(json.dumps(result, indent=1) + "\n")
     print(json.dumps(result))

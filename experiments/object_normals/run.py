@@ -1,6 +1,7 @@
 """Do one-step adapters draw the world's own spheres and boxes? The shape check on true renders.
 
-    python docs/experiment_object_normals.py ADAPTER [ADAPTER ...] [--names A,B] [--scan 240] [--fov LO,HI] [--figure FILE.png]
+    python experiments/object_normals/run.py ADAPTER [ADAPTER ...] [--names A,B] [--scan 240] [--fov LO,HI]
+        [--figure FILE.png]
 
 Each adapter (a one-step adapter file on the shipped backbone) decomposes the held-out renders
 with one flat, saturated object (found among the first ``--scan`` scenes of the evaluation's
@@ -10,7 +11,7 @@ adapter and true shape, the share named right and the mean angle of the object's
 shape model. ``--figure``: six sphere scenes, columns input | true normal | true normal through
 the toy VAE | each adapter's normal. ``--fov 19,27.5``: the same scenes seen through a narrower
 lens (the world draws its cameras' field of view from :data:`lumix_core.world.scene.FOV_RANGE_DEG`,
-38-55 degrees), so every object is about twice as large in the frame. Results: docs/toy_model.md.
+38-55 degrees), so every object is about twice as large in the frame. Results: experiments/object_normals/README.md.
 """
 from __future__ import annotations
 
@@ -22,7 +23,6 @@ import numpy as np
 import torch
 
 import lumix_core.world.scene as world_scene
-
 from lumix_core.io.files import write_bytes_atomically
 from lumix_core.io.png import encode_png
 from lumix_core.toy import vae
@@ -33,10 +33,11 @@ from lumix_core.train.validation import contact_sheet
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python experiments/object_normals/run.py", description=__doc__.splitlines()[0])
     ap.add_argument("adapters", nargs="+", help="one-step adapter files (run on the shipped backbone)")
     ap.add_argument("--scan", type=int, default=240, help="held-out scenes to search (default %(default)s)")
-    ap.add_argument("--names", help="comma-separated names of the adapters for the table and figure (default: file names)")
+    ap.add_argument("--names",
+                    help="comma-separated names of the adapters for the table and figure (default: file names)")
     ap.add_argument("--fov", help="LO,HI: the cameras' field-of-view range in degrees instead of the world's")
     ap.add_argument("--figure", help="write the sphere figure here (refuses to overwrite)")
     args = ap.parse_args(argv)
@@ -62,7 +63,8 @@ def main(argv=None) -> int:
     columns = [color[spheres], torch.stack([torch.from_numpy(scenes[n][2]["normal"]) for n in spheres])]
     columns.append(vae.round_trip(columns[1]))
     labels = ["input", "true normal", "through the VAE"]
-    print("| adapter | shape | scenes | named right | to sphere model (deg) | to 3 faces (deg) |\n|---|---|---|---|---|---|")
+    print("| adapter | shape | scenes | named right | to sphere model (deg) | to 3 faces (deg) |\n"
+          "|---|---|---|---|---|---|")
     for path, name in zip(args.adapters, names):
         model = ToyLumiX.load(WEIGHTS_DIR, adapter=path)
         if not model.one_step:
@@ -81,7 +83,8 @@ def main(argv=None) -> int:
         labels.append(name)
     if args.figure:
         rows = [torch.stack([c[i].float() for c in columns]) for i in range(len(spheres))]
-        write_bytes_atomically(Path(args.figure), encode_png(contact_sheet(rows, labels=labels, scale=3)), overwrite=False)
+        sheet = contact_sheet(rows, labels=labels, scale=3)
+        write_bytes_atomically(Path(args.figure), encode_png(sheet), overwrite=False)
     return 0
 
 

@@ -1,9 +1,9 @@
-"""Make docs/relight_example.png: maps of a synthetic scene relit by lumix_core.finish.relight.
+"""Make docs/images/relight_example.png: maps of a synthetic scene relit by lumix_core.finish.relight.
 
 The maps come from the synthetic renderer (ground truth, no model involved), so the picture
 shows what LumiX Relight does with coherent maps:
 
-    python docs/make_relight_figure.py [--seed 11] [--size 256] [--out docs/relight_example.png]
+    python tools/make_relight_figure.py [--seed 11] [--size 256] [--out docs/images/relight_example.png]
 """
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from lumix_core.io.png import encode_png
 from lumix_core.world.render import render
 from lumix_core.world.scene import sample_scene
 
+ROOT = Path(__file__).resolve().parents[1]
 LIGHTS = (("from the left, warm", Light(180.0, 20.0, (1.0, 0.8, 0.6), 1.5, 0.08)),
           ("from the top right, cool", Light(45.0, 25.0, (0.7, 0.85, 1.0), 1.5, 0.08)))
 
@@ -34,10 +35,11 @@ def figure(seed: int, size: int) -> tuple[np.ndarray, str]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(prog="python tools/make_relight_figure.py", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seed", type=int, default=11)
     ap.add_argument("--size", type=int, default=256)
-    ap.add_argument("--out", default=str(Path(__file__).with_name("relight_example.png")))
+    ap.add_argument("--out", default=str(ROOT / "docs" / "images" / "relight_example.png"))
     a = ap.parse_args()
     image, caption = figure(a.seed, a.size)
     labels = "color | albedo | normal | depth | " + " | ".join(f"relit {name}" for name, _ in LIGHTS)
