@@ -21,8 +21,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _measure import interleaved_times  # noqa: E402
 
-from lumix_core.toy.evaluate import _color_images, held_out_scenes  # noqa: E402
 from lumix_core.toy.model import ONE_STEP_ADAPTER_FILE, WEIGHTS_DIR, ToyLumiX  # noqa: E402
+from lumix_core.toy.scoring.held_out import color_images, held_out_scenes  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -36,7 +36,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     multi = ToyLumiX.load(WEIGHTS_DIR)
     fast = ToyLumiX.load(WEIGHTS_DIR, adapter=WEIGHTS_DIR / ONE_STEP_ADAPTER_FILE)
-    color = _color_images(held_out_scenes(args.photos))
+    color = color_images(held_out_scenes(args.photos))
     prompts = [""] * args.photos
 
     def run(model, **kw):

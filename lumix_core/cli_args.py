@@ -51,7 +51,7 @@ def positive_int(text: str) -> int:
 
 
 def thread_count(text: str) -> int:
-    """``--threads``: a whole number >= 1 (0 or negatives used to mean 1 silently)."""
+    """``--threads``: a whole number >= 1; 0 and negatives are refused, not read as 1."""
     try:
         return positive_int(text)
     except argparse.ArgumentTypeError:

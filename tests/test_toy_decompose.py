@@ -11,8 +11,9 @@ from PIL import Image
 
 from lumix_core.cli import main
 from lumix_core.toy.decompose import decompose_photo, load_photo
-from lumix_core.toy.evaluate import held_out_scenes, reads_photo, truth_of
 from lumix_core.toy.model import ToyLumiX
+from lumix_core.toy.scoring.held_out import held_out_scenes, truth_of
+from lumix_core.toy.scoring.map_scores import reads_photo
 from lumix_core.world.metrics import evaluate_maps
 
 MAPS = ("albedo", "irradiance", "color", "depth", "normal")
@@ -184,8 +185,9 @@ def test_fast_decompose_refuses_steps_and_seed_and_a_folder_without_a_one_step_a
     photo = _photo(tmp_path / "p.png", size=(16, 16))
     assert main(["decompose", str(photo), "--out", str(tmp_path / "o"), "--fast", "--steps", "8"]) == 2
     assert "--fast decomposes in one deterministic step" in capsys.readouterr().err
-    from lumix_core.toy.model import ADAPTER_FILE, BACKBONE_FILE, TEXT_FILE, WEIGHTS_DIR
     import shutil
+
+    from lumix_core.toy.model import ADAPTER_FILE, BACKBONE_FILE, TEXT_FILE, WEIGHTS_DIR
 
     bare = tmp_path / "bare"
     bare.mkdir()

@@ -19,10 +19,20 @@ import torch
 from lumix_core.cli import main
 from lumix_core.conventions import vectors_to_normals
 from lumix_core.toy.demo import DEFAULT_PROMPT, FILE_PREFIX, run_demo
-from lumix_core.toy.evaluate import (TARGETS, VISIBLE_STEP, EvalSettings, held_out_scenes, object_checks,
-                                     light_left_minus_right, random_normal_deviation)
-from lumix_core.toy.model import (ADAPTER_FILE, BACKBONE_FILE, CARD_FILE, ONE_STEP_ADAPTER_FILE, TEXT_FILE, WEIGHTS_DIR,
-                                  ToyLumiX)
+from lumix_core.toy.evaluate import TARGETS
+from lumix_core.toy.model import (
+    ADAPTER_FILE,
+    BACKBONE_FILE,
+    CARD_FILE,
+    ONE_STEP_ADAPTER_FILE,
+    TEXT_FILE,
+    WEIGHTS_DIR,
+    ToyLumiX,
+)
+from lumix_core.toy.scoring.held_out import EvalSettings, held_out_scenes
+from lumix_core.toy.scoring.light_check import VISIBLE_STEP, light_left_minus_right
+from lumix_core.toy.scoring.object_checks import object_checks
+from lumix_core.toy.scoring.references import random_normal_deviation
 from lumix_core.world.metrics import depth_abs_rel, normal_angular_error
 
 MAPS = ("albedo", "irradiance", "color", "depth", "normal")

@@ -3,8 +3,12 @@ from __future__ import annotations
 
 import torch
 
-from lumix_core.toy.evaluate import (SATURATED_COLORS, caption_following_of_truth, dominant_color, held_out_scenes,
-                                     reads_photo, reference_scores, summary_table, truth_of)
+from lumix_core.toy.evaluate import summary_table
+from lumix_core.toy.scoring.caption_checks import caption_following_of_truth
+from lumix_core.toy.scoring.held_out import held_out_scenes, truth_of
+from lumix_core.toy.scoring.map_scores import reads_photo
+from lumix_core.toy.scoring.object_checks import SATURATED_COLORS, dominant_color
+from lumix_core.toy.scoring.references import reference_scores
 from lumix_core.world.metrics import evaluate_maps
 from lumix_core.world.scene import PALETTE
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from lumix_core.toy.evaluate import one_object_scenes
+from lumix_core.toy.scoring.object_checks import one_object_scenes
 from lumix_core.toy.shape_check import object_mask, recognised_shape, shape_residuals
 from lumix_core.world.scene import PALETTE
 

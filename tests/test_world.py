@@ -16,17 +16,18 @@ from PIL import Image
 
 from lumix_core import conventions
 from lumix_core.maps import RELEASE, RELEASE_FOLDER_NAMES
+from lumix_core.toy.scoring.light_check import VISIBLE_STEP, left_half_mean
 from lumix_core.world.dataset import CAPTION_FOLDER, GROUND_TRUTH_FOLDER, main, write_world_dataset
 from lumix_core.world.metrics import (
-    linear_si_mse,
-    map_coherence,
     depth_abs_rel,
     evaluate_maps,
+    linear_si_mse,
+    map_coherence,
     normal_angular_error,
 )
-from lumix_core.toy.evaluate import VISIBLE_STEP, left_half_mean
 from lumix_core.world.render import project_to_pixels, render
 from lumix_core.world.scene import (
+    MAIN_LIGHT_DISTANCE,
     PALETTE,
     Box,
     Camera,
@@ -39,7 +40,6 @@ from lumix_core.world.scene import (
     caption_vocabulary,
     describe_surface,
     light_direction_word,
-    MAIN_LIGHT_DISTANCE,
     main_light,
     main_light_word,
     mirror_main_light,
@@ -164,7 +164,8 @@ def test_color_is_albedo_times_irradiance_exactly():
 def test_cast_shadow_under_a_sphere_lit_from_above():
     spec = sphere_scene(center=(0.0, 1.2, 0.0), radius=0.4, light_dir=(0.0, 1.0, 0.0))
     r = render(spec, SIZE)
-    (ri, ci), (rj, cj) = np.floor(project_to_pixels(CAM, np.array([[0.0, 0.0, 0.0], [1.2, 0.0, 0.0]]), SIZE)).astype(int)
+    floor_points = np.array([[0.0, 0.0, 0.0], [1.2, 0.0, 0.0]])
+    (ri, ci), (rj, cj) = np.floor(project_to_pixels(CAM, floor_points, SIZE)).astype(int)
     floor_id = len(spec.objects)
     assert r.object_id[ri, ci] == floor_id and r.object_id[rj, cj] == floor_id
     shadowed, lit = r.irradiance[ri, ci], r.irradiance[rj, cj]

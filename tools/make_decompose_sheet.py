@@ -18,8 +18,8 @@ import torch
 from lumix_core.io.files import write_bytes_atomically
 from lumix_core.io.png import encode_png
 from lumix_core.toy.decompose import decompose_photo, load_model
-from lumix_core.toy.evaluate import held_out_scenes
 from lumix_core.toy.model import ONE_STEP_ADAPTER_FILE, WEIGHTS_DIR, ToyLumiX
+from lumix_core.toy.scoring.held_out import held_out_scenes
 from lumix_core.train.validation import contact_sheet
 
 MAPS = ("albedo", "irradiance", "depth", "normal")

@@ -23,9 +23,9 @@ import torch
 from lumix_core.model.adapter import LumiXAdapter, default_spec
 from lumix_core.model.flux_io import load_flux
 from lumix_core.sampling.denoiser import FluxDenoiser, TextConditioning
-from lumix_core.toy.evaluate import training_evaluator
 from lumix_core.toy.model import BACKBONE_FILE, TEXT_FILE, WEIGHTS_DIR
 from lumix_core.toy.recipe import Stage2Settings
+from lumix_core.toy.scoring.training_scores import training_evaluator
 from lumix_core.toy.text import ToyTextEncoder
 from lumix_core.train.cache import LatentCache
 from lumix_core.train.fit import DataOrder

@@ -26,8 +26,8 @@ import lumix_core.world.scene as world_scene
 from lumix_core.io.files import write_bytes_atomically
 from lumix_core.io.png import encode_png
 from lumix_core.toy import vae
-from lumix_core.toy.evaluate import one_object_scenes
 from lumix_core.toy.model import WEIGHTS_DIR, ToyLumiX
+from lumix_core.toy.scoring.object_checks import one_object_scenes
 from lumix_core.toy.shape_check import better_fit, object_mask, shape_residuals
 from lumix_core.train.validation import contact_sheet
 

@@ -49,9 +49,9 @@ from lumix_core.sampling.denoiser import FluxDenoiser, TextConditioning
 from lumix_core.sampling.sampler import decompose_one_step
 from lumix_core.toy import vae
 from lumix_core.toy.backbone import make_backbone, toy_config
-from lumix_core.toy.evaluate import one_object_scenes
 from lumix_core.toy.model import WEIGHTS_DIR, ToyLumiX
 from lumix_core.toy.recipe import ONE_STEP_SETTINGS
+from lumix_core.toy.scoring.object_checks import one_object_scenes
 from lumix_core.toy.shape_check import SHAPES, better_fit, object_mask, shape_residuals
 from lumix_core.train.one_step import make_one_step_batch, one_step_losses, pixel_terms
 from lumix_core.train.validation import contact_sheet

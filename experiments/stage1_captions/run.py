@@ -2,7 +2,7 @@
 
     python experiments/stage1_captions/run.py [--backbone DIR] [--colour-seeds N]   # default: the shipped stage 1
 
-The light-following check of :func:`lumix_core.toy.evaluate.caption_following`, applied to a stage-1
+The light-following check of :func:`lumix_core.toy.scoring.caption_checks.caption_following`, applied to a stage-1
 backbone's own color images (text -> color, no adapter; 16 seeds, same prompts, true CFG, 24 steps):
 the share of seeds where "light from the left" makes the left half of the color image brighter than
 "light from the right" by >= 5/255, and the mean difference; and, roughly, the colour check on the
@@ -25,9 +25,9 @@ from lumix_core.model.flux_io import load_flux
 from lumix_core.sampling.denoiser import TextConditioning
 from lumix_core.toy import vae
 from lumix_core.toy.backbone import TRUE_CFG, sample_maps
-from lumix_core.toy.evaluate import (LIGHT_PROMPT, LIGHT_SEED_OFFSET, VISIBLE_STEP, color_prompts, dominant_color,
-                                     left_half_mean)
 from lumix_core.toy.model import BACKBONE_FILE, TEXT_FILE, WEIGHTS_DIR
+from lumix_core.toy.scoring.light_check import LIGHT_PROMPT, LIGHT_SEED_OFFSET, VISIBLE_STEP, left_half_mean
+from lumix_core.toy.scoring.object_checks import color_prompts, dominant_color
 from lumix_core.toy.text import ToyTextEncoder
 
 COLOR_ONLY = MapSet(("color",))

@@ -5,7 +5,7 @@
 
 One variant of the toy recipe: stage 1 (:func:`lumix_core.toy.recipe.train_backbone`) with the given
 width and steps, then the recipe's multi-step stage 2 on it (:class:`~lumix_core.toy.recipe.Stage2Settings`
-defaults, the trainer's ``fit``), then the caption checks of :func:`lumix_core.toy.evaluate.caption_following`
+defaults, the trainer's ``fit``), then the caption checks of :func:`lumix_core.toy.scoring.caption_checks.caption_following`
 (colour, shape, light) on the result. ``--data`` reuses the stage-2 scenes of a reproduce run
 (``RUN/data``; otherwise they are rendered into ``DIR/data``). Writes ``DIR/stage1``, ``DIR/cache``,
 ``DIR/stage2``, ``DIR/weights`` (a model folder ``lumix_core.toy.evaluate --weights`` reads, adapter in
@@ -25,10 +25,11 @@ from pathlib import Path
 import torch
 
 from lumix_core.toy.backbone import toy_config
-from lumix_core.toy.evaluate import EvalSettings, caption_following
 from lumix_core.toy.model import BACKBONE_FILE, TEXT_FILE, ToyLumiX
 from lumix_core.toy.recipe import Stage2Settings, fit_adapter, prepare_cache, train_backbone, write_maps_dataset
 from lumix_core.toy.reproduce import _progress, assemble_weights, check_empty_folder
+from lumix_core.toy.scoring.caption_checks import caption_following
+from lumix_core.toy.scoring.held_out import EvalSettings
 from lumix_core.toy.stage1 import Stage1Settings
 from lumix_core.toy.text import ToyTextEncoder
 

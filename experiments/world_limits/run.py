@@ -31,8 +31,9 @@ import torch
 import torch.nn.functional as F
 
 from lumix_core.toy import vae
-from lumix_core.toy.evaluate import VISIBLE_STEP, held_out_scenes, left_half_mean, mirrored_light_pairs, truth_of
 from lumix_core.toy.recipe import Stage2Settings
+from lumix_core.toy.scoring.held_out import held_out_scenes, truth_of
+from lumix_core.toy.scoring.light_check import VISIBLE_STEP, left_half_mean, mirrored_light_pairs
 from lumix_core.world.dataset import scene_seed
 from lumix_core.world.metrics import evaluate_maps
 from lumix_core.world.render import render

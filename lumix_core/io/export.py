@@ -111,7 +111,8 @@ def resolve_prefix(output_dir: "str | os.PathLike[str]", filename_prefix: str) -
         )
     folder, base = os.path.split(target)
     if prefix.endswith(("/", "\\")) or not base:
-        raise ValueError(f"filename_prefix {filename_prefix!r} names a folder but no file name; add one, e.g. 'LumiX/maps'")
+        raise ValueError(f"filename_prefix {filename_prefix!r} names a folder but no file name; "
+                         "add one, e.g. 'LumiX/maps'")
     relative = os.path.relpath(folder, root)
     return folder, ("" if relative == "." else relative.replace(os.sep, "/")), base
 
@@ -140,8 +141,8 @@ def _fs_bytes(name: str) -> bytes:
 def check_target_names(output_dir: "str | os.PathLike[str]", subfolder: str, filenames: Iterable[str]) -> None:
     """Refuse a set of file names the file system cannot store, before anything is created.
 
-    Checked up front because the first failing name used to surface only after some files of the
-    set were written. Limits: :data:`NAME_MAX` bytes per name and folder, :data:`PATH_MAX` per path.
+    Checked up front so that a name that cannot be stored fails before any file of the set is
+    written. Limits: :data:`NAME_MAX` bytes per name and folder, :data:`PATH_MAX` per path.
     """
     root = os.path.realpath(os.fspath(output_dir))
     for name in [p for p in subfolder.split("/") if p] + list(filenames):
@@ -286,7 +287,8 @@ def save_maps(
                 if fmt in wanted and (fmt == "png8" or name in PNG16_MAPS):
                     plan.append(_Planned(
                         f"{stem}_{name}{suffix}.png",
-                        lambda n=name, b=batch[scene], k=bits, t=text: encode_png(_png_pixels(n, b, k), t, compress_level),
+                        lambda n=name, b=batch[scene], k=bits, t=text:
+                            encode_png(_png_pixels(n, b, k), t, compress_level),
                         scene, name, fmt))
         if exr is not None:
             header: dict[str, object] = dict(common, **{"lumix.scene": str(scene)})
@@ -300,7 +302,8 @@ def save_maps(
 
             plan.append(_Planned(f"{stem}.exr", exr_writer, scene, None, "exr"))
     if report is not None:
-        plan.append(_Planned(f"{base}_{counter:05d}{REPORT_SUFFIX}", lambda: report.encode("utf-8"), None, None, "json"))
+        plan.append(_Planned(f"{base}_{counter:05d}{REPORT_SUFFIX}", lambda: report.encode("utf-8"),
+                             None, None, "json"))
     check_target_names(output_dir, subfolder, [p.filename for p in plan])
     return _write_set(plan, folder, subfolder)
 

@@ -13,7 +13,7 @@ boundary, QBA and Tensor LoRA -- and swaps only the sizes and the encoders:
 
 The shipped demo model (``weights/``, run by ``lumix demo``) is made by
 ``python -m lumix_core.toy.reproduce``; ``python -m lumix_core.toy.ablation`` reruns stage 2
-for the paper's ablation and the small-data curve (docs/ablation.md).
+for the paper's ablation and the small-data curve (experiments/ablation/README.md).
 
 May import: lumix_core.maps, lumix_core.conventions, lumix_core.latents, lumix_core.cli_args, lumix_core.io,
 lumix_core.model, lumix_core.sampling, lumix_core.world, lumix_core.train.

@@ -38,11 +38,13 @@ import torch
 from ..io.files import write_text_atomically
 from ..model.checkpoint import OBJECTIVE_FLOW_MATCHING, OBJECTIVE_ONE_STEP, inspect_adapter
 from ..train.fit import FINAL_ADAPTER
-from .evaluate import (EVAL_DATA_SEED, EvalSettings, evaluate_decomposition, evaluate_generation, held_out_scenes,
-                       reference_scores)
 from .model import BACKBONE_FILE, TEXT_FILE, WEIGHTS_DIR, ToyLumiX
 from .recipe import ONE_STEP_SETTINGS, Stage2Settings, fit_adapter, prepare_cache, write_maps_dataset
 from .reproduce import _progress, check_empty_folder
+from .scoring.held_out import EvalSettings, held_out_scenes
+from .scoring.map_scores import evaluate_decomposition, evaluate_generation
+from .scoring.references import reference_scores
+from .seed_streams import EVAL_DATA_SEED
 from .text import ToyTextEncoder
 
 log = logging.getLogger("lumix.toy")
@@ -109,7 +111,8 @@ def run_one(out: Path, weights: Path, run: Run, stage2: Stage2Settings, evaluati
               "decomposition": evaluate_decomposition(model, scenes, evaluation),
               "generation": {} if model.one_step else evaluate_generation(model, scenes, evaluation)}
     write_text_atomically(folder / SCORES_FILE, json.dumps(scores, indent=1, sort_keys=True) + "\n")
-    log.info("run %s: %.0f s, %s", run.name, seconds, {k: round(scores["decomposition"][k], 4) for k, *_ in DEC_COLUMNS})
+    log.info("run %s: %.0f s, %s", run.name, seconds,
+             {k: round(scores["decomposition"][k], 4) for k, *_ in DEC_COLUMNS})
     return scores
 
 
@@ -206,19 +209,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--out", required=True, help="folder for the runs (finished runs in it are kept, not redone)")
     ap.add_argument("--weights", default=str(WEIGHTS_DIR), help="model folder whose backbone + text encoder are used")
     ap.add_argument("--objective", choices=(OBJECTIVE_FLOW_MATCHING, OBJECTIVE_ONE_STEP),
-                    default=OBJECTIVE_FLOW_MATCHING, help="stage-2 objective of every run: the multi-step adapter's recipe (flow matching) or the "
+                    default=OBJECTIVE_FLOW_MATCHING,
+                    help="stage-2 objective of every run: the multi-step adapter's recipe (flow matching) or the "
                          "one-step decomposition adapter's")
     ap.add_argument("--steps", type=int, default=None, help="stage-2 steps of every run (default: the recipe's)")
     ap.add_argument("--rank", type=int, default=None, help="adapter rank of every run (default: the recipe's)")
     ap.add_argument("--one-step-detail-weight", type=float, default=None,
                     help="--objective one-step: the normal loss's detail weight of every run (default: the "
-                         "recipe's; docs/ablation.md's runs used 0, made before it existed)")
+                         "recipe's; experiments/ablation/README.md's runs used 0)")
     ap.add_argument("--eval-scenes", type=int, default=de.scenes)
     ap.add_argument("--runs", default=",".join(r.name for r in PLAN),
                     help="comma-separated runs to do (default: all): " + ", ".join(r.name for r in PLAN))
     ap.add_argument("--report", action="store_true", help="only render the table of the finished runs")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
-    ap.add_argument("--doc", default=None, help="also write the table to this markdown file (e.g. docs/ablation.md)")
+    ap.add_argument("--doc", default=None,
+                    help="also write the table to this markdown file (e.g. experiments/ablation/README.md)")
     ap.add_argument("--overwrite-doc", action="store_true", help="replace an existing --doc file")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")

@@ -89,9 +89,10 @@ class ToyLumiX:
         missing = [f for f in (BACKBONE_FILE, TEXT_FILE) + ((ADAPTER_FILE,) if with_adapter and adapter is None else ())
                    if not (folder / f).is_file()]
         if missing:
-            remedy = REINSTALL if folder.resolve() == WEIGHTS_DIR else "make one with python -m lumix_core.toy.reproduce"
-            raise FileNotFoundError(f"{folder}: missing {', '.join(missing)}; a toy model folder holds {BACKBONE_FILE}, "
-                                    f"{TEXT_FILE} and {ADAPTER_FILE} ({remedy})")
+            remedy = (REINSTALL if folder.resolve() == WEIGHTS_DIR
+                      else "make one with python -m lumix_core.toy.reproduce")
+            raise FileNotFoundError(f"{folder}: missing {', '.join(missing)}; a toy model folder holds "
+                                    f"{BACKBONE_FILE}, {TEXT_FILE} and {ADAPTER_FILE} ({remedy})")
         backbone = _read(folder / BACKBONE_FILE, lambda p: load_flux(p, dtype=torch.float32))
         text = _read(folder / TEXT_FILE, ToyTextEncoder.load)
         lora = None
@@ -150,7 +151,8 @@ class ToyLumiX:
                            uncond=uncond, true_cfg=true_cfg, steps=steps, size=size, pinned_color=pinned,
                            shared=shared_noise)
 
-    def generate(self, prompts: Sequence[str], *, normal_convention: str = "opengl", **kwargs) -> dict[str, FinishedMap]:
+    def generate(self, prompts: Sequence[str], *, normal_convention: str = "opengl",
+                 **kwargs) -> dict[str, FinishedMap]:
         """Finished maps (:func:`lumix_core.conventions.finish_maps`), each ``[N, H, W, 3]``."""
         latents = self.sample_latents(prompts, **kwargs)
         decoded = split_groups(vae.decode(latents), self.maps)

@@ -10,8 +10,8 @@
 4. :func:`fit_adapter` -- the trainer's ``fit``: Tensor LoRA + QBA on the frozen backbone.
 
 Seed streams of the synthetic world: stage 1 draws scenes from stream 1, stage 2 from
-stream 2, the evaluation from stream 3 (:data:`lumix_core.toy.evaluate.EVAL_DATA_SEED`), so
-held-out scenes are never trained on.
+stream 2, the evaluation from stream 3 (:mod:`lumix_core.toy.seed_streams`), so held-out
+scenes are never trained on.
 """
 from __future__ import annotations
 
@@ -32,6 +32,8 @@ from ..world.dataset import write_world_dataset
 from .backbone import IMAGE_SIZE, SAMPLE_STEPS, make_backbone, toy_config
 from .encoder import ToyEncoder
 from .model import BACKBONE_FILE, TEXT_FILE
+from .scoring.training_scores import training_evaluator
+from .seed_streams import STAGE2_DATA_SEED
 from .stage1 import Stage1Result, Stage1Settings, render_color_set, train_stage1
 from .text import ToyTextEncoder
 from .vae import ToyVAEDecoder
@@ -50,7 +52,7 @@ class Stage2Settings:
     8 -- at the toy's width 8 directions are too few to carry what the maps need from the
     photo (docs/toy_model.md has the experiment). ``evaluate_every``: held-out loss of the
     last ``holdout`` scenes of the cache and ground-truth decomposition scores
-    (:func:`lumix_core.toy.evaluate.training_evaluator`) into the run's curves.
+    (:func:`lumix_core.toy.scoring.training_scores.training_evaluator`) into the run's curves.
     """
 
     #: 3200, not 800: on 800 scenes the one-step adapter's held-out loss rose by a fifth after
@@ -64,7 +66,7 @@ class Stage2Settings:
     rank: int = 24
     caption_dropout: float = 0.1
     photo_conditioning_prob: float = 0.8
-    data_seed: int = 2
+    data_seed: int = STAGE2_DATA_SEED
     seed: int = 0
     share_query: bool = True
     independent_maps: bool = False
@@ -139,8 +141,6 @@ def fit_adapter(cache: "str | os.PathLike[str]", backbone: "str | os.PathLike[st
     With ``text`` (the stage-1 text encoder) every evaluation also scores held-out decompositions."""
     evaluator = None
     if text is not None and settings.evaluate_every:
-        from .evaluate import training_evaluator
-
         evaluator = training_evaluator(text, one_step=settings.objective == OBJECTIVE_ONE_STEP)
     return run_fit(fit_config(cache, backbone, output, settings), decoder=ToyVAEDecoder(), on_step=on_step,
                    evaluator=evaluator)

@@ -33,10 +33,11 @@ from typing import Optional, Sequence
 import torch
 
 from ..io.files import write_text_atomically
-from .evaluate import EvalSettings, evaluate_all, summary_table
 from ..model.checkpoint import inspect_adapter, load_adapter, save_adapter
+from .evaluate import evaluate_all, summary_table
 from .model import ADAPTER_FILE, BACKBONE_FILE, CARD_FILE, ONE_STEP_ADAPTER_FILE, TEXT_FILE, ToyLumiX
 from .recipe import ONE_STEP_SETTINGS, Stage2Settings, fit_adapter, prepare_cache, train_backbone, write_maps_dataset
+from .scoring.held_out import EvalSettings
 from .stage1 import Stage1Settings
 from .text import ToyTextEncoder
 

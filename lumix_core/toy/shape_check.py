@@ -1,11 +1,11 @@
 """Is a generated object a recognisable sphere or box? A check read off the intrinsic maps.
 
-Issue 9 asks for "recognisable spheres and boxes in the contact sheet". Looking is not a
+The toy should draw "recognisable spheres and boxes in the contact sheet". Looking is not a
 measurement, so this turns it into one, with the maps LumiX generates anyway:
 
 1. the object is the largest 4-connected region of albedo pixels whose nearest palette colour
    is the prompt's colour (:func:`object_mask`; the prompts of
-   :func:`lumix_core.toy.evaluate.color_prompts` name one object and its colour);
+   :func:`lumix_core.toy.scoring.object_checks.color_prompts` name one object and its colour);
 2. its normals are compared with two shape models (:func:`shape_residuals`), each the mean
    angle between the predicted normals and the model's:
 

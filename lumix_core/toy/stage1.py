@@ -30,6 +30,7 @@ from ..world.dataset import scene_seed
 from ..world.render import render
 from ..world.scene import sample_scene
 from . import vae
+from .seed_streams import STAGE1_DATA_SEED
 from .text import ToyTextEncoder
 
 log = logging.getLogger("lumix.toy")
@@ -40,9 +41,8 @@ class Stage1Settings:
     """Stage-1 hyper-parameters (defaults: the shipped model)."""
 
     scenes: int = 4000
-    #: 6000, not 4000: at 4000 steps the colour words did not yet control the colour on
-    #: today's world (most colour prompts drew green or purple); docs/toy_model.md, "Why colour
-    #: following failed".
+    #: 6000 steps: at 4000 the colour words did not yet control the colour on this world (most
+    #: colour prompts drew green or purple); docs/toy_model.md, "The recipe".
     steps: int = 6000
     batch_size: int = 16
     lr: float = 1e-3
@@ -50,7 +50,7 @@ class Stage1Settings:
     weight_decay: float = 0.01
     caption_dropout: float = 0.1
     max_grad_norm: float = 1.0
-    data_seed: int = 1
+    data_seed: int = STAGE1_DATA_SEED
     seed: int = 0
 
 

@@ -20,8 +20,8 @@ So the "VAE" is a fixed linear projection, shaped exactly like FLUX's latents:
 
 Decoding is the inverse on the kept subspace (least-squares reconstruction). On held-out
 renders the round trip costs about 1.3 deg of normal error, 0.001 depth AbsRel, 0.002 albedo
-si-MSE (:func:`lumix_core.toy.evaluate.reference_scores` reports it as "ground truth through
-the toy VAE"). Model space = the scaled coefficients (FLUX's ``latent_in`` belongs to the
+si-MSE (:func:`lumix_core.toy.scoring.references.reference_scores` reports it as "ground
+truth through the toy VAE"). Model space = the scaled coefficients (FLUX's ``latent_in`` belongs to the
 FLUX VAE and is not used).
 """
 from __future__ import annotations

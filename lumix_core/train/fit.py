@@ -223,7 +223,7 @@ def keep_maps_independent(adapter: LumiXAdapter) -> None:
 
 
 #: ``evaluator(model, step) -> {score: value}``: extra held-out scores at each validation, e.g.
-#: ground-truth metrics of decompositions (:mod:`lumix_core.toy.evaluate`). The model has the
+#: ground-truth metrics of decompositions (:mod:`lumix_core.toy.scoring.training_scores`). The model has the
 #: adapter attached; the evaluator must not change it.
 Evaluator = Callable[[Flux, int], dict]
 

@@ -47,7 +47,9 @@ def _np(x: Any) -> np.ndarray:
 
 
 def _tensor(x: Any) -> torch.Tensor:
-    return x.detach().cpu().double() if isinstance(x, torch.Tensor) else torch.from_numpy(np.asarray(x, dtype=np.float64))
+    if isinstance(x, torch.Tensor):
+        return x.detach().cpu().double()
+    return torch.from_numpy(np.asarray(x, dtype=np.float64))
 
 
 def _mask(mask: Any, shape: tuple[int, ...]) -> np.ndarray:
@@ -150,7 +152,7 @@ def map_coherence(maps: Mapping[str, Any], fov_deg: float = COHERENCE_FOV_DEG) -
       (near/far reading fitted, :func:`lumix_core.finish.consistency.fit_depth_reading`) and the
       normal map.
 
-    Why this replaces edge agreement with color: edges reward copying -- a model that pastes
+    Why physics and not edge agreement with color: edges reward copying -- a model that pastes
     its color image into every map scored above the ground truth. Physics does not: a copied
     color is neither an albedo/irradiance pair whose product is the color nor a depth whose
     slopes are the normals, and independent noise is neither. Both baselines are scored in the

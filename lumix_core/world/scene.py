@@ -427,7 +427,7 @@ def _sample_light_color(rng: np.random.Generator) -> Vec3:
 _OBJECT_TOP = 1.25  # no sampled object reaches higher than this (y)
 #: Distance of the main light (a point light) from the camera target. At 4 units the truth's
 #: left half is brighter under "light from the left" than under "from the right" in every
-#: held-out scene (docs/experiment_world_limits.py). Surfaces nearer the lamp get more light
+#: held-out scene (experiments/world_limits/run.py). Surfaces nearer the lamp get more light
 #: than the target; :func:`lumix_core.world.render.render`'s exposure keeps them from clipping.
 MAIN_LIGHT_DISTANCE = 4.0
 
