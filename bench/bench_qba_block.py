@@ -77,7 +77,8 @@ def main() -> None:
             cpu = interleaved_times({"plain": plain, "lumix": lumix}, repeats=a.repeats, clock=time.process_time)
             peaks = {"plain": LiveTensorBytes().measure(plain), "lumix": LiveTensorBytes().measure(lumix)}
         print(f"{kind:7} {t['plain'] * 1e3:7.0f}ms {t['lumix'] * 1e3:7.0f}ms {t['lumix'] / t['plain']:6.3f}x "
-              f"{cpu['lumix'] / cpu['plain']:6.3f}x {mb(peaks['plain']):>12} {mb(peaks['lumix']):>12} {peaks['lumix'] / peaks['plain']:6.3f}x")
+              f"{cpu['lumix'] / cpu['plain']:6.3f}x {mb(peaks['plain']):>12} {mb(peaks['lumix']):>12} "
+              f"{peaks['lumix'] / peaks['plain']:6.3f}x")
 
 
 if __name__ == "__main__":

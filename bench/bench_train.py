@@ -147,7 +147,8 @@ def dev_memory(args) -> None:
         txt = torch.empty(M, args.text_tokens, D, dtype=dtype, requires_grad=True)
         vec = torch.empty(M, D, dtype=dtype)
         pe = torch.empty(M, 1, L, D // H // 2, 2, 2)
-    weights = list(double.parameters()) + list(single.parameters()) + list(lora_d.parameters()) + list(lora_s.parameters())
+    weights = (list(double.parameters()) + list(single.parameters())
+               + list(lora_d.parameters()) + list(lora_s.parameters()))
     counters = {}
     for name, run in (("double", lambda: double_block_forward(double, img, txt, vec, pe, group=M,
                                                                query_index=spec.maps.query_index, adapter=lora_d)),

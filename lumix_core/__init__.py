@@ -22,7 +22,7 @@ This file only re-exports the map set.
 
 May import: lumix_core.maps.
 """
-from .maps import MapSet, RELEASE, RELEASE_MAPS, QUERY_SOURCE, canonical, check_group_batch
+from .maps import QUERY_SOURCE, RELEASE, RELEASE_MAPS, MapSet, canonical, check_group_batch
 
 __all__ = ["MapSet", "RELEASE", "RELEASE_MAPS", "QUERY_SOURCE", "canonical", "check_group_batch"]
 __version__ = "0.1.0"

@@ -34,7 +34,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 import torch
 from torch import Tensor
 
-from .maps import MapSet, RELEASE_MAPS, canonical, check_group_batch
+from .maps import RELEASE_MAPS, MapSet, canonical, check_group_batch
 
 NORMAL_CONVENTIONS: tuple[str, ...] = ("opengl", "directx")
 DEFAULT_NORMAL_CONVENTION = "opengl"

@@ -22,8 +22,16 @@ from ..lumix_core.maps import MapSet
 from ..lumix_core.model.adapter import BlockLoRA
 from ..lumix_core.model.checkpoint import OBJECTIVE_FLOW_MATCHING
 from ..lumix_core.model.qba import double_block_forward, single_block_forward
-from ..lumix_core.sampling.layout import (check_same_maps, noise_is_shared, objective_warnings, pin_inputs,
-                                          require_finite_groups, restore_slot, scene_count, tagged_maps)
+from ..lumix_core.sampling.layout import (
+    check_same_maps,
+    noise_is_shared,
+    objective_warnings,
+    pin_inputs,
+    require_finite_groups,
+    restore_slot,
+    scene_count,
+    tagged_maps,
+)
 
 log = logging.getLogger("comfyui-lumix")
 

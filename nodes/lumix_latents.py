@@ -11,8 +11,16 @@ import torch
 from ..lumix_core.conventions import require_finite
 from ..lumix_core.latents import SIZE_MULTIPLE
 from ..lumix_core.maps import RELEASE, MapSet
-from ..lumix_core.sampling.layout import (MAPS_KEY, PIN_KEY, PIN_SLOT, group_photo_latents, maps_latent_shape,
-                                          photo_rgb, scene_batch_index, tag_maps)
+from ..lumix_core.sampling.layout import (
+    MAPS_KEY,
+    PIN_KEY,
+    PIN_SLOT,
+    group_photo_latents,
+    maps_latent_shape,
+    photo_rgb,
+    scene_batch_index,
+    tag_maps,
+)
 from . import _host
 
 CATEGORY = "LumiX/Latent"

@@ -19,8 +19,16 @@ SamplerCustomAdvanced give the same ones, and sampling always goes ahead as aske
 from __future__ import annotations
 
 from ..lumix_core.model.checkpoint import OBJECTIVE_ONE_STEP
-from ..lumix_core.sampling.layout import (PIN_KEY, check_same_maps, maps_of, one_step_sigmas, pixel_size,
-                                          release_sigmas, scene_count, tag_maps)
+from ..lumix_core.sampling.layout import (
+    PIN_KEY,
+    check_same_maps,
+    maps_of,
+    one_step_sigmas,
+    pixel_size,
+    release_sigmas,
+    scene_count,
+    tag_maps,
+)
 from . import _host
 from .lumix_model import installed_adapter, pin_model
 

@@ -5,9 +5,9 @@ import struct
 
 import pytest
 import torch
+from helpers import randomize_
 from safetensors.torch import save_file
 
-from helpers import randomize_
 from lumix_core.io.safetensors_io import CheckpointError
 from lumix_core.maps import MapSet
 from lumix_core.model.adapter import LumiXAdapter, default_spec
@@ -193,7 +193,8 @@ def rewrite_header(path, edit):
 BAD_KEY = "single_blocks.1.processor.kv_tt_lora.G2"
 
 
-@pytest.mark.parametrize("value, what", [(float("nan"), "holds 1 NaN/inf value"), (float("inf"), "holds 1 NaN/inf value"),
+@pytest.mark.parametrize("value, what", [(float("nan"), "holds 1 NaN/inf value"),
+                                         (float("inf"), "holds 1 NaN/inf value"),
                                          (1e30, "has values up to 1e\\+30, far beyond")])
 def test_non_finite_or_absurd_factors_are_refused_naming_file_and_tensor(tmp_path, value, what):
     path, state = release_like(tmp_path)

@@ -5,7 +5,6 @@ import types
 
 import pytest
 import torch
-
 from pack_import import pack_module
 
 nodes = pack_module("nodes.compositing")

@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-
 from analytic_scenes import plane, sphere
+
 from lumix_core.conventions import linear_to_srgb, srgb_to_linear, vectors_to_normals
 from lumix_core.finish.consistency import (
     HEATMAP_NAMES,

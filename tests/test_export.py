@@ -135,7 +135,8 @@ def test_saving_twice_never_overwrites(tmp_path):
     first = save_maps(maps, tmp_path, "x", formats=["png8", "png16"])
     before = {f.path: open(f.path, "rb").read() for f in first}
     second = save_maps({k: 1 - v for k, v in maps.items()}, tmp_path, "x", formats=["png8", "png16"])
-    assert {f.filename for f in second} == {"x_00002_00_albedo.png", "x_00002_00_depth.png", "x_00002_00_depth_16bit.png"}
+    assert {f.filename for f in second} == {"x_00002_00_albedo.png", "x_00002_00_depth.png",
+                                            "x_00002_00_depth_16bit.png"}
     assert all(open(p, "rb").read() == data for p, data in before.items())
     assert not [n for n in os.listdir(tmp_path) if n.endswith(".tmp")]
     assert next_counter(str(tmp_path), "x") == 3
@@ -228,8 +229,8 @@ def test_maps_with_nan_or_inf_are_refused_and_nothing_is_written(tmp_path, name)
     maps = scene_maps()
     maps[name][1, 2, 3, 0] = float("nan")
     maps[name][1, 0, 0, 1] = float("inf")
-    with pytest.raises(ValueError, match=rf"the {name} map holds 2 NaN/inf value\(s\) of \d+ \(first in scene 1\); it comes "
-                                         r"from a failed decode or sampling.*Nothing was saved"):
+    with pytest.raises(ValueError, match=rf"the {name} map holds 2 NaN/inf value\(s\) of \d+ \(first in scene 1\); "
+                                         r"it comes from a failed decode or sampling.*Nothing was saved"):
         save_maps(maps, tmp_path, "x")
     assert tree(tmp_path) == []
 

@@ -1,9 +1,9 @@
 """Reference FLUX: file round trips (BFL and ComfyUI layouts) and adapter attach/detach."""
 import pytest
 import torch
+from helpers import tiny_adapter, tiny_flux
 from safetensors.torch import save_file
 
-from helpers import tiny_adapter, tiny_flux
 from lumix_core.io.safetensors_io import CheckpointError
 from lumix_core.latents import image_ids
 from lumix_core.maps import RELEASE, MapSet

@@ -1,23 +1,40 @@
-"""lumix_core.sampling.layout / model.flux_check / model.adapter_cache: the host-independent side of the ComfyUI nodes."""
+"""lumix_core.sampling.layout / model.flux_check / model.adapter_cache: the host-independent side of the ComfyUI
+nodes."""
 import os
 import time
 
 import pytest
 import torch
-
 from helpers import tiny_flux
+
 from lumix_core.io.safetensors_io import CheckpointError
+from lumix_core.latents import latent_in, latent_out
 from lumix_core.maps import RELEASE, MapSet
 from lumix_core.model.adapter import LumiXAdapter, default_spec
 from lumix_core.model.adapter_cache import AdapterCache
 from lumix_core.model.checkpoint import ModelShape, save_adapter
 from lumix_core.model.flux_check import NotFluxError, flux1_shape
-from lumix_core.latents import latent_in, latent_out
-from lumix_core.sampling.layout import (MAPS_KEY, center_crop_box, check_same_maps, finish_group_images,
-                                        group_photo_latents, maps_latent_shape, maps_of, noise_is_shared,
-                                        objective_warnings, one_step_sigmas, photo_rgb, pin_inputs, release_sigmas,
-                                        require_finite_groups, restore_slot, scene_batch_index, slot_latents, tag_maps,
-                                        tagged_maps)
+from lumix_core.sampling.layout import (
+    MAPS_KEY,
+    center_crop_box,
+    check_same_maps,
+    finish_group_images,
+    group_photo_latents,
+    maps_latent_shape,
+    maps_of,
+    noise_is_shared,
+    objective_warnings,
+    one_step_sigmas,
+    photo_rgb,
+    pin_inputs,
+    release_sigmas,
+    require_finite_groups,
+    restore_slot,
+    scene_batch_index,
+    slot_latents,
+    tag_maps,
+    tagged_maps,
+)
 from lumix_core.sampling.sampler import ONE_STEP_TIMESTEPS, decompose_one_step, schedule_for
 
 
@@ -172,13 +189,13 @@ def test_photos_of_any_channel_count_become_cropped_rgb(channels):
 def test_non_finite_photos_and_latents_are_refused_naming_where():
     photo = torch.rand(3, 32, 32, 3)
     photo[1, 5, 5, 0] = float("nan")
-    with pytest.raises(ValueError, match=r"^the photo holds 1 NaN/inf value\(s\) of 9216 \(first in image 1\); the node "
-                                         r"that made this IMAGE produced invalid pixels.*Nothing was encoded"):
+    with pytest.raises(ValueError, match=r"^the photo holds 1 NaN/inf value\(s\) of 9216 \(first in image 1\); "
+                                         r"the node that made this IMAGE produced invalid pixels.*Nothing was encoded"):
         photo_rgb(photo)
     latent = torch.zeros(10, 16, 2, 2)
     latent[8, 0, 0, 0] = float("-inf")
-    with pytest.raises(ValueError, match=r"^the LATENT holds 1 NaN/inf value\(s\) of 640 \(first in map depth of scene 1\); "
-                                         r"make it again"):
+    with pytest.raises(ValueError, match=r"^the LATENT holds 1 NaN/inf value\(s\) of 640 "
+                                         r"\(first in map depth of scene 1\); make it again"):
         require_finite_groups(latent, RELEASE, "the LATENT", "make it again")
     assert require_finite_groups(torch.zeros(10, 1), RELEASE, "x", "y") is not None
 

@@ -8,14 +8,14 @@ import textwrap
 
 import pytest
 import torch
-
 import workflow_tools as wt
 from helpers import block_inputs, blocks, randomize_
+from pack_import import ROOT, pack_module
+
 from lumix_core.maps import RELEASE, MapSet
 from lumix_core.model.adapter import LumiXAdapter, default_spec
 from lumix_core.model.flux_math import attention as lumix_attention
 from lumix_core.model.qba import double_block_forward, single_block_forward
-from pack_import import ROOT, pack_module
 
 MODULES = ("nodes.lumix_model", "nodes.lumix_latents", "nodes.lumix_sampler", "nodes.lumix_maps")
 LUMIX_NODES = {
@@ -108,7 +108,8 @@ def test_empty_maps_latent_node():
 def test_split_maps_node_applies_the_conventions():
     maps_nodes = pack_module("nodes.lumix_maps")
     images = torch.rand(10, 8, 8, 3)
-    albedo, irradiance, color, depth, normal, mask = maps_nodes.LumiXSplitMaps().split(images, RELEASE.to_string(), "opengl", False)
+    albedo, irradiance, color, depth, normal, mask = maps_nodes.LumiXSplitMaps().split(images, RELEASE.to_string(),
+                                                                                       "opengl", False)
     assert torch.equal(albedo, images[0::5]) and torch.equal(color, images[2::5])
     n = normal * 2 - 1
     torch.testing.assert_close(n.norm(dim=-1), torch.ones(2, 8, 8))
@@ -146,7 +147,8 @@ def test_block_patch_is_the_qba_function_and_leaves_inputs_alone():
     ref_x = single_block_forward(single, x.clone(), vec, pe, group=5, query_index=2, adapter=adapter.for_single(0),
                                  strength=0.7)
     spatch = patches.LumiXBlockPatch("single", 0, single, adapter.for_single(0), RELEASE, 0.7, lumix_attention)
-    assert torch.equal(spatch({"img": x, "vec": vec, "pe": pe, "transformer_options": {}}, {"original_block": _never})["img"], ref_x)
+    assert torch.equal(spatch({"img": x, "vec": vec, "pe": pe, "transformer_options": {}},
+                              {"original_block": _never})["img"], ref_x)
     with pytest.raises(ValueError, match="batch of 6 is not a multiple of the map count 5"):
         patch({"img": img[:6], "txt": txt[:6], "vec": vec[:6], "pe": pe[:6]}, {})
 
@@ -198,7 +200,8 @@ def test_sampling_guard_refuses_split_batches_and_context_windows(caplog):
     noise = torch.randn(1, 16, 2, 2).repeat(5, 1, 1, 1)
     ex = _Executor()
     assert guard(ex, noise, torch.zeros(5, 16, 2, 2), "sampler")[0] is noise
-    with pytest.raises(ValueError, match="LATENT batch of 3 is not a multiple of the map count 5.*LumiX Empty Maps Latent"):
+    with pytest.raises(ValueError, match="LATENT batch of 3 is not a multiple of the map count 5.*"
+                                         "LumiX Empty Maps Latent"):
         guard(ex, noise[:3], torch.zeros(3, 16, 2, 2))
 
     class Handler:
@@ -269,8 +272,8 @@ def test_sampling_guard_checks_the_map_set_the_latent_carries_and_refuses_non_fi
     noise = torch.randn(20, 16, 2, 2)
     five_scenes = tag_maps(torch.zeros(20, 16, 2, 2), RELEASE)  # 4 scenes x 5 maps: 20 divides by 4 as well
     with pytest.raises(ValueError, match=r"^the latent holds maps albedo,irradiance,color,depth,normal \(M=5\) but the "
-                                         r"adapter four.safetensors was trained for albedo,color,depth,normal \(M=4\); set "
-                                         r"the latent node's 'maps' to 'albedo,color,depth,normal'$"):
+                                         r"adapter four.safetensors was trained for albedo,color,depth,normal \(M=4\); "
+                                         r"set the latent node's 'maps' to 'albedo,color,depth,normal'$"):
         guard(_Executor(), noise, five_scenes)
     reordered = tag_maps(torch.zeros(8, 16, 2, 2), MapSet.parse("color,albedo,depth,normal"))
     with pytest.raises(ValueError, match=r"holds maps color,albedo,depth,normal \(M=4\) but the adapter four"):
@@ -342,7 +345,8 @@ def test_published_settings_are_in_the_workflows():
     (sampler,) = by_type(photo, "LumiXSampler")
     assert sampler["widgets_values"][3] == 1.0 and by_type(photo, "FluxGuidance")[0]["widgets_values"] == [1.0]
     relight = wt.load(ROOT / "workflows" / "relight.json")
-    assert {"LumiXRelight", "LumiXRecompose", "LumiXConsistencyReport", "LumiXSaveMaps"} <= {n["type"] for n in relight["nodes"]}
+    assert ({"LumiXRelight", "LumiXRecompose", "LumiXConsistencyReport", "LumiXSaveMaps"}
+            <= {n["type"] for n in relight["nodes"]})
 
 
 def test_workflows_tell_a_new_user_what_to_fetch_and_do_something_new_on_every_run():
@@ -363,7 +367,8 @@ def test_workflows_tell_a_new_user_what_to_fetch_and_do_something_new_on_every_r
                 assert names <= set(node["widgets_values"]) and names, (name, node["type"])
                 assert all(m["directory"] for m in models)
                 if node["type"] != "LumiXLoadAdapter":  # FLUX files are published; the adapter's URL is not known
-                    assert all(m["url"].startswith("https://huggingface.co/") and m["url"].endswith(m["name"]) for m in models)
+                    assert all(m["url"].startswith("https://huggingface.co/") and m["url"].endswith(m["name"])
+                               for m in models)
         for note in (n for n in wf["nodes"] if n["type"] == "MarkdownNote"):
             for path in re.findall(r"\b(?:docs|workflows)/[\w./-]+\.\w+", note["widgets_values"][0]):
                 assert (ROOT / path).is_file(), (name, path)
@@ -389,7 +394,8 @@ def test_relight_shows_the_report_and_only_informative_pictures():
     sampler = next(v for v in prompt.values() if v["class_type"] == "LumiXSampler")["inputs"]
     save = next(v for v in prompt.values() if v["class_type"] == "LumiXSaveMaps")["inputs"]
     encode = next(v for k, v in prompt.items() if nodes[int(k)].get("title") == "Positive prompt")["inputs"]
-    assert sampler["seed"] == save["seed"] == 0 and save["prompt_text"] == encode["text"] and "cozy" in save["prompt_text"]
+    assert (sampler["seed"] == save["seed"] == 0 and save["prompt_text"] == encode["text"]
+            and "cozy" in save["prompt_text"])
     assert save["report_json"][0] == str(report["id"])
 
 

@@ -1,8 +1,8 @@
 """Invariants of Query-Broadcast Attention + Tensor LoRA on FLUX blocks."""
 import pytest
 import torch
-
 from helpers import block_inputs, blocks
+
 from lumix_core.maps import RELEASE, MapSet
 from lumix_core.model.adapter import BlockLoRA, default_spec
 from lumix_core.model.qba import double_block_forward, single_block_forward

@@ -4,8 +4,8 @@ import math
 import numpy as np
 import pytest
 import torch
-
 from analytic_scenes import sphere
+
 from lumix_core.conventions import flip_normal_y, vectors_to_normals
 from lumix_core.finish.relight import Light, light_direction, parse_color, relight
 
@@ -109,7 +109,8 @@ def test_depth_falloff_follows_the_documented_formula():
     expected = linear_to_srgb_np(np.clip(srgb_to_linear_np(0.8) * shading, 0, 1))
     assert np.abs(out - expected[..., None]).max() < 1e-5
     # no falloff strength = no depth
-    assert torch.equal(relight(albedo, flat, Light(az, el), depth=depth, falloff=0.0), relight(albedo, flat, Light(az, el)))
+    assert torch.equal(relight(albedo, flat, Light(az, el), depth=depth, falloff=0.0),
+                       relight(albedo, flat, Light(az, el)))
 
 
 def test_keep_shading_applies_the_irradiance_ratio():

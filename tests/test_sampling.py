@@ -3,13 +3,20 @@ import math
 
 import pytest
 import torch
-
 from helpers import tiny_adapter, tiny_flux
+
 from lumix_core.maps import RELEASE
 from lumix_core.model.adapter import LumiXAdapter, default_spec
 from lumix_core.sampling.denoiser import FluxDenoiser, TextConditioning
-from lumix_core.sampling.sampler import (Pinned, sample_euler, schedule, schedule_for, seq_len_for, shared_noise,
-                                         shift_mu)
+from lumix_core.sampling.sampler import (
+    Pinned,
+    sample_euler,
+    schedule,
+    schedule_for,
+    seq_len_for,
+    shared_noise,
+    shift_mu,
+)
 
 M = RELEASE.size
 

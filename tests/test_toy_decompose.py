@@ -97,7 +97,7 @@ def test_load_photo_applies_exif_rotation(tmp_path):
     assert tuple(load_photo(tmp_path / "rot.jpg").shape) == (30, 10, 3)
 
 
-@pytest.mark.xfail(strict=True, reason="known, issue 9: the shipped multi-step adapter does not read its photo "
+@pytest.mark.xfail(strict=True, reason="the shipped multi-step adapter does not read its photo "
                    "(its depth and normals are the prior; the one-step adapter does, see the test below; "
                    "docs/toy_model.md). strict: a model that reads it makes this XPASS and fail, so the marker "
                    "must then be removed")
@@ -210,7 +210,7 @@ def test_a_one_step_toy_refuses_to_generate_from_text(fast_weights):
 def test_fast_decomposition_reads_the_photo_it_was_given():
     """The shipped one-step adapter reads its photo: on 8 held-out renders (one call each, so
     cheap), at least 90 % of the depth and of the normal maps are closer to their own scene's
-    truth than to the next scene's -- the issue's target (64-scene figures: docs/toy_model.md)."""
+    truth than to the next scene's -- the "reads the photo" target (64-scene figures: docs/toy_model.md)."""
     from lumix_core.toy.decompose import load_model
 
     fast = load_model(fast=True)

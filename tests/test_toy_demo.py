@@ -47,7 +47,7 @@ def model() -> ToyLumiX:
 def test_shipped_weights_are_small_and_complete():
     sizes = {p.name: p.stat().st_size for p in WEIGHTS_DIR.iterdir()}  # everything shipped, both adapters
     assert {BACKBONE_FILE, TEXT_FILE, ADAPTER_FILE, ONE_STEP_ADAPTER_FILE, CARD_FILE} <= set(sizes), sizes
-    assert sum(sizes.values()) <= 25 * 10**6, sizes  # the issue's budget: 25 MB
+    assert sum(sizes.values()) <= 25 * 10**6, sizes  # the shipped folder stays under 25 MB
     card = ToyLumiX.card()
     assert card["made_by"] == "python -m lumix_core.toy.reproduce" and card["stage2"]["share_query"] is True
 
@@ -148,13 +148,12 @@ def first_seed_checks(model) -> list[dict[str, float]]:
 def test_the_named_colour_dominates_the_generated_albedo(first_seed_checks):
     """The colour-following target on the first of the evaluation's two seeds (its 14 single-object
     prompts), with the shipped multi-step adapter: the named colour must be the dominant saturated
-    one of the generated albedo in at least the target's share. The shipped model gets 13 of 14;
-    the model shipped before (whose 4000-step stage 1 drew most colours green or purple) got 5."""
+    one of the generated albedo in at least the target's share. The shipped model gets 13 of 14."""
     hits = [c["color"] for c in first_seed_checks]
     assert np.mean(hits) >= TARGETS["color_following"][1], hits
 
 
-@pytest.mark.xfail(strict=True, reason="known, issue 9: the shipped toy draws blobs; its objects' normals are "
+@pytest.mark.xfail(strict=True, reason="the shipped toy draws blobs; its objects' normals are "
                    "far from a sphere's, and every one reads as a box (0.5, chance; docs/toy_model.md). "
                    "strict: a model that draws recognisable shapes makes this XPASS and fail, so the marker must "
                    "then be removed")

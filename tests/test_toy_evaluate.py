@@ -61,8 +61,8 @@ def test_reference_rows_rank_truth_above_trivial_and_baselines():
 def test_caption_following_checks_scored_on_the_worlds_own_truth():
     """Both checks must pass on the world's own truth (else they measure nothing): the colour
     check on true albedos, the light check on true irradiance with the main light mirrored (the
-    lamp lights its own side; under the earlier directional main light the truth failed it,
-    docs/toy_model.md). The truth's scores are printed beside the model's."""
+    lamp lights its own side of the floor, which a directional light would light the same from
+    either side, docs/toy_model.md). The truth's scores are printed beside the model's."""
     truth = caption_following_of_truth(held_out_scenes(32), seeds=4)
     assert truth["color_prompts"] >= 3 and truth["color_following"] == 1.0 and truth["shape_following"] == 1.0
     assert truth["light_following"] == 1.0 and truth["light_left_minus_right"] > 0.0

@@ -6,7 +6,6 @@ the shipped model's quality is tested in test_toy_demo.py.
 """
 from __future__ import annotations
 
-import shutil
 from dataclasses import replace
 
 import pytest
@@ -17,8 +16,14 @@ from lumix_core.model.checkpoint import inspect_adapter, load_adapter
 from lumix_core.model.flux_io import load_flux
 from lumix_core.toy.backbone import toy_config
 from lumix_core.toy.model import ADAPTER_FILE, BACKBONE_FILE, ONE_STEP_ADAPTER_FILE, TEXT_FILE, ToyLumiX
-from lumix_core.toy.recipe import (ONE_STEP_SETTINGS, Stage2Settings, fit_adapter, prepare_cache, train_backbone,
-                                   write_maps_dataset)
+from lumix_core.toy.recipe import (
+    ONE_STEP_SETTINGS,
+    Stage2Settings,
+    fit_adapter,
+    prepare_cache,
+    train_backbone,
+    write_maps_dataset,
+)
 from lumix_core.toy.reproduce import assemble_weights
 from lumix_core.toy.stage1 import Stage1Settings
 from lumix_core.toy.text import ToyTextEncoder
@@ -47,8 +52,8 @@ def test_stage1_writes_a_loadable_backbone_and_text_encoder(stage1_dir):
 
 
 def test_stage1_is_fixed_by_its_seed_whatever_ran_before(stage1_dir, tmp_path):
-    """The text table's init follows the settings' seed (it used to draw from the global RNG, so a
-    "same recipe" run depended on whatever had drawn random numbers before it)."""
+    """The text table's init follows the settings' seed, not the global RNG, so a "same recipe" run
+    does not depend on whatever drew random numbers before it."""
     settings = replace(Stage1Settings(), scenes=6, steps=3, batch_size=2, warmup_steps=1)
     config = toy_config(hidden_size=32, depth=1, depth_single_blocks=1)
     torch.manual_seed(12345)

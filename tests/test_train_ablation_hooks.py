@@ -3,11 +3,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from train_helpers import MAPS3, fit_config, synthetic_cache, tiny_flux_file
 
 from lumix_core.model.checkpoint import inspect_adapter, load_adapter
 from lumix_core.train.fit import META_SHARE_QUERY, run_fit
-
-from train_helpers import MAPS3, fit_config, synthetic_cache, tiny_flux_file
 
 
 @pytest.fixture(scope="module")

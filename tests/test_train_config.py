@@ -4,15 +4,15 @@ from __future__ import annotations
 import pytest
 
 from lumix_core.train.cli import build_parser
-from lumix_core.train.config import (ConfigError, FitConfig, PrepareConfig, build_config, load_config_file,
-                                     resume_config)
+from lumix_core.train.config import ConfigError, FitConfig, PrepareConfig, build_config, load_config_file, resume_config
 
 REQUIRED = {"cache": "c", "flux": "f.safetensors", "output": "o"}
 
 
 def test_defaults_file_and_flags_in_order(tmp_path):
     yaml_file = tmp_path / "c.yaml"
-    yaml_file.write_text("seed: 3\nfit:\n  lr: 5.0e-5\n  steps: 100\n  timestep-sampler: shifted\nprepare:\n  size: 512\n")
+    yaml_file.write_text("seed: 3\nfit:\n  lr: 5.0e-5\n  steps: 100\n  timestep-sampler: shifted\n"
+                         "prepare:\n  size: 512\n")
     toml_file = tmp_path / "c.toml"
     toml_file.write_text('[fit]\nlr = 2e-4\nalpha = "none"\n')
     from_yaml = load_config_file(yaml_file, "fit")

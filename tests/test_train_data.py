@@ -6,13 +6,12 @@ import json
 import cv2
 import numpy as np
 import pytest
+from train_helpers import MAPS3, write_dataset, write_png
 
 from lumix_core.maps import MapSet
 from lumix_core.train.crop import CropSpec, apply_crop, plan_crop
 from lumix_core.train.data import DatasetError, check_scene, read_image, scan_dataset
 from lumix_core.train.prepare import load_scene_images
-
-from train_helpers import MAPS3, write_dataset, write_png
 
 
 def _problems(root, maps=MAPS3):

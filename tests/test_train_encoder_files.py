@@ -6,8 +6,14 @@ import torch
 from safetensors.torch import save_file
 
 from lumix_core.io.safetensors_io import CheckpointError
-from lumix_core.train.comfy_host import (ComfyEncoder, HostError, check_clip_l_file, check_t5_file,
-                                         check_vae_file, import_comfy)
+from lumix_core.train.comfy_host import (
+    ComfyEncoder,
+    HostError,
+    check_clip_l_file,
+    check_t5_file,
+    check_vae_file,
+    import_comfy,
+)
 
 CLIP_KEY = "text_model.encoder.layers.0.mlp.fc1.weight"
 T5_KEY = "encoder.block.23.layer.1.DenseReluDense.wi_1.weight"

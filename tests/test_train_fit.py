@@ -8,6 +8,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
+from train_helpers import MAPS3, fit_config, interrupted_and_resumed, synthetic_cache, tiny_flux_file
 
 from lumix_core.model.checkpoint import ModelShape, inspect_adapter, load_adapter
 from lumix_core.model.flux_io import load_flux
@@ -20,9 +21,6 @@ from lumix_core.train.fit import METRICS, RUN_CONFIG, run_fit
 from lumix_core.train.objective import DrawSettings, draw_scene, make_noisy_batch, scene_losses
 from lumix_core.train.state import ADAPTER_FILE, latest_checkpoint
 from lumix_core.train.validation import LABEL_HEIGHT
-
-from train_helpers import MAPS3, fit_config, interrupted_and_resumed, synthetic_cache, tiny_flux_file
-
 
 
 @pytest.fixture(scope="module")

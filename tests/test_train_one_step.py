@@ -2,25 +2,34 @@
 one-step call at inference is exactly the step the trainer optimised."""
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
+from helpers import tiny_adapter, tiny_flux
+from train_helpers import fit_config, interrupted_and_resumed, synthetic_cache, tiny_flux_file
 
 from lumix_core.maps import RELEASE
-from lumix_core.model.checkpoint import (META_OBJECTIVE, OBJECTIVE_FLOW_MATCHING, OBJECTIVE_ONE_STEP,
-                                         adapter_objective, inspect_adapter, load_adapter)
+from lumix_core.model.checkpoint import (
+    META_OBJECTIVE,
+    OBJECTIVE_FLOW_MATCHING,
+    OBJECTIVE_ONE_STEP,
+    adapter_objective,
+    inspect_adapter,
+    load_adapter,
+)
 from lumix_core.sampling.denoiser import FluxDenoiser, TextConditioning
 from lumix_core.sampling.sampler import decompose_one_step
 from lumix_core.toy.vae import ToyVAEDecoder
 from lumix_core.train.config import ConfigError
 from lumix_core.train.curves import EVALUATIONS, read_jsonl
 from lumix_core.train.fit import run_fit
-from lumix_core.train.one_step import (DETAIL_WINDOW, detail_weights, make_one_step_batch, one_step_losses, pixel_terms,
-                                      predicted_clean)
-
-from helpers import tiny_adapter, tiny_flux
-from train_helpers import fit_config, interrupted_and_resumed, synthetic_cache, tiny_flux_file
+from lumix_core.train.one_step import (
+    DETAIL_WINDOW,
+    detail_weights,
+    make_one_step_batch,
+    one_step_losses,
+    pixel_terms,
+    predicted_clean,
+)
 
 
 @pytest.fixture(scope="module")

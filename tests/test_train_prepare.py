@@ -5,13 +5,12 @@ import json
 
 import pytest
 import torch
+from train_helpers import MAPS3, TEXT_TOKENS, SyntheticEncoder, write_dataset
 
 from lumix_core.train.cache import MANIFEST, LatentCache
 from lumix_core.train.config import PrepareConfig
 from lumix_core.train.data import DatasetError
 from lumix_core.train.prepare import run_prepare
-
-from train_helpers import MAPS3, TEXT_TOKENS, SyntheticEncoder, write_dataset
 
 
 def _config(tmp_path, data, **kw) -> PrepareConfig:
@@ -33,8 +32,8 @@ def test_prepare_writes_a_cache_that_reads_back(tmp_path):
     assert scene.latents.shape == (3, 16, 4, 4) and scene.txt.shape == (TEXT_TOKENS, 32) and scene.y.shape == (16,)
     # The cached latents are exactly what the encoder gives for the cropped maps, in map order.
     from lumix_core.train.crop import CropSpec
-    from lumix_core.train.prepare import load_scene_images
     from lumix_core.train.data import scan_dataset
+    from lumix_core.train.prepare import load_scene_images
 
     files = {s.scene_id: s for s in scan_dataset(data, MAPS3)[0]}
     images = load_scene_images(files["c"], MAPS3, CropSpec.parse("32"))
@@ -99,8 +98,9 @@ def test_native_sizes_must_be_multiples_of_16(tmp_path):
 
 def test_cli_prepare_then_fit_with_a_config_file(tmp_path, monkeypatch, capsys):
     """The command line end to end: prepare (encoder injected) and fit with a YAML config."""
-    from lumix_core.train import cli, prepare
     from train_helpers import tiny_flux_file
+
+    from lumix_core.train import cli, prepare
 
     data = write_dataset(tmp_path / "data", ["a", "b"])
     monkeypatch.setattr(prepare, "_comfy_encoder", lambda config: SyntheticEncoder())

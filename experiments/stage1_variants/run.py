@@ -5,8 +5,9 @@
 
 One variant of the toy recipe: stage 1 (:func:`lumix_core.toy.recipe.train_backbone`) with the given
 width and steps, then the recipe's multi-step stage 2 on it (:class:`~lumix_core.toy.recipe.Stage2Settings`
-defaults, the trainer's ``fit``), then the caption checks of :func:`lumix_core.toy.scoring.caption_checks.caption_following`
-(colour, shape, light) on the result. ``--data`` reuses the stage-2 scenes of a reproduce run
+defaults, the trainer's ``fit``), then the caption checks of
+:func:`lumix_core.toy.scoring.caption_checks.caption_following` (colour, shape, light) on the result.
+``--data`` reuses the stage-2 scenes of a reproduce run
 (``RUN/data``; otherwise they are rendered into ``DIR/data``). Writes ``DIR/stage1``, ``DIR/cache``,
 ``DIR/stage2``, ``DIR/weights`` (a model folder ``lumix_core.toy.evaluate --weights`` reads, adapter in
 float16 as reproduce ships it) and ``DIR/following.json``. The figures it gave:

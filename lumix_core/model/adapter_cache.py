@@ -41,7 +41,8 @@ class AdapterCache:
         self._lock = threading.Lock()
         self.loads = 0  # files actually read (for tests and diagnostics)
 
-    def get(self, path: "str | os.PathLike[str]", model: Optional[ModelShape] = None) -> tuple[LumiXAdapter, AdapterInfo]:
+    def get(self, path: "str | os.PathLike[str]",
+            model: Optional[ModelShape] = None) -> tuple[LumiXAdapter, AdapterInfo]:
         """The adapter in ``path``, checked against ``model``; loaded once per file version.
 
         Only the blocks the file names are required (the loader patches exactly those).

@@ -11,6 +11,7 @@ Every setting can also come from ``--config file.yaml`` / ``.toml``; flags win o
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import logging
 import sys
 from dataclasses import MISSING, fields
@@ -23,6 +24,14 @@ from .data import DatasetError
 
 #: Errors that carry a message for the user (bad input); anything else is a bug and shows its traceback.
 EXPECTED_ERRORS = (ConfigError, DatasetError, CheckpointError, HostError, FileExistsError, FileNotFoundError)
+
+#: Modules of the ``train`` extra (pyproject.toml) the stages import, by their package names. ComfyUI-Manager
+#: installs only requirements.txt, which leaves them out: the nodes do not need them.
+TRAINING_EXTRAS = {"cv2": "opencv-python", "tqdm": "tqdm"}
+
+
+def missing_training_extras() -> list[str]:
+    return [package for module, package in TRAINING_EXTRAS.items() if importlib.util.find_spec(module) is None]
 
 
 def _add_config_flags(parser: argparse.ArgumentParser, cls: type) -> None:
@@ -41,7 +50,8 @@ def _add_config_flags(parser: argparse.ArgumentParser, cls: type) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="lumix-train", description="Train LumiX adapters (Tensor LoRA + QBA) for FLUX.1 from a few hundred scenes.")
+        prog="lumix-train",
+        description="Train LumiX adapters (Tensor LoRA + QBA) for FLUX.1 from a few hundred scenes.")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     sub = parser.add_subparsers(dest="stage", required=True)
     for name, cls, text in (("prepare", PrepareConfig, "encode a dataset once (FLUX VAE + text encoders via ComfyUI)"),
@@ -55,6 +65,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    missing = missing_training_extras()
+    if missing:
+        print(f"lumix-train needs the training extras ({', '.join(missing)} missing): "
+              "pip install 'lumix-intrinsics[train]', or pip install -e '.[train]' in a clone", file=sys.stderr)
+        return 2
     logging.basicConfig(level=getattr(logging, args.log_level), format="%(levelname)s %(name)s: %(message)s")
     cli_values = {k: v for k, v in vars(args).items() if k not in ("stage", "config_file", "log_level")}
     try:

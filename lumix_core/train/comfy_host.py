@@ -54,8 +54,10 @@ def import_comfy(checkout: Optional[str], *, cpu: Optional[bool] = None) -> Modu
     elif str(root) not in sys.path:
         sys.path.insert(0, str(root))
     try:
+        # isort: off
         import comfy.options  # noqa: F401  (argument parsing stays off: cli_args parses [])
         import comfy.cli_args
+        # isort: on
 
         use_cpu = (not torch.cuda.is_available()) if cpu is None else cpu
         if use_cpu and "comfy.model_management" not in sys.modules:

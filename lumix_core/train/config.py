@@ -46,7 +46,8 @@ class ConfigError(ValueError):
 class PrepareConfig:
     """``prepare``: read a dataset once, encode it with the FLUX VAE and text encoders."""
 
-    data: str = _req("dataset root in the release layout: ROOT/<map>/<id>_<map>.png + ROOT/captions_blip2/<id>_color.json")
+    data: str = _req("dataset root in the release layout: ROOT/<map>/<id>_<map>.png + "
+                     "ROOT/captions_blip2/<id>_color.json")
     cache: str = _req("cache folder to create (safetensors shards + manifest.json)")
     maps: str = _opt(RELEASE.to_string(), "maps of each scene, in group order (must include color)")
     comfyui: Optional[str] = _opt(None, f"ComfyUI checkout used to load the encoders (default: ${COMFYUI_ENV})")
@@ -100,7 +101,8 @@ class FitConfig:
     max_grad_norm: float = _opt(1.0, "clip the adapter's gradient norm (0 disables)")
     rank: int = _opt(8, "Tensor LoRA rank R (the release uses 8)")
     alpha: Optional[float] = _opt(None, "Tensor LoRA alpha (scale = alpha/sqrt(R); none = 1/sqrt(R) as released)")
-    init_adapter: Optional[str] = _opt(None, "start from this LumiX adapter (e.g. the release) instead of the fresh init")
+    init_adapter: Optional[str] = _opt(None, "start from this LumiX adapter (e.g. the release) instead of the "
+                                             "fresh init")
     share_query: bool = _opt(True, "Query-Broadcast Attention: every map attends with the color map's queries "
                                    "(--no-share-query gives each map its own queries; for ablations)")
     independent_maps: bool = _opt(False, "hold G1 block-diagonal so each map's adapter reads only its own input, "
@@ -112,8 +114,8 @@ class FitConfig:
     one_step_loss: str = _opt("latent", "loss space of --objective one-step: latent (any decoder), pixel "
                                         "(angular normals, scale/shift-invariant depth on decoded maps: needs a "
                                         "differentiable decoder, i.e. the toy VAE) or both")
-    one_step_detail_weight: float = _opt(0.0, "pixel and both one-step losses: weigh each pixel's normal error by 1 + W "
-                                              "x how far its true normal is from the mean normal around it, so "
+    one_step_detail_weight: float = _opt(0.0, "pixel and both one-step losses: weigh each pixel's normal error by "
+                                              "1 + W x how far its true normal is from the mean normal around it, so "
                                               "curved surfaces and edges (small objects) count more than large "
                                               "planes (0: every pixel alike)")
     timestep_sampler: str = _opt("logit-normal", "training timesteps: logit-normal (t = sigmoid(N(mean, std))) "

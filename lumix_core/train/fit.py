@@ -39,11 +39,25 @@ from .curves import EVALUATIONS, METRICS, write_curves
 from .distributed import DistContext, barrier, init_distributed, mean_across, shutdown
 from .folders import check_new_folder, is_unused_dir, remove_previous, remove_temp_files
 from .lr_schedule import make_scheduler
+from .objective import (
+    STREAM_INIT,
+    DrawSettings,
+    SceneDraw,
+    draw_scene,
+    make_noisy_batch,
+    sample_generator,
+    scene_losses,
+)
 from .one_step import make_one_step_batch, one_step_losses
-from .objective import (STREAM_INIT, DrawSettings, SceneDraw, draw_scene, make_noisy_batch, sample_generator,
-                        scene_losses)
-from .state import (commit_checkpoint, latest_checkpoint, load_checkpoint, restore, seed_global_rngs, staging_dir,
-                    write_rng)
+from .state import (
+    commit_checkpoint,
+    latest_checkpoint,
+    load_checkpoint,
+    restore,
+    seed_global_rngs,
+    staging_dir,
+    write_rng,
+)
 
 log = logging.getLogger("lumix.train")
 

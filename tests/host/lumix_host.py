@@ -34,11 +34,10 @@ from comfy.cli_args import args  # noqa: E402  (ComfyUI)
 
 args.cpu = True  # before anything imports comfy.model_management: no GPU needed
 
-import torch  # noqa: E402
-
 import comfy.model_management as mm  # noqa: E402
 import comfy.model_patcher  # noqa: E402
 import comfy.supported_models  # noqa: E402
+import torch  # noqa: E402
 
 from lumix_core.maps import RELEASE, MapSet  # noqa: E402
 from lumix_core.model.adapter import LumiXAdapter, default_spec  # noqa: E402
@@ -71,7 +70,8 @@ def patcher_for(model_config: Any, seed: int) -> Any:
     model_config.set_inference_dtype(torch.float32, None)
     model = model_config.get_model({})
     _fill_(model.diffusion_model, seed)
-    return comfy.model_patcher.ModelPatcher(model, load_device=mm.get_torch_device(), offload_device=mm.unet_offload_device())
+    return comfy.model_patcher.ModelPatcher(model, load_device=mm.get_torch_device(),
+                                            offload_device=mm.unet_offload_device())
 
 
 def tiny_flux(seed: int = 0, **overrides: Any) -> Any:

@@ -13,18 +13,18 @@ import inspect
 import logging
 import sys
 
-import pytest
-import torch
-
-import lumix_host as H  # skips the module without COMFYUI_PATH
-
 import comfy.ldm.flux.math  # noqa: E402
 import comfy.model_management  # noqa: E402
 import comfy.patcher_extension  # noqa: E402
 import comfy.sample  # noqa: E402
 import comfy.utils  # noqa: E402
+import lumix_host as H  # skips the module without COMFYUI_PATH
+import pytest
+import torch
+
 import nodes as comfy_nodes  # noqa: E402  (ComfyUI's nodes.py)
-from lumix_core.latents import image_ids, pack as pack_tokens, unpack  # noqa: E402
+from lumix_core.latents import image_ids, unpack  # noqa: E402
+from lumix_core.latents import pack as pack_tokens
 from lumix_core.maps import RELEASE, MapSet  # noqa: E402
 from lumix_core.model.checkpoint import load_adapter  # noqa: E402
 from lumix_core.model.flux_io import load_flux  # noqa: E402
@@ -120,7 +120,8 @@ def test_each_patched_block_is_lumix_core_on_the_same_block(pack, models):
     def never(_):
         raise AssertionError("the patch must not call original_block")
 
-    common = dict(group=5, query_index=2, strength=0.8, attention=comfy.ldm.flux.math.attention, transformer_options=options)
+    common = dict(group=5, query_index=2, strength=0.8, attention=comfy.ldm.flux.math.attention,
+                  transformer_options=options)
     with torch.no_grad():
         args = {"img": img.clone(), "txt": txt.clone(), "vec": vec, "pe": pe, "attn_mask": None, **extra}
         out = dit_patches(patched)[("double_block", 0)](args, {"original_block": never})
@@ -129,8 +130,8 @@ def test_each_patched_block_is_lumix_core_on_the_same_block(pack, models):
         assert torch.equal(out["img"], ref_img) and torch.equal(out["txt"], ref_txt)
         assert torch.equal(args["img"], img) and torch.equal(args["txt"], txt)  # inputs untouched
         x = torch.cat((txt, img), dim=1)
-        out = dit_patches(patched)[("single_block", 0)]({"img": x.clone(), "vec": vec, "pe": pe, "attn_mask": None, **extra},
-                                                        {"original_block": never})
+        out = dit_patches(patched)[("single_block", 0)](
+            {"img": x.clone(), "vec": vec, "pe": pe, "attn_mask": None, **extra}, {"original_block": never})
         ref = single_block_forward(dm.single_blocks[0], x.clone(), vec, pe, adapter=adapter.for_single(0), **common)
         assert torch.equal(out["img"], ref)
         plain = dm.single_blocks[0](x.clone(), vec=vec, pe=pe)
@@ -256,7 +257,8 @@ def test_strength_zero_keeps_the_color_map_of_the_plain_model(pack, models):
     latent = empty(pack, scenes=1)
     # different noise per map, so that sharing the color map's queries visibly changes the others
     noise = comfy.sample.prepare_noise(latent["samples"], 4, None)
-    zero, plain, full = (sample(m, latent, noise=noise) for m in (load(pack, flux, strength=0.0), flux, load(pack, flux)))
+    zero, plain, full = (sample(m, latent, noise=noise)
+                         for m in (load(pack, flux, strength=0.0), flux, load(pack, flux)))
     assert (zero[2] - plain[2]).abs().max() <= 1e-5
     assert (zero[0] - plain[0]).abs().max() > 1e-3  # the other maps take the color map's queries
     assert (full[2] - plain[2]).abs().max() > 1e-3
@@ -334,8 +336,10 @@ def test_sampler_reports_progress_and_stops_when_interrupted(pack, models):
 def test_decode_maps_gives_five_conventional_maps_per_scene(pack, models):
     patched = load(pack, H.tiny_flux())
     with torch.no_grad():
-        (out,) = pack["LumiXSampler"]().sample(patched, 2, 2, 1.0, "euler", "lumix_release", POS, NEG, empty(pack, scenes=2), 1.0)
-        albedo, irradiance, color, depth, normal, mask = pack["LumiXDecodeMaps"]().decode(out, H.tiny_vae(), "directx", False)
+        (out,) = pack["LumiXSampler"]().sample(patched, 2, 2, 1.0, "euler", "lumix_release", POS, NEG,
+                                               empty(pack, scenes=2), 1.0)
+        albedo, irradiance, color, depth, normal, mask = pack["LumiXDecodeMaps"]().decode(out, H.tiny_vae(),
+                                                                                          "directx", False)
     assert all(m.shape == (2, 64, 64, 3) for m in (albedo, irradiance, color, depth, normal))
     assert mask.shape == (2, 64, 64) and torch.equal(depth[..., 0], mask)
     torch.testing.assert_close((normal * 2 - 1).norm(dim=-1), torch.ones(2, 64, 64), atol=1e-5, rtol=0)
@@ -378,7 +382,8 @@ def test_an_adapter_that_is_a_pickle_is_refused(pack, models):
 def test_a_batch_that_is_not_whole_scenes_is_refused_by_any_sampler(pack, models):
     patched = load(pack, H.tiny_flux())
     (plain_latent,) = comfy_nodes.EmptyLatentImage().generate(64, 64, 3)
-    with pytest.raises(ValueError, match=r"LATENT batch of 3 is not a multiple of the map count 5.*LumiX Empty Maps Latent"):
+    with pytest.raises(ValueError, match=r"LATENT batch of 3 is not a multiple of the map count 5.*"
+                                         r"LumiX Empty Maps Latent"):
         comfy_nodes.KSampler().sample(patched, 0, 1, 1.0, "euler", "simple", POS, NEG, plain_latent, 1.0)
     bad = dict(empty(pack), samples=torch.zeros(7, 16, 8, 8))
     with pytest.raises(ValueError, match="LATENT batch of 7 is not a multiple of the map count 5"):
@@ -392,8 +397,10 @@ def test_a_size_that_is_not_a_multiple_of_16_is_refused(pack):
 
 def test_latent_maps_must_match_the_adapter_and_context_windows_are_refused(pack, models):
     patched = load(pack, H.tiny_flux())
-    with pytest.raises(ValueError, match=r"holds maps albedo,color \(M=2\) but the adapter lumix.safetensors was trained for"):
-        pack["LumiXSampler"]().sample(patched, 0, 1, 1.0, "euler", "simple", POS, NEG, empty(pack, maps="albedo,color"), 1.0)
+    with pytest.raises(ValueError, match=r"holds maps albedo,color \(M=2\) but the adapter lumix.safetensors was "
+                                         r"trained for"):
+        pack["LumiXSampler"]().sample(patched, 0, 1, 1.0, "euler", "simple", POS, NEG,
+                                      empty(pack, maps="albedo,color"), 1.0)
 
     class BatchWindows:  # a context-window handler over dim 0, as comfy.context_windows defines them
         dim = 0

@@ -16,15 +16,14 @@ import logging
 import sys
 from pathlib import Path
 
-import pytest
-import torch
-
-import lumix_host as H  # skips the module without COMFYUI_PATH
-
 import comfy.patcher_extension  # noqa: E402
 import comfy.sample  # noqa: E402
-import nodes as comfy_nodes  # noqa: E402  (ComfyUI's nodes.py)
+import lumix_host as H  # skips the module without COMFYUI_PATH
+import pytest
+import torch
 from comfy_extras import nodes_custom_sampler as custom  # noqa: E402
+
+import nodes as comfy_nodes  # noqa: E402  (ComfyUI's nodes.py)
 from lumix_core.latents import latent_in, latent_out  # noqa: E402
 from lumix_core.maps import RELEASE  # noqa: E402
 from lumix_core.model.checkpoint import load_adapter  # noqa: E402
@@ -91,7 +90,8 @@ def custom_advanced(pack, model, latent, *, sigmas=None, noise=None, pin=True):
 
 
 def reference(flux, adapter_file: Path, latent, tmp_path):
-    """``decompose_one_step`` with lumix_core's FLUX on the host model's weights; VAE latent space like ComfyUI's output."""
+    """``decompose_one_step`` with lumix_core's FLUX on the host model's weights; VAE latent space like
+    ComfyUI's output."""
     from safetensors.torch import save_file
 
     dm = flux.model.diffusion_model
@@ -132,7 +132,8 @@ def test_one_step_through_both_samplers_equals_lumix_core(pack, models, tmp_path
     photo = latent["samples"][COLOR::RELEASE.size]
     with caplog.at_level(logging.WARNING, logger=LOGGER):
         ours = lumix_sampler(pack, patched, latent)
-        other_seed = lumix_sampler(pack, patched, latent, seed=123, steps=50)  # lumix_one_step: one step whatever 'steps' says
+        # lumix_one_step: one step whatever 'steps' says
+        other_seed = lumix_sampler(pack, patched, latent, seed=123, steps=50)
         advanced = custom_advanced(pack, patched, latent)
     assert lumix_warnings(caplog) == []  # sampled as trained: nothing to warn about
     expected, plain = reference(flux, models / "one_step.safetensors", latent, tmp_path)
@@ -197,8 +198,8 @@ def test_multi_step_adapter_in_one_step_warns_through_every_sampler(pack, models
     patched = load(pack, H.tiny_flux(seed=8), "lumix.safetensors")
     latent = photo_latent(pack)
     wanted = ("LumiX: lumix.safetensors is a multi-step (flow-matching) adapter, sampled here in 1 step: its maps come "
-              "out as a blurred average (on the toy, one step is no better than a trivial guess). Use 24-50 steps, or a "
-              "one-step adapter (lumix-train fit --objective one-step)")
+              "out as a blurred average (on the toy, one step is no better than a trivial guess). Use 24-50 steps, or "
+              "a one-step adapter (lumix-train fit --objective one-step)")
     with caplog.at_level(logging.WARNING, logger=LOGGER):
         out = lumix_sampler(pack, patched, latent)
     assert lumix_warnings(caplog) == [wanted]

@@ -9,17 +9,16 @@ import json
 import math
 import os
 
-import pytest
-import torch
-
-import lumix_host as H  # skips the module without COMFYUI_PATH
-
 import comfy.sample  # noqa: E402
 import comfy.samplers  # noqa: E402
 import folder_paths  # noqa: E402
+import lumix_host as H  # skips the module without COMFYUI_PATH
+import pytest
+import torch
+from safetensors.torch import save_file  # noqa: E402
+
 import nodes as comfy_nodes  # noqa: E402  (ComfyUI's nodes.py)
 from lumix_core.maps import RELEASE, MapSet  # noqa: E402
-from safetensors.torch import save_file  # noqa: E402
 
 POS, NEG = H.conditioning(1), H.conditioning(2)
 FOUR = MapSet.parse("albedo,color,depth,normal")
@@ -80,7 +79,7 @@ def message(call):
     return str(info.value)
 
 
-# ----------------------------------------------------------------------------- item 1: map set checked by every sampler
+# ----------------------------------------------------------------------------- map set checked by every sampler
 @pytest.mark.parametrize("adapter, maps, scenes", [
     ("four.safetensors", RELEASE.to_string(), 4),  # 4 scenes x 5 maps = 20 = 5 groups of 4: only the map set tells
     ("lumix.safetensors", "color,albedo,irradiance,depth,normal", 1),  # the adapter's maps in another order
@@ -108,7 +107,7 @@ def test_matching_latents_still_sample_with_stock_samplers(pack, models):
     assert custom_advanced(model, empty(pack, 1, FOUR.to_string())).shape == (4, 16, 8, 8)
 
 
-# ----------------------------------------------------------------------------- items 2, 3: adapter twice, no adapter
+# ----------------------------------------------------------------------------- adapter twice, no adapter
 def test_a_second_adapter_on_a_patched_model_is_refused_naming_both_files(pack, models):
     once = load(pack, H.tiny_flux())
     text = message(lambda: load(pack, once, "four.safetensors"))
@@ -120,13 +119,14 @@ def test_a_second_adapter_on_a_patched_model_is_refused_naming_both_files(pack, 
 
 def test_lumix_sampler_refuses_a_flux_model_without_an_adapter(pack, models):
     text = message(lambda: lumix_sampler(pack, H.tiny_flux(), empty(pack)))
-    assert text.startswith("LumiX Sampler: the MODEL (Flux") and "has no LumiX adapter, so it would sample 5 unrelated " \
-        "plain images" in text and text.endswith("connect the model through LumiX Load Adapter (FLUX model -> LumiX Load "
-                                                 "Adapter -> LumiX Sampler)")
+    assert (text.startswith("LumiX Sampler: the MODEL (Flux")
+            and "has no LumiX adapter, so it would sample 5 unrelated plain images" in text
+            and text.endswith("connect the model through LumiX Load Adapter (FLUX model -> LumiX Load Adapter -> "
+                              "LumiX Sampler)"))
     print(text)
 
 
-# ----------------------------------------------------------------------------- items 4, 5: photos and NaN
+# ----------------------------------------------------------------------------- photos and NaN
 @pytest.mark.parametrize("channels", [1, 2])
 def test_grey_photos_are_decomposed_as_rgb(pack, models, channels):
     vae = H.tiny_vae()
@@ -153,7 +153,8 @@ def test_non_finite_values_are_refused_where_they_enter(pack, models, output_dir
     for call in (lambda: ksampler(model, latent), lambda: lumix_sampler(pack, model, latent)):
         text = message(call)
         assert text.startswith("the LATENT to sample holds 1 NaN/inf value(s) of 5120 (first in map depth of scene 0); "
-                               "the node that made it produced invalid values; make it again with LumiX Empty Maps Latent")
+                               "the node that made it produced invalid values; make it again with LumiX Empty Maps "
+                               "Latent")
     print(text)
     text = message(lambda: pack["LumiXDecodeMaps"]().decode(latent, H.tiny_vae(), "opengl", False))
     assert text.startswith("the LATENT to decode holds 1 NaN/inf value(s) of 5120 (first in map depth of scene 0); "
@@ -165,7 +166,7 @@ def test_non_finite_values_are_refused_where_they_enter(pack, models, output_dir
     assert "Nothing was saved" in text and list(output_dir.iterdir()) == []
 
 
-# ----------------------------------------------------------------------------- items 6, 7: damaged adapter files
+# ----------------------------------------------------------------------------- damaged adapter files
 def _damaged(models, name, edit=None, metadata=None):
     state = {k: v.contiguous() for k, v in H.random_adapter(seed=3).state_dict().items()}
     if edit:
@@ -206,13 +207,13 @@ def test_a_missing_adapter_file_says_where_it_goes(pack, models):
     cls = pack["LumiXLoadAdapter"]
     assert cls.VALIDATE_INPUTS("lumix.safetensors") is True
     text = cls.VALIDATE_INPUTS("missing.safetensors")
-    assert text.startswith("adapter file 'missing.safetensors' is in neither ComfyUI/models/lumix nor models/loras: put "
-                           "the LumiX adapter (e.g. lumix.safetensors) into ComfyUI/models/lumix")
+    assert text.startswith("adapter file 'missing.safetensors' is in neither ComfyUI/models/lumix nor models/loras: "
+                           "put the LumiX adapter (e.g. lumix.safetensors) into ComfyUI/models/lumix")
     assert "ComfyUI/models/lumix" in cls.INPUT_TYPES()["required"]["adapter"][1]["tooltip"]
-    assert os.path.isdir(os.path.join(folder_paths.models_dir, "lumix"))  # item 12: created when the pack loads
+    assert os.path.isdir(os.path.join(folder_paths.models_dir, "lumix"))  # created when the pack loads
 
 
-# ----------------------------------------------------------------------------- items 8, 9, 11: Save Maps
+# ----------------------------------------------------------------------------- Save Maps
 def save(pack, maps, prefix="LumiX/maps", prompt_text="", report_json=None, prompt=None, extra_pnginfo=None):
     return pack["LumiXSaveMaps"]().save(prefix, True, True, False, "opengl", False, prompt_text=prompt_text, seed=5,
                                         report_json=report_json, prompt=prompt, extra_pnginfo=extra_pnginfo, **maps)

@@ -13,13 +13,12 @@ import time
 import zlib
 from pathlib import Path
 
-import pytest
-
-import lumix_host as H  # skips the module without COMFYUI_PATH
-import workflow_tools as wt
-
 import execution  # noqa: E402  (ComfyUI)
 import folder_paths  # noqa: E402
+import lumix_host as H  # skips the module without COMFYUI_PATH
+import pytest
+import workflow_tools as wt
+
 import nodes as comfy_nodes  # noqa: E402
 
 WORKFLOWS = ("text_to_intrinsics", "photo_to_intrinsics", "photo_to_intrinsics_fast", "relight")

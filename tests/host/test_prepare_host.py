@@ -29,8 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/ for train
 from train_helpers import MAPS3, write_dataset  # noqa: E402
 
 from lumix_core.latents import LATENT_SCALE, LATENT_SHIFT  # noqa: E402
-from lumix_core.train.comfy_host import (ComfyEncoder, ComfyVAEDecoder, import_comfy, load_flux_text_encoders,  # noqa: E402
-                                         load_vae)
+from lumix_core.train.comfy_host import ComfyEncoder, ComfyVAEDecoder, import_comfy, load_flux_text_encoders, load_vae  # noqa: E402
 
 TEXT_WIDTH = 32
 #: ComfyUI reads CLIP-L's config overrides from ``model_options["model_config"]`` (its long-CLIP hook
