@@ -34,10 +34,12 @@ from comfy.cli_args import args  # noqa: E402  (ComfyUI)
 
 args.cpu = True  # before anything imports comfy.model_management: no GPU needed
 
+import torch  # noqa: E402
+
+# isort: split
 import comfy.model_management as mm  # noqa: E402
 import comfy.model_patcher  # noqa: E402
 import comfy.supported_models  # noqa: E402
-import torch  # noqa: E402
 
 from lumix_core.maps import RELEASE, MapSet  # noqa: E402
 from lumix_core.model.adapter import LumiXAdapter, default_spec  # noqa: E402

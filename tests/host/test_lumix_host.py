@@ -13,18 +13,20 @@ import inspect
 import logging
 import sys
 
+import lumix_host as H  # skips the module without COMFYUI_PATH
+import pytest
+import torch
+
+# isort: split
 import comfy.ldm.flux.math  # noqa: E402
 import comfy.model_management  # noqa: E402
 import comfy.patcher_extension  # noqa: E402
 import comfy.sample  # noqa: E402
 import comfy.utils  # noqa: E402
-import lumix_host as H  # skips the module without COMFYUI_PATH
-import pytest
-import torch
 
 import nodes as comfy_nodes  # noqa: E402  (ComfyUI's nodes.py)
 from lumix_core.latents import image_ids, unpack  # noqa: E402
-from lumix_core.latents import pack as pack_tokens
+from lumix_core.latents import pack as pack_tokens  # noqa: E402
 from lumix_core.maps import RELEASE, MapSet  # noqa: E402
 from lumix_core.model.checkpoint import load_adapter  # noqa: E402
 from lumix_core.model.flux_io import load_flux  # noqa: E402

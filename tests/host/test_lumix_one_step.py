@@ -16,11 +16,13 @@ import logging
 import sys
 from pathlib import Path
 
-import comfy.patcher_extension  # noqa: E402
-import comfy.sample  # noqa: E402
 import lumix_host as H  # skips the module without COMFYUI_PATH
 import pytest
 import torch
+
+# isort: split
+import comfy.patcher_extension  # noqa: E402
+import comfy.sample  # noqa: E402
 from comfy_extras import nodes_custom_sampler as custom  # noqa: E402
 
 import nodes as comfy_nodes  # noqa: E402  (ComfyUI's nodes.py)

@@ -9,13 +9,15 @@ import json
 import math
 import os
 
-import comfy.sample  # noqa: E402
-import comfy.samplers  # noqa: E402
-import folder_paths  # noqa: E402
 import lumix_host as H  # skips the module without COMFYUI_PATH
 import pytest
 import torch
-from safetensors.torch import save_file  # noqa: E402
+from safetensors.torch import save_file
+
+# isort: split
+import comfy.sample  # noqa: E402
+import comfy.samplers  # noqa: E402
+import folder_paths  # noqa: E402
 
 import nodes as comfy_nodes  # noqa: E402  (ComfyUI's nodes.py)
 from lumix_core.maps import RELEASE, MapSet  # noqa: E402

@@ -13,11 +13,13 @@ import time
 import zlib
 from pathlib import Path
 
-import execution  # noqa: E402  (ComfyUI)
-import folder_paths  # noqa: E402
 import lumix_host as H  # skips the module without COMFYUI_PATH
 import pytest
 import workflow_tools as wt
+
+# isort: split
+import execution  # noqa: E402  (ComfyUI)
+import folder_paths  # noqa: E402
 
 import nodes as comfy_nodes  # noqa: E402
 
