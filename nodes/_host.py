@@ -75,8 +75,41 @@ def adapter_files() -> list[str]:
             files = folder_paths.get_filename_list(folder)
         except KeyError:
             continue
-        names += [f for f in files if os.path.splitext(f)[1].lower() in ADAPTER_EXTENSIONS and f not in names]
+        for name in files:
+            if os.path.splitext(name)[1].lower() not in ADAPTER_EXTENSIONS or name in names:
+                continue
+            problem = _not_a_file(folder_paths, folder, name)
+            if problem:  # offered, it could only fail when picked
+                log.warning("LumiX: not listing adapter %s", problem)
+            else:
+                names.append(name)
     return names
+
+
+def unreadable_adapter(name: str) -> Optional[str]:
+    """The refusal for an adapter choice that is a broken link or a folder in the adapter folders, else None."""
+    import folder_paths
+
+    for folder in (ADAPTER_FOLDER, LORA_FOLDER):
+        problem = _not_a_file(folder_paths, folder, name) if folder in folder_paths.folder_names_and_paths else None
+        if problem:
+            return (f"adapter '{name}' cannot be read: {problem}; put the adapter file itself there (or fix the "
+                    "link), press R in ComfyUI to refresh, and pick it in LumiX Load Adapter")
+    return None
+
+
+def _not_a_file(folder_paths: Any, folder: str, name: str) -> Optional[str]:
+    """What ``name`` is in ``models/<folder>`` when it is no readable file (a broken link, a folder), else None."""
+    problem = None
+    for base in folder_paths.get_folder_paths(folder):
+        path = os.path.join(base, name)
+        if os.path.isfile(path):
+            return None
+        if os.path.islink(path) and not os.path.exists(path):
+            problem = problem or f"{path}: a broken link (its target {os.readlink(path)} does not exist)"
+        elif os.path.isdir(path):
+            problem = problem or f"{path}: a folder, not an adapter file"
+    return problem
 
 
 def adapter_path(name: str) -> str:
@@ -91,6 +124,9 @@ def adapter_path(name: str) -> str:
             path = None
         if path:
             return path
+    problem = unreadable_adapter(name)
+    if problem:
+        raise FileNotFoundError(problem)
     raise FileNotFoundError(f"adapter '{name}' is in neither models/{ADAPTER_FOLDER} nor models/{LORA_FOLDER}; "
                             f"put lumix.safetensors into ComfyUI/models/{ADAPTER_FOLDER} and refresh")
 

@@ -25,9 +25,11 @@ from ..lumix_core.model.qba import double_block_forward, single_block_forward
 from ..lumix_core.sampling.layout import (
     check_same_maps,
     noise_is_shared,
+    noise_keys,
     objective_warnings,
     pin_inputs,
     require_finite_groups,
+    require_whole_scenes,
     restore_slot,
     scene_count,
     tagged_maps,
@@ -152,8 +154,10 @@ class LumiXSamplingGuard(_Shared):
             require_finite_groups(latent_image, self.maps, "the LATENT to sample",
                                   "the node that made it produced invalid values; make it again with LumiX Empty "
                                   "Maps Latent or LumiX Photo To Maps Latent")
-            if isinstance(noise, Tensor) and not getattr(noise, "is_nested", False) and noise.any() \
-                    and not noise_is_shared(noise, self.maps.size):
+            real_noise = isinstance(noise, Tensor) and not getattr(noise, "is_nested", False) and bool(noise.any())
+            if real_noise:
+                require_whole_scenes(noise_keys(noise), self.maps, "the LATENT to sample")
+            if real_noise and not noise_is_shared(noise, self.maps.size):
                 log.warning("LumiX: the maps of a scene got different noise; use a LumiX latent node (its "
                             "batch_index gives every map of a scene the same noise, as LumiX was trained)")
         sigmas = args[1] if len(args) > 1 else kwargs.get("sigmas")  # outer_sample(noise, latent, sampler, sigmas, ...)

@@ -6,8 +6,15 @@ The conventions (unit normals, depth near = bright, one channel, min-max) are ap
 from __future__ import annotations
 
 from ..lumix_core.conventions import DEFAULT_NORMAL_CONVENTION, NORMAL_CONVENTIONS
+from ..lumix_core.latents import LATENT_CHANNELS
 from ..lumix_core.maps import RELEASE, RELEASE_MAPS, MapSet
-from ..lumix_core.sampling.layout import finish_group_images, maps_of, require_finite_groups
+from ..lumix_core.sampling.layout import (
+    check_scene_latent,
+    finish_group_images,
+    maps_of,
+    require_finite_groups,
+    require_flux_latent,
+)
 from . import _host
 
 CATEGORY = "LumiX/Maps"
@@ -66,6 +73,12 @@ class LumiXDecodeMaps:
 
     def decode(self, samples, vae, normal_convention=DEFAULT_NORMAL_CONVENTION, depth_far_bright=False):
         maps = maps_of(samples)
+        require_flux_latent(samples["samples"], "LumiX Decode Maps: the LATENT")
+        vae_channels = getattr(vae, "latent_channels", None)
+        if isinstance(vae_channels, int) and vae_channels != LATENT_CHANNELS:
+            raise ValueError(f"LumiX Decode Maps: the VAE decodes {vae_channels}-channel latents, so it is not the "
+                             "FLUX VAE; load ae.safetensors with Load VAE and connect it")
+        check_scene_latent(samples, maps, "LumiX Decode Maps: the LATENT batch")
         require_finite_groups(samples["samples"], maps, "the LATENT to decode",
                               "sampling diverged; check the adapter file of LumiX Load Adapter, lower its strength "
                               "or the cfg, and sample again. Nothing was decoded.")

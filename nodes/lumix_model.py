@@ -150,10 +150,10 @@ class LumiXLoadAdapter:
         """Replaces ComfyUI's bare "Value not in list" for a missing file with where the file goes."""
         if adapter in _host.adapter_files():
             return True
-        return (f"adapter file '{adapter}' is in neither ComfyUI/models/{_host.ADAPTER_FOLDER} nor "
-                f"models/{_host.LORA_FOLDER}: put the LumiX adapter (e.g. lumix.safetensors) into "
-                f"ComfyUI/models/{_host.ADAPTER_FOLDER}, press R in ComfyUI to refresh, "
-                "and pick it in LumiX Load Adapter")
+        return _host.unreadable_adapter(adapter) or (
+            f"adapter file '{adapter}' is in neither ComfyUI/models/{_host.ADAPTER_FOLDER} nor "
+            f"models/{_host.LORA_FOLDER}: put the LumiX adapter (e.g. lumix.safetensors) into "
+            f"ComfyUI/models/{_host.ADAPTER_FOLDER}, press R in ComfyUI to refresh, and pick it in LumiX Load Adapter")
 
     def load(self, model, adapter, strength):
         return (patch_model(model, adapter, float(strength)),)

@@ -22,11 +22,11 @@ from ..lumix_core.model.checkpoint import OBJECTIVE_ONE_STEP
 from ..lumix_core.sampling.layout import (
     PIN_KEY,
     check_same_maps,
+    check_scene_latent,
     maps_of,
     one_step_sigmas,
     pixel_size,
     release_sigmas,
-    scene_count,
     tag_maps,
 )
 from . import _host
@@ -103,7 +103,7 @@ class LumiXSampler:
                 f"{samples.shape[0]} unrelated plain images instead of coherent maps; connect the model through "
                 "LumiX Load Adapter (FLUX model -> LumiX Load Adapter -> LumiX Sampler)")
         check_same_maps(maps, adapter.maps, adapter.adapter_name)
-        scene_count(samples.shape[0], maps)
+        check_scene_latent(latent_image, maps, "LATENT batch")
         work = pin_model(model, latent_image) if latent_image.get(PIN_KEY) else model
         if adapter.objective == OBJECTIVE_ONE_STEP:
             noise = _host.empty_noise(samples)  # the fixed input it was trained on (what DisableNoise gives)

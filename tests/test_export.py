@@ -2,6 +2,7 @@
 import json
 import os
 import sys
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -222,6 +223,48 @@ def test_a_failure_in_the_middle_of_a_set_removes_what_was_written(tmp_path, mon
     with pytest.raises(OSError):
         save_maps(scene_maps(), tmp_path, "kept/run", formats=["png8"])
     assert tree(tmp_path) == ["kept", "kept/mine.txt"]
+
+
+def test_a_save_racing_another_into_the_same_prefix_takes_the_next_counter(tmp_path, monkeypatch):
+    """Another save publishes a file of this set's counter while it is written: this set backs off, removes what
+    it wrote, and is written whole under the next counter; the other save's file is untouched."""
+    import lumix_core.io.export as export
+
+    real, calls = export.write_bytes_atomically, []
+
+    def other_save_takes_the_third_name(path, data, **kw):
+        calls.append(path)
+        if len(calls) == 3:
+            real(path, b"the other save's file")
+        return real(path, data, **kw)
+
+    monkeypatch.setattr(export, "write_bytes_atomically", other_save_takes_the_third_name)
+    saved = save_maps(scene_maps(), tmp_path, "run", formats=["png8"])
+    assert {f.filename.split("_")[1] for f in saved} == {"00002"} and len(saved) == 2 * len(RELEASE_MAPS)
+    taken = Path(calls[2])
+    assert tree(tmp_path) == sorted([taken.name] + [f.filename for f in saved])
+    assert taken.read_bytes() == b"the other save's file"
+
+
+def test_a_name_clash_that_does_not_clear_says_so_and_keeps_nothing(tmp_path, monkeypatch):
+    import lumix_core.io.export as export
+
+    real = export.write_bytes_atomically
+
+    def always_taken(path, data, **kw):
+        real(path, b"another save")
+        return real(path, data, **kw)
+
+    monkeypatch.setattr(export, "write_bytes_atomically", always_taken)
+    monkeypatch.setattr(export.time, "sleep", lambda s: None)
+    with pytest.raises(OSError) as info:
+        save_maps(scene_maps(), tmp_path, "run", formats=["png8"])
+    text = str(info.value)
+    assert text.startswith(f"another save took the name run_{export.NAME_ATTEMPTS:05d}_00_albedo.png while this set "
+                           "was being written (several saves into the same filename_prefix at once, 5 tries)"), text
+    assert "nothing was saved. Run again, or give each save its own filename_prefix." in text
+    assert "disk space" not in text
+    assert all(p.read_bytes() == b"another save" for p in tmp_path.iterdir())  # only the other saves' files
 
 
 @pytest.mark.parametrize("name", ["color", "normal"])

@@ -18,17 +18,21 @@ from lumix_core.sampling.layout import (
     MAPS_KEY,
     center_crop_box,
     check_same_maps,
+    check_scene_latent,
     finish_group_images,
     group_photo_latents,
     maps_latent_shape,
     maps_of,
     noise_is_shared,
+    noise_keys,
     objective_warnings,
     one_step_sigmas,
     photo_rgb,
     pin_inputs,
     release_sigmas,
     require_finite_groups,
+    require_flux_latent,
+    require_whole_scenes,
     restore_slot,
     scene_batch_index,
     slot_latents,
@@ -100,6 +104,54 @@ def test_noise_sharing_check():
     n[3] += 1
     assert not noise_is_shared(n, 5)
     assert noise_is_shared(torch.randn(4, 2), 1)
+
+
+def test_noise_keys_follow_equal_neighbours():
+    n = torch.randn(3, 2, 2)
+    assert noise_keys(n[[0, 0, 1, 1, 1, 2]]) == [0, 0, 1, 1, 1, 2]
+    assert noise_keys(n[[0, 1, 0]]) == [0, 1, 2]  # only neighbours count
+
+
+@pytest.mark.parametrize("keys", [[0] * 5 + [1] * 5, [7] * 5, [0, 1, 2, 3, 4], list(range(10))])
+def test_whole_scenes_and_stock_latents_pass(keys):
+    require_whole_scenes(keys, RELEASE, "the LATENT")
+
+
+@pytest.mark.parametrize("start, length", [(3, 5), (1, 5), (4, 5), (2, 10)])
+def test_a_slice_of_a_lumix_latent_off_scene_boundaries_is_refused(start, length):
+    """Latent From Batch on a 3-scene LumiX latent: batch_index is sliced with the samples."""
+    keys = [0] * 5 + [1] * 5 + [2] * 5
+    sliced = keys[start:start + length]
+    with pytest.raises(ValueError) as info:
+        require_whole_scenes(sliced, RELEASE, "the LATENT to sample")
+    text = str(info.value)
+    assert text.startswith(f"the LATENT to sample is not whole LumiX scenes: its noise indices {sliced} put maps of "
+                           "different scenes into one group of 5, as when Latent From Batch takes a slice"), text
+    assert "Slice by whole scenes: batch_index = k x 5 and length = n x 5" in text
+    require_whole_scenes(keys[5:10], RELEASE, "the LATENT")  # one whole scene is fine
+
+
+def test_a_latent_dict_is_checked_by_size_and_batch_index():
+    latent = {"samples": torch.zeros(10, 16, 2, 2), "batch_index": [0] * 5 + [1] * 5}
+    assert check_scene_latent(latent, RELEASE, "x") == 2
+    assert check_scene_latent({"samples": torch.zeros(5, 16, 2, 2)}, RELEASE, "x") == 1
+    with pytest.raises(ValueError, match="not whole LumiX scenes"):
+        check_scene_latent({"samples": torch.zeros(5, 16, 2, 2), "batch_index": [0, 0, 1, 1, 1]}, RELEASE, "x")
+    with pytest.raises(ValueError, match="not a multiple of the map count 5"):
+        check_scene_latent({"samples": torch.zeros(4, 16, 2, 2), "batch_index": [0] * 4}, RELEASE, "x")
+
+
+def test_a_latent_of_another_family_is_refused_as_not_flux():
+    require_flux_latent(torch.zeros(5, 16, 8, 8), "the LATENT")
+    with pytest.raises(ValueError) as info:
+        require_flux_latent(torch.zeros(1, 4, 8, 8), "LumiX Decode Maps: the LATENT")
+    assert str(info.value).startswith("LumiX Decode Maps: the LATENT is not a FLUX latent: it has shape (1, 4, 8, 8), "
+                                      "an SD 1.5 / SDXL latent, as Empty Latent Image or VAE Encode with an SD VAE "
+                                      "make it; a FLUX latent has 16 channels."), info.value
+    with pytest.raises(ValueError, match="a latent of another model family"):
+        require_flux_latent(torch.zeros(1, 32, 8, 8), "x")
+    with pytest.raises(ValueError, match="not a FLUX latent"):
+        require_flux_latent(torch.zeros(1, 16, 2, 8, 8), "x")
 
 
 def test_center_crop_to_multiples_of_16():

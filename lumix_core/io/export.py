@@ -30,7 +30,9 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import re
+import time
 from dataclasses import dataclass
 from typing import Callable, Iterable, Mapping, Optional
 
@@ -270,42 +272,59 @@ def save_maps(
     exr = _import_openexr() if "exr" in wanted else None  # fail before writing anything
 
     folder, subfolder, base = resolve_prefix(output_dir, filename_prefix)
-    counter = next_counter(folder, base)
     conventions_text = json.dumps(dict(conventions or conventions_metadata()), ensure_ascii=False, sort_keys=True)
     common = {"lumix.prompt": escape_unencodable(str(prompt)), "lumix.conventions": conventions_text}
     if seed is not None:
         common["lumix.seed"] = str(int(seed))
 
-    plan: list[_Planned] = []
-    for scene in range(count):
-        stem = f"{base}_{counter:05d}_{scene:02d}"
-        for name, batch in images.items():
-            text = dict(extra_text or {})
-            text.update(common, **{"lumix.map": name, "lumix.scene": str(scene)})
-            text = safe_text(text)
-            for fmt, bits, suffix in (("png8", 8, ""), ("png16", 16, "_16bit")):
-                if fmt in wanted and (fmt == "png8" or name in PNG16_MAPS):
-                    plan.append(_Planned(
-                        f"{stem}_{name}{suffix}.png",
-                        lambda n=name, b=batch[scene], k=bits, t=text:
-                            encode_png(_png_pixels(n, b, k), t, compress_level),
-                        scene, name, fmt))
-        if exr is not None:
-            header: dict[str, object] = dict(common, **{"lumix.scene": str(scene)})
-            header["lumix.exr_encoding"] = json.dumps(exr_encoding(list(images)), sort_keys=True)
+    def plan_set(counter: int) -> list[_Planned]:
+        plan: list[_Planned] = []
+        for scene in range(count):
+            stem = f"{base}_{counter:05d}_{scene:02d}"
+            for name, batch in images.items():
+                text = dict(extra_text or {})
+                text.update(common, **{"lumix.map": name, "lumix.scene": str(scene)})
+                text = safe_text(text)
+                for fmt, bits, suffix in (("png8", 8, ""), ("png16", 16, "_16bit")):
+                    if fmt in wanted and (fmt == "png8" or name in PNG16_MAPS):
+                        plan.append(_Planned(
+                            f"{stem}_{name}{suffix}.png",
+                            lambda n=name, b=batch[scene], k=bits, t=text:
+                                encode_png(_png_pixels(n, b, k), t, compress_level),
+                            scene, name, fmt))
+            if exr is not None:
+                header: dict[str, object] = dict(common, **{"lumix.scene": str(scene)})
+                header["lumix.exr_encoding"] = json.dumps(exr_encoding(list(images)), sort_keys=True)
 
-            def exr_writer(sc: int = scene, h: dict = header) -> Callable[[str], None]:
-                layers: dict[str, np.ndarray] = {}
-                for name, batch in images.items():
-                    layers.update(_exr_layers(name, batch[sc]))
-                return lambda p: write_exr(p, layers, h)
+                def exr_writer(sc: int = scene, h: dict = header) -> Callable[[str], None]:
+                    layers: dict[str, np.ndarray] = {}
+                    for name, batch in images.items():
+                        layers.update(_exr_layers(name, batch[sc]))
+                    return lambda p: write_exr(p, layers, h)
 
-            plan.append(_Planned(f"{stem}.exr", exr_writer, scene, None, "exr"))
-    if report is not None:
-        plan.append(_Planned(f"{base}_{counter:05d}{REPORT_SUFFIX}", lambda: report.encode("utf-8"),
-                             None, None, "json"))
-    check_target_names(output_dir, subfolder, [p.filename for p in plan])
-    return _write_set(plan, folder, subfolder)
+                plan.append(_Planned(f"{stem}.exr", exr_writer, scene, None, "exr"))
+        if report is not None:
+            plan.append(_Planned(f"{base}_{counter:05d}{REPORT_SUFFIX}", lambda: report.encode("utf-8"),
+                                 None, None, "json"))
+        return plan
+
+    attempt = 1
+    while True:
+        plan = plan_set(next_counter(folder, base))
+        check_target_names(output_dir, subfolder, [p.filename for p in plan])
+        try:
+            return _write_set(plan, folder, subfolder)
+        except SaveError as e:
+            if not e.name_taken or attempt == NAME_ATTEMPTS:
+                raise
+        # Another save published a file of this counter first: that set keeps the counter, this one takes
+        # the next; a random pause keeps two sets that both backed off from meeting again.
+        time.sleep(random.uniform(0.0, 0.05 * attempt))
+        attempt += 1
+
+
+#: Counters a set tries when other saves into the same prefix keep taking its names.
+NAME_ATTEMPTS = 5
 
 
 def _write_set(plan: list[_Planned], folder: str, subfolder: str) -> list[SavedFile]:
@@ -350,9 +369,16 @@ class SaveError(OSError):
 
     def __init__(self, cause: OSError, filename: str, removed: int) -> None:
         super().__init__(cause.errno, cause.strerror or str(cause), filename)
-        self.message = (f"saving {filename} failed ({self.strerror}); the {removed} file(s) already written for this "
-                        "set were removed, nothing was saved. Free disk space or fix the output folder's "
-                        "permissions, then run again.")
+        #: Another writer published this name first (saves into one prefix at once), not a disk problem.
+        self.name_taken = isinstance(cause, FileExistsError)
+        undone = f"the {removed} file(s) already written for this set were removed, nothing was saved"
+        if self.name_taken:
+            self.message = (f"another save took the name {filename} while this set was being written (several saves "
+                            f"into the same filename_prefix at once, {NAME_ATTEMPTS} tries); {undone}. Run again, "
+                            "or give each save its own filename_prefix.")
+        else:
+            self.message = (f"saving {filename} failed ({self.strerror}); {undone}. Free disk space or fix the output "
+                            "folder's permissions, then run again.")
 
     def __str__(self) -> str:
         return self.message

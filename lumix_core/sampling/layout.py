@@ -128,6 +128,59 @@ def slot_latents(samples: Tensor, maps: MapSet, slot: str) -> Tensor:
     return samples[maps.index(slot)::maps.size]
 
 
+def noise_keys(noise: Tensor) -> list[int]:
+    """One key per item of ``[B, ...]`` noise: equal to the previous item's key when the two are the same draw."""
+    keys = [0]
+    for i in range(1, noise.shape[0]):
+        keys.append(keys[-1] if torch.equal(noise[i], noise[i - 1]) else keys[-1] + 1)
+    return keys
+
+
+def require_whole_scenes(keys: Sequence, maps: MapSet, what: str) -> None:
+    """Refuse a batch whose scene groups were cut, judged by its per-item noise keys (``batch_index`` or
+    :func:`noise_keys`).
+
+    A LumiX latent gives the maps of a scene one key; a slice of it that does not start at a scene (Latent From
+    Batch at item 3 of 5) still has neighbours sharing a key, but across a scene boundary. A batch where no
+    neighbours share a key (a stock latent) passes: its noise is only warned about.
+    """
+    M, keys = maps.size, list(keys)
+    same = [a == b for a, b in zip(keys, keys[1:])]
+    if M <= 1 or len(keys) % M or not any(same):
+        return
+    groups_whole = all(all(same[g * M:(g + 1) * M - 1]) for g in range(len(keys) // M))
+    groups_apart = not any(same[M - 1::M])
+    if groups_whole and groups_apart:
+        return
+    shown = keys if len(keys) <= 3 * M else keys[:3 * M] + ["..."]
+    raise ValueError(
+        f"{what} is not whole LumiX scenes: its noise indices {shown} put maps of different scenes into one group "
+        f"of {M}, as when Latent From Batch takes a slice that does not start at a scene or is not whole scenes. "
+        f"Slice by whole scenes: batch_index = k x {M} and length = n x {M} ({M} maps per scene: "
+        f"{', '.join(maps.names)}).")
+
+
+def check_scene_latent(latent: Mapping, maps: MapSet, what: str) -> int:
+    """Scenes in a host latent dict: its samples are whole groups and its ``batch_index``, if any, is not cut."""
+    count = scene_count(latent["samples"].shape[0], maps, what)
+    if latent.get("batch_index") is not None:
+        require_whole_scenes(latent["batch_index"], maps, what)
+    return count
+
+
+def require_flux_latent(samples: Tensor, what: str) -> None:
+    """Refuse a latent that is not FLUX's ``[N, 16, H/8, W/8]``, naming what made it where the channels tell."""
+    if samples.dim() == 4 and samples.shape[1] == LATENT_CHANNELS:
+        return
+    channels = samples.shape[1] if samples.dim() >= 2 else None
+    maker = {4: "an SD 1.5 / SDXL latent, as Empty Latent Image or VAE Encode with an SD VAE make it"}.get(
+        channels, "a latent of another model family")
+    raise ValueError(
+        f"{what} is not a FLUX latent: it has shape {tuple(samples.shape)}, {maker}; a FLUX latent has "
+        f"{LATENT_CHANNELS} channels. Make it with LumiX Empty Maps Latent or LumiX Photo To Maps Latent (with the "
+        "FLUX VAE) and sample it with the FLUX model from LumiX Load Adapter.")
+
+
 def noise_is_shared(noise: Tensor, group: int) -> bool:
     """True when every map of every scene got the same noise as the scene's first map."""
     if group <= 1 or noise.shape[0] % group:

@@ -215,6 +215,69 @@ def test_a_missing_adapter_file_says_where_it_goes(pack, models):
     assert os.path.isdir(os.path.join(folder_paths.models_dir, "lumix"))  # created when the pack loads
 
 
+# ----------------------------------------------------------------------------- slices, foreign latents, adapter list
+CUT = "is not whole LumiX scenes: its noise indices [0, 0, 1, 1, 1] put maps of different scenes into one group of 5"
+
+
+def test_a_slice_across_scenes_is_refused_by_every_sampler_and_by_decode(pack, models):
+    """Latent From Batch taking items 3-7 of a 2-scene LumiX latent: maps 3-4 of scene 0 and 0-2 of scene 1."""
+    model = load(pack, H.tiny_flux())
+    latent = empty(pack, scenes=2)
+    sliced = comfy_nodes.LatentFromBatch().frombatch(latent, 3, 5)[0]
+    assert sliced["batch_index"] == [0, 0, 1, 1, 1]
+    for run in (lambda: ksampler(model, sliced), lambda: custom_advanced(model, sliced),
+                lambda: lumix_sampler(pack, model, sliced)):
+        text = message(run)
+        assert CUT in text and "Slice by whole scenes: batch_index = k x 5 and length = n x 5" in text, text
+    print(text)
+    sampled = ksampler(model, latent)
+    cut = comfy_nodes.LatentFromBatch().frombatch(sampled, 3, 5)[0]
+    text = message(lambda: pack["LumiXDecodeMaps"]().decode(cut, H.tiny_vae(), "opengl", False))
+    assert text.startswith("LumiX Decode Maps: the LATENT batch " + CUT), text
+    whole = comfy_nodes.LatentFromBatch().frombatch(latent, 5, 5)[0]  # scene 1, whole: samples and decodes
+    with torch.inference_mode():
+        maps = pack["LumiXDecodeMaps"]().decode(ksampler(model, whole), H.tiny_vae(), "opengl", False)
+    assert maps[0].shape[0] == 1
+
+
+def test_decode_maps_says_a_stock_latent_is_not_a_flux_latent(pack):
+    sd_latent = comfy_nodes.EmptyLatentImage().generate(64, 64, 1)[0]
+    text = message(lambda: pack["LumiXDecodeMaps"]().decode(sd_latent, H.tiny_vae(), "opengl", False))
+    assert text.startswith("LumiX Decode Maps: the LATENT is not a FLUX latent: it has shape (1, 4, 8, 8), an SD 1.5 "
+                           "/ SDXL latent, as Empty Latent Image or VAE Encode with an SD VAE make it; a FLUX latent "
+                           "has 16 channels. Make it with LumiX Empty Maps Latent or LumiX Photo To Maps Latent"), text
+    print(text)
+    sd_vae = H.tiny_vae()
+    sd_vae.latent_channels = 4  # what comfy.sd.VAE reports for an SD 1.5 / SDXL VAE
+    text = message(lambda: pack["LumiXDecodeMaps"]().decode(empty(pack), sd_vae, "opengl", False))
+    assert text == ("LumiX Decode Maps: the VAE decodes 4-channel latents, so it is not the FLUX VAE; load "
+                    "ae.safetensors with Load VAE and connect it"), text
+
+
+def test_broken_links_and_folders_are_not_offered_as_adapters_and_say_what_they_are(pack, models):
+    cls = pack["LumiXLoadAdapter"]
+    broken, folder = models / "broken.safetensors", models / "folder.safetensors"
+    broken.symlink_to(models / "gone.safetensors")
+    folder.mkdir()
+    try:
+        offered = cls.INPUT_TYPES()["required"]["adapter"][0]
+        assert "lumix.safetensors" in offered
+        assert "broken.safetensors" not in offered and "folder.safetensors" not in offered
+        text = cls.VALIDATE_INPUTS("broken.safetensors")
+        gone = models / "gone.safetensors"
+        assert text.startswith(f"adapter 'broken.safetensors' cannot be read: {broken}: a broken link (its target "
+                               f"{gone} does not exist); put the adapter file itself there"), text
+        print(text)
+        text = cls.VALIDATE_INPUTS("folder.safetensors")
+        assert text.startswith(f"adapter 'folder.safetensors' cannot be read: {folder}: a folder, not an adapter "
+                               "file"), text
+        with pytest.raises(OSError, match="a broken link"):
+            load(pack, H.tiny_flux(), "broken.safetensors")
+    finally:
+        broken.unlink()
+        folder.rmdir()
+
+
 # ----------------------------------------------------------------------------- Save Maps
 def save(pack, maps, prefix="LumiX/maps", prompt_text="", report_json=None, prompt=None, extra_pnginfo=None):
     return pack["LumiXSaveMaps"]().save(prefix, True, True, False, "opengl", False, prompt_text=prompt_text, seed=5,
@@ -247,3 +310,30 @@ def test_save_maps_escapes_metadata_png_cannot_hold_and_saves_the_report(pack, o
     assert json.loads(text["prompt"]) == {"1": {"class_type": "X"}}
     assert json.loads((output_dir / "LumiX" / "maps_00001_report.json").read_text()) == json.loads(report)
     assert len(list((output_dir / "LumiX").iterdir())) == 5 + 2 + 1  # png8 x5, png16 x2, the report
+
+
+def test_concurrent_saves_into_one_prefix_each_write_a_whole_set(pack, output_dir):
+    """Three Save Maps at once into the same prefix (ComfyUI runs nodes of separate queues in threads, and
+    several ComfyUI instances may share an output folder): every set is written whole, under its own counter."""
+    import threading
+
+    maps = {name: torch.rand(2, 16, 16, 3) for name in RELEASE.names}
+    start, results, errors = threading.Barrier(3), [], []
+
+    def one_save():
+        start.wait()
+        try:
+            results.append(save(pack, maps))
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=one_save) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    counters = sorted({f["filename"].split("_")[1] for r in results for f in r["ui"]["images"]})
+    assert counters == ["00001", "00002", "00003"]
+    files = sorted(p.name for p in (output_dir / "LumiX").iterdir())
+    assert len(files) == 3 * 2 * (5 + 2) and not [f for f in files if f.startswith(".")]  # no temp file left
