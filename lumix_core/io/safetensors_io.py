@@ -12,7 +12,7 @@ import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Optional
+from typing import Iterator, Mapping, Optional
 
 import torch
 from torch import Tensor
@@ -211,6 +211,19 @@ def load_tensors(header: SafetensorsHeader, device: "str | torch.device" = "cpu"
         for key in keys if keys is not None else header.tensors:
             out[key] = f.get_tensor(key)
     return out
+
+
+def iter_tensors(header: SafetensorsHeader, keys: Optional[list[str]] = None) -> Iterator[tuple[str, Tensor]]:
+    """The tensors of a file checked by :func:`read_header`, one at a time, on the CPU.
+
+    Why one at a time: a caller converts (e.g. quantizes) and moves each tensor before the next
+    is read, so a file larger than the device's memory never sits there whole.
+    """
+    from safetensors import safe_open
+
+    with safe_open(str(header.path), framework="pt", device="cpu") as f:
+        for key in keys if keys is not None else header.tensors:
+            yield key, f.get_tensor(key)
 
 
 def atomic_save(tensors: Mapping[str, Tensor], path: "str | os.PathLike[str]",

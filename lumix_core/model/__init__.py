@@ -8,7 +8,9 @@
 * :mod:`.adapter_cache` -- each adapter file read once and checked against every model;
 * :mod:`.flux_check` -- is a host's model a FLUX.1 LumiX can patch, and of which shape?
 * :mod:`.flux`, :mod:`.flux_math`, :mod:`.flux_io` -- a compact FLUX.1 with the BFL names,
-  its attention maths, its weight files.
+  its attention maths, its weight files;
+* :mod:`.fp8`, :mod:`.fp8_files` -- frozen linears stored as float8 with a per-tensor scale,
+  and the fp8 FLUX files ComfyUI users have.
 
 The model knows nothing of sampling, the world, training or the toy, and never imports ComfyUI.
 

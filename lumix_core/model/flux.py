@@ -271,6 +271,8 @@ class Flux(nn.Module):
         self.final_layer = LastLayer(c.hidden_size, 1, c.out_channels)
         self._lumix: Optional[AttachedAdapter] = None
         self.gradient_checkpointing = False
+        #: Streams blocks kept on the CPU to the device around their use (``lumix_core.train.block_swap``).
+        self.block_swap = None
 
     # -- adapters ------------------------------------------------------------------------
     @property
@@ -303,8 +305,13 @@ class Flux(nn.Module):
             self._lumix = previous
 
     # -- forward -------------------------------------------------------------------------
-    def _run(self, fn, *args, **kwargs):
-        if self.gradient_checkpointing and torch.is_grad_enabled():
+    def _run(self, block: nn.Module, fn, *args, **kwargs):
+        """``fn(*args, **kwargs)``, the call of ``block``: recomputed in backward with gradient
+        checkpointing, its weights streamed in by :attr:`block_swap` where that holds the block."""
+        checkpoint = self.gradient_checkpointing and torch.is_grad_enabled()
+        if self.block_swap is not None and self.block_swap.holds(block):
+            return self.block_swap.run(block, fn, args, kwargs, checkpoint)
+        if checkpoint:
             return torch.utils.checkpoint.checkpoint(fn, *args, use_reentrant=False, **kwargs)
         return fn(*args, **kwargs)
 
@@ -338,19 +345,19 @@ class Flux(nn.Module):
         lumix = self._lumix
         if lumix is None:
             for block in self.double_blocks:
-                img, txt = self._run(block, img, txt, vec, pe, attn_mask)
+                img, txt = self._run(block, block, img, txt, vec, pe, attn_mask)
             x = torch.cat((txt, img), dim=1)
             for block in self.single_blocks:
-                x = self._run(block, x, vec, pe, attn_mask)
+                x = self._run(block, block, x, vec, pe, attn_mask)
         else:
             common = dict(group=lumix.maps.size, query_index=lumix.maps.query_index, attn_mask=attn_mask,
                           strength=lumix.strength, share_query=lumix.share_query)
             for i, block in enumerate(self.double_blocks):
-                img, txt = self._run(double_block_forward, block, img, txt, vec, pe,
+                img, txt = self._run(block, double_block_forward, block, img, txt, vec, pe,
                                      adapter=lumix.adapter.for_double(i), **common)
             x = torch.cat((txt, img), dim=1)
             for i, block in enumerate(self.single_blocks):
-                x = self._run(single_block_forward, block, x, vec, pe,
+                x = self._run(block, single_block_forward, block, x, vec, pe,
                               adapter=lumix.adapter.for_single(i), **common)
         img = x[:, txt.shape[1]:, ...]
         return self.final_layer(img, vec)

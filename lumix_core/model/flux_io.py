@@ -5,19 +5,26 @@ and ComfyUI full checkpoints (the same keys behind ``model.diffusion_model.``). 
 parameters are ``…_norm.scale`` in files and ``…_norm.weight`` in ComfyUI 0.33's memory; both
 spellings are accepted. The config is inferred from tensor shapes (or read from our own
 metadata), and the model is built on the meta device and filled by assignment so a 12 B
-model is never allocated twice.
+model is never allocated twice. Tensors are read one at a time on the CPU and converted on
+their way to the device, so a bf16 file can be stored as fp8 on a card too small for it in
+bf16; the fp8 files ComfyUI users have are read as :mod:`.fp8_files` describes.
 """
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Optional
 
 import torch
 
-from ..io.safetensors_io import CheckpointError, SafetensorsHeader, TensorInfo, atomic_save, load_tensors, read_header
+from ..io.safetensors_io import CheckpointError, SafetensorsHeader, TensorInfo, atomic_save, iter_tensors, read_header
 from .flux import FLUX_DEV, Flux, FluxConfig, tiny_config
+from .fp8 import FP8, fp8_weight_names, quantize_flux_blocks_
+from .fp8_files import fp8_weight, plain_weight, read_scales, stored_scales
+
+log = logging.getLogger("lumix.model")
 
 COMFY_PREFIX = "model.diffusion_model."
 META_CONFIG = "lumix.flux_config"
@@ -96,14 +103,37 @@ def read_flux_header(path: "str | os.PathLike[str]") -> tuple[SafetensorsHeader,
 
 
 def load_flux(path: "str | os.PathLike[str]", *, device: "str | torch.device" = "cpu",
-              dtype: Optional[torch.dtype] = None) -> Flux:
-    """Load a BFL- or ComfyUI-format FLUX.1 file into the reference model (strict keys)."""
+              dtype: Optional[torch.dtype] = None, fp8: bool = False) -> Flux:
+    """Load a BFL- or ComfyUI-format FLUX.1 file into the reference model (strict keys).
+
+    ``fp8``: the linears of the blocks become :class:`~lumix_core.model.fp8.Fp8Linear` (fp8
+    weights kept as stored, others quantized on ``device``); every other tensor is in ``dtype``.
+    Without it, fp8 weights are dequantized to ``dtype`` (bf16 if None): the values an
+    ``Fp8Linear`` computes with, in more memory. Dequantized rather than refused because a card
+    that holds the bf16 model may as well train on the fp8 file a user already has.
+    """
     header, prefix, config = read_flux_header(path)
-    keys = [k for k in header.tensors if k.startswith(prefix)]
-    raw = load_tensors(header, device, keys)
-    state = {_strip(k, prefix): (v.to(dtype) if dtype is not None else v) for k, v in raw.items()}
+    scale_keys, skipped = stored_scales(header, prefix)
+    scales = read_scales(header, scale_keys)
     with torch.device("meta"):
         model = Flux(config)
+    if fp8:
+        quantize_flux_blocks_(model, values=False)
+    fp8_names = fp8_weight_names(model)
+    state, dequantized = {}, 0
+    keys = [k for k in header.tensors if k.startswith(prefix) and k not in skipped]
+    for key, tensor in iter_tensors(header, keys):  # one tensor on the CPU at a time
+        name = _strip(key, prefix)
+        if name in fp8_names:
+            state[name], state[name[: -len("weight")] + "scale_weight"] = fp8_weight(
+                tensor, scales.get(name), device, f"{Path(path).name}: '{key}'")
+        else:
+            if tensor.dtype == FP8 and not fp8:
+                dequantized += 1
+            state[name] = plain_weight(tensor, scales.get(name), device, dtype)
+    if dequantized:
+        log.warning("%s: %d fp8 weights dequantized to %s (the values fp8 storage computes with, in more memory)",
+                    Path(path).name, dequantized, dtype or torch.bfloat16)
     missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
     if missing or unexpected:
         what = f"missing '{missing[0]}'" if missing else f"unexpected '{unexpected[0]}'"

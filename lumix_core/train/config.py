@@ -22,6 +22,7 @@ COMFYUI_ENV = "COMFYUI_PATH"
 TIMESTEP_SAMPLERS = ("logit-normal", "shifted")
 LR_SCHEDULES = ("constant", "cosine")
 PRECISIONS = ("auto", "bf16", "fp32")
+BASE_DTYPES = ("bf16", "fp8")
 CACHE_DTYPES = ("bf16", "fp16", "fp32")
 CROP_MODES = ("center", "random")
 PREPARE_DEVICES = ("auto", "cpu")
@@ -129,7 +130,15 @@ class FitConfig:
     photo_conditioning_prob: float = _opt(0.0, "probability of feeding the color map clean at t=0 and leaving it "
                                                "out of the loss (trains photo decomposition)")
     precision: str = _opt("auto", "auto (bf16 weights + autocast on CUDA, fp32 on CPU), bf16 or fp32")
+    base_dtype: str = _opt("bf16", "storage of the frozen FLUX block weights: bf16 (the --precision weight dtype) "
+                                   "or fp8 (float8_e4m3fn + one scale per weight, cast to the compute dtype layer "
+                                   "by layer: half the memory; bf16 files are quantized as they load, fp8 files "
+                                   "used as they are)")
     gradient_checkpointing: bool = _opt(True, "recompute each block in backward (needed to fit FLUX-dev)")
+    blocks_to_swap: int = _opt(0, "keep the last N FLUX blocks in CPU memory and copy each to the GPU just before "
+                                  "it runs, the next one while the current computes (FLUX.1-dev: up to 56 of its "
+                                  "57; N - 2 blocks of GPU memory saved, 2 transfer slots; needs gradient "
+                                  "checkpointing; same results, slower)", resumable=True)
     seed: int = _opt(0, "seed of the adapter init, data order, noise, timesteps and dropouts")
     checkpoint_every: int = _opt(250, "write a resumable checkpoint every N steps (0: only at the end)", resumable=True)
     keep_checkpoints: int = _opt(2, "how many step checkpoints to keep (0 keeps all)", resumable=True)
@@ -156,7 +165,8 @@ class FitConfig:
     def validate(self) -> None:
         for name in ("steps", "batch_size", "grad_accum", "rank", "validation_scenes", "validation_steps"):
             _check_positive(name, getattr(self, name))
-        for name in ("warmup_steps", "checkpoint_every", "keep_checkpoints", "validate_every", "holdout"):
+        for name in ("warmup_steps", "checkpoint_every", "keep_checkpoints", "validate_every", "holdout",
+                     "blocks_to_swap"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.lr <= 0:
@@ -177,8 +187,12 @@ class FitConfig:
         _check_choice("timestep_sampler", self.timestep_sampler, TIMESTEP_SAMPLERS)
         _check_choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
         _check_choice("precision", self.precision, PRECISIONS)
+        _check_choice("base_dtype", self.base_dtype, BASE_DTYPES)
         _check_choice("shift_schedule", self.shift_schedule, SHIFT_SCHEDULES)
         _check_choice("validation_decoder", self.validation_decoder, VALIDATION_DECODERS)
+        if self.blocks_to_swap and not self.gradient_checkpointing:
+            raise ConfigError("--blocks-to-swap needs gradient checkpointing: without it autograd keeps every "
+                              "swapped block's weights on the GPU until backward; drop --no-gradient-checkpointing")
         if self.resume and self.overwrite:
             raise ConfigError("--resume and --overwrite contradict each other: resume continues the run in "
                               "--output, overwrite deletes it")

@@ -1,6 +1,7 @@
 """``fit``: train the Tensor LoRA factors of a LumiX adapter on a prepared cache.
 
-The FLUX backbone is loaded frozen (:func:`lumix_core.model.flux_io.load_flux`); the adapter is
+The FLUX backbone is loaded frozen (:func:`lumix_core.model.flux_io.load_flux`; its block weights in
+fp8 with ``--base-dtype fp8``, :mod:`lumix_core.model.fp8`); the adapter is
 attached to it (QBA + Tensor LoRA in every block) and only its factors are optimised.
 One optimizer step consumes ``batch_size x processes x grad_accum`` scenes; scene order is
 a per-epoch permutation from the seed, and each scene's random draws come from its
@@ -33,6 +34,7 @@ from ..model.checkpoint import META_OBJECTIVE, OBJECTIVE_ONE_STEP, ModelShape, l
 from ..model.flux import Flux
 from ..model.flux_io import load_flux
 from ..sampling.denoiser import FluxDenoiser, TextConditioning
+from .block_swap import swap_blocks
 from .cache import LatentCache
 from .config import ConfigError, FitConfig, config_to_dict, resume_config
 from .curves import EVALUATIONS, METRICS, write_curves
@@ -268,7 +270,9 @@ class _Trainer:
             raise ConfigError(f"--holdout {config.holdout} leaves no scene to train on (the cache has "
                               f"{len(self.cache)}); hold out fewer scenes")
         self.weight_dtype, self.autocast_dtype = resolve_precision(config, ctx.device)
-        self.model = load_flux(config.flux, device=ctx.device, dtype=self.weight_dtype)
+        load_device = torch.device("cpu") if config.blocks_to_swap else ctx.device  # swapped blocks stay there
+        self.model = load_flux(config.flux, device=load_device, dtype=self.weight_dtype, fp8=config.base_dtype == "fp8")
+        self.block_swap = swap_blocks(self.model, config.blocks_to_swap, ctx.device)
         check_cache_fits(self.cache, self.model, config)
         self.adapter = build_adapter(config, self.model, self.cache, ctx.device)
         _claim_output(config, ctx)
