@@ -1,0 +1,221 @@
+"""bench/bench_memory.py: the fake-tensor count of GPU memory is exact and is not fooled.
+
+The benchmark counts FLUX.1-dev's training memory with fake tensors (no memory, no arithmetic).
+Here, at toy size, the same simulation runs once on fake tensors and once on real ones and must
+give the same bytes; its pieces (the storage ledger, CUDA's autocast policy, the flash-attention
+stand-in) are checked on their own; and the count must move the right way when the model or
+the settings change.
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+import _fake_gpu  # noqa: E402
+import bench_memory  # noqa: E402
+from _fake_gpu import StorageLedger, cuda_autocast, fake_mode, flash_sdpa  # noqa: E402
+from bench_memory import TINY, Case  # noqa: E402
+
+from lumix_core.model.adapter import default_spec  # noqa: E402
+from lumix_core.model.flux import tiny_config  # noqa: E402
+
+TOY = Case(size=64, text_tokens=8, rank=4, config=TINY)
+simulate = functools.lru_cache(maxsize=None)(bench_memory.simulate)  # a case is simulated once per session
+VARIANTS = {"checkpointing": {}, "no checkpointing": {"gradient_checkpointing": False}}
+if bench_memory.swap_module is not None:
+    VARIANTS["block swap"] = {"blocks_to_swap": 3}
+if bench_memory.fp8_module is not None:
+    VARIANTS["fp8"] = {"weights": "fp8"}
+VARIANTS["inference"] = {"mode": "inference"}
+
+
+# ---------------------------------------------------------------------- fake == real
+@pytest.mark.parametrize("variant", list(VARIANTS), ids=list(VARIANTS))
+def test_fake_tensor_count_equals_the_real_tensor_count_to_the_byte(variant):
+    case = replace(TOY, **VARIANTS[variant])
+    fake, real = simulate(case, fake=True), simulate(case, fake=False)
+    assert fake.fake and not real.fake
+    assert fake.peak_bytes == real.peak_bytes > 0
+    assert fake.peak_tensor_bytes == real.peak_tensor_bytes
+    assert fake.parts_bytes == real.parts_bytes
+    assert fake.peak_phase == real.peak_phase
+    assert fake.swap_bytes_per_step == real.swap_bytes_per_step
+
+
+def test_the_frozen_weights_at_the_peak_are_every_weight_of_the_model():
+    row = simulate(TOY)
+    with fake_mode():
+        model = bench_memory.build_flux(TINY, "bf16")
+        blocks = sum(_fake_gpu.cuda_block_bytes(t.numel() * t.element_size())
+                     for t in list(model.parameters()) + list(model.buffers()))
+    assert row.parts_bytes["frozen_weights"] == blocks
+    spec = default_spec(TOY.map_set, TOY.rank, TINY.hidden_size, TINY.depth, TINY.depth_single_blocks)
+    adapter = sum(_fake_gpu.cuda_block_bytes(4 * n) for n in (
+        torch.Size(s).numel() for s in spec.expected_shapes().values()))
+    assert row.parts_bytes["adapter"] == adapter
+    assert row.parts_bytes["adamw_state"] == 2 * adapter  # exp_avg + exp_avg_sq
+
+
+# ------------------------------------------------------------------------ not fooled
+def test_the_count_follows_the_model_and_the_settings():
+    base = simulate(TOY)
+    wider = simulate(replace(TOY, config=tiny_config(hidden_size=128, num_heads=2, depth=2, depth_single_blocks=2,
+                                                     context_in_dim=32, vec_in_dim=16)))
+    larger = simulate(replace(TOY, size=128))
+    no_ckpt = simulate(replace(TOY, gradient_checkpointing=False))
+    frozen = base.parts_bytes["frozen_weights"]
+    assert wider.peak_bytes > base.peak_bytes and wider.parts_bytes["frozen_weights"] > frozen
+    assert larger.peak_bytes > base.peak_bytes and larger.parts_bytes["frozen_weights"] == frozen
+    assert no_ckpt.peak_bytes > base.peak_bytes
+    assert no_ckpt.parts_bytes["frozen_weights"] == base.parts_bytes["frozen_weights"]
+    if bench_memory.fp8_module is not None:
+        fp8 = simulate(replace(TOY, weights="fp8"))
+        assert fp8.parts_bytes["frozen_weights"] < base.parts_bytes["frozen_weights"]
+
+
+@pytest.mark.skipif(bench_memory.swap_module is None, reason="needs lumix_core.train.block_swap")
+def test_swapping_blocks_takes_their_weights_off_the_device_and_counts_the_copies():
+    deeper = replace(TOY, config=tiny_config(hidden_size=64, num_heads=2, depth=2, depth_single_blocks=6,
+                                             context_in_dim=32, vec_in_dim=16))
+    base, swapped = simulate(deeper), simulate(replace(deeper, blocks_to_swap=5))  # 5 single blocks, 2 slots
+    assert swapped.parts_bytes["frozen_weights"] < base.parts_bytes["frozen_weights"]
+    saved = base.parts_bytes["frozen_weights"] - swapped.parts_bytes["frozen_weights"]
+    assert base.peak_bytes - swapped.peak_bytes == saved - 512  # all else the same but the swapper's 0-d anchor
+    assert swapped.swap_bytes_per_step > 0 and swapped.swap_seconds_pcie4 >= 0
+    # the helper's traffic formula leaves the 256-byte alignment of each tensor aside
+    assert 0.95 < swapped.swap_traffic_formula_bytes / swapped.swap_bytes_per_step <= 1
+
+
+# ----------------------------------------------------------------------------- ledger
+def _ledger_run(fake: bool) -> StorageLedger:
+    ledger = StorageLedger("cpu")
+    with (fake_mode() if fake else contextlib.nullcontext()), ledger:
+        a = torch.ones(1000)  # 4000 bytes
+        v = a[10:].view(-1, 10)  # a view: nothing new
+        a.mul_(2)  # in place: nothing new
+        b = a * 2  # 4000 more
+        c = torch.tensor([1.0, 2.0])  # torch.tensor: counted (lift_fresh)
+        del a  # the view keeps the storage alive
+        peak_before = ledger.current
+        del v  # now it goes
+        after = ledger.current
+        del b, c
+    return ledger, peak_before, after
+
+
+@pytest.mark.parametrize("fake", [False, True], ids=["real", "fake"])
+def test_the_ledger_counts_each_storage_once_from_birth_to_death(fake):
+    ledger, before, after = _ledger_run(fake)
+    assert before == 4000 + 4000 + 8
+    assert after == 4000 + 8
+    assert ledger.current == 0
+    assert ledger.peak.bytes == 8008
+    assert ledger.peak_blocks.bytes == 2 * 4096 + 512  # 512-byte blocks, as the CUDA allocator counts
+
+
+# --------------------------------------------------------------------- CUDA autocast
+def _autocast_ops(device: str) -> list:
+    """Output dtypes of ops FLUX + the adapter send through autocast (and a few policies more)."""
+    x = torch.ones(4, 8, dtype=torch.bfloat16, device=device)
+    xf, w = torch.ones(4, 8, device=device), torch.ones(3, 8, device=device)
+    b3 = torch.ones(2, 4, 8, device=device)
+    bias = torch.ones(3, device=device)
+    return [torch.nn.functional.linear(xf, w).dtype, torch.nn.functional.linear(x, w, bias).dtype,
+            torch.nn.functional.layer_norm(x, (8,)).dtype, torch.addcmul(x, xf, x).dtype,
+            (x ** 2).dtype, torch.mean(x ** 2, dim=-1, keepdim=True).dtype, torch.rsqrt(x).dtype,
+            x.sum().dtype, x.sum(1).dtype, torch.sum(x, dtype=torch.bfloat16).dtype, torch.softmax(x, -1).dtype,
+            torch.einsum("ij,kj->ik", xf, w).dtype, torch.bmm(b3, b3.transpose(1, 2)).dtype,
+            torch.matmul(xf, w.t()).dtype, torch.nn.functional.gelu(x, approximate="tanh").dtype,
+            torch.nn.functional.silu(xf).dtype, torch.cat([x, xf]).dtype, torch.exp(x).dtype,
+            torch.nn.functional.mse_loss(x, x).dtype, torch.linalg.vector_norm(x).dtype, torch.norm(x).dtype,
+            x.sum(0).shape, x.sum(1).shape]  # one plan per argument list: sum(x, dim) -> sum(x, dim, dtype)
+
+
+def test_the_emulated_autocast_casts_as_cuda_autocast_does():
+    with cuda_autocast("cpu"), torch.autocast("cpu", dtype=torch.bfloat16):
+        emulated = _autocast_ops("cpu")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        cpu = _autocast_ops("cpu")
+    # CUDA's own autocast kernels on fake CUDA tensors (torch.autocast refuses to start without a GPU)
+    previous = torch.get_autocast_dtype("cuda")
+    with fake_mode():
+        torch.set_autocast_enabled("cuda", True)
+        torch.set_autocast_dtype("cuda", torch.bfloat16)
+        torch.autocast_increment_nesting()
+        try:
+            cuda = _autocast_ops("cuda")
+        finally:
+            torch.autocast_decrement_nesting()
+            torch.set_autocast_enabled("cuda", False)
+            torch.set_autocast_dtype("cuda", previous)
+            torch.clear_autocast_cache()
+    assert emulated == cuda
+    assert emulated != cpu  # e.g. layer_norm, rsqrt and sum run in fp32 on CUDA, in bf16 on the CPU
+
+
+def test_the_emulated_autocast_is_cudas_not_the_cpus_and_caches_weight_casts():
+    x = torch.randn(4, 8, dtype=torch.bfloat16)
+    w = torch.nn.Parameter(torch.randn(16, 8))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.nn.functional.layer_norm(x, (8,)).dtype == torch.bfloat16  # CPU autocast leaves it
+    ledger = StorageLedger("cpu")
+    with cuda_autocast("cpu") as policy, ledger, torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.nn.functional.layer_norm(x, (8,)).dtype == torch.float32  # CUDA autocast: fp32
+        assert (x.float().sum()).dtype == torch.float32
+        y1 = torch.nn.functional.linear(x, w)
+        n = ledger.current
+        y2 = torch.nn.functional.linear(x, w)  # the bf16 copy of w comes from the cache
+        assert y1.dtype == y2.dtype == torch.bfloat16
+        assert ledger.current - n == y2.numel() * 2
+        assert len(policy.cache) == 1
+    assert not policy.cache  # emptied when the autocast region closed
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # and the built-in CPU kernels are back
+        assert torch.nn.functional.layer_norm(x, (8,)).dtype == torch.bfloat16
+
+
+# ------------------------------------------------------------------- flash attention
+def test_the_flash_stand_in_computes_attention_and_allocates_what_flash_does():
+    B, H, L, D = 2, 3, 40, 16
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(B, H, L, D, generator=g, requires_grad=True) for _ in range(3))
+    ref = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+    ref_grads = torch.autograd.grad(ref.square().sum(), (q, k, v))
+    ledger = StorageLedger("cpu")
+    with ledger:
+        out = flash_sdpa(q, k, v)
+        forward = ledger.current
+        grads = torch.autograd.grad(out.square().sum(), (q, k, v))
+    torch.testing.assert_close(out, ref)
+    for a, b in zip(grads, ref_grads):
+        torch.testing.assert_close(a, b)
+    assert forward == B * H * L * D * 4 + B * H * L * 4  # out + fp32 logsumexp: no L x L matrix
+    # backward adds dq, dk, dv, the contiguous copies and the fp32 work buffers (L and D rounded up)
+    L128, D32 = 128, 32
+    work = B * H * L128 * 4 + B * L128 * H * D32 * 4
+    assert ledger.peak.bytes >= forward + 3 * B * H * L * D * 4 + work
+    assert ledger.peak.bytes < forward + B * H * L * L * 4 + 6 * B * H * L * D * 4 + work
+
+
+# ----------------------------------------------------------------------------- CLI
+def test_the_cli_prints_json_rows_and_a_markdown_table(capsys):
+    bench_memory.main(["--json", "--model", "tiny", "--sizes", "64", "--weights", "bf16", "--swap", "3",
+                       "--text-tokens", "8", "--rank", "4", "--targets", "", "--rows", "all"])
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    train = [r for r in rows if r["mode"] == "train"]
+    assert [(r["gradient_checkpointing"], r["blocks_to_swap"]) for r in train] == (
+        [(True, 0), (False, 0)] + ([(True, 3)] if bench_memory.swap_module is not None else []))
+    assert all(r["peak_gib"] > 0 and r["weights"] == "bf16" and r["size"] == 64 for r in train)
+    assert [r["inference"] for r in rows if r["mode"] == "inference"] == ["text", "photo"]
+    assert rows[-1]["mode"] == "summary" and rows[-1]["assumptions"]
+    bench_memory.main(["--model", "tiny", "--sizes", "64", "--weights", "bf16", "--swap", "0", "--no-off",
+                       "--text-tokens", "8", "--rank", "4", "--targets", ""])
+    out = capsys.readouterr().out
+    assert "| train | bf16 | 64² | on | 0 |" in out and "NOT included" in out
