@@ -603,6 +603,10 @@ def main(argv: Optional[list[str]] = None) -> None:
                 needed.append({"mode": "swap_needed", "weights": "fp8", "size": size, "target_gib": target,
                                "blocks_to_swap": n, "peak_gib": None if row is None else row.peak_gib,
                                "most": most, "floor_gib": None if floor is None else floor.peak_gib})
+                if row is not None and row not in rows:  # the train row that meets the target, in the table too
+                    rows.append(row)
+                    if args.json:
+                        print(json.dumps(asdict(row)), flush=True)
                 if args.json:
                     print(json.dumps(needed[-1]), flush=True)
     wall = time.perf_counter() - t_start
