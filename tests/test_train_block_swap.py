@@ -6,15 +6,12 @@ what only a GPU shows (the side stream, pinned memory, events) is left to ``benc
 """
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
-from train_helpers import MAPS3, fit_config, interrupted_and_resumed, synthetic_cache, tiny_flux_file
+from train_helpers import MAPS3, fit_config, interrupted_and_resumed, synthetic_cache, tiny_flux_file, torchrun_fit
 
 from lumix_core.model.adapter import LumiXAdapter, default_spec
 from lumix_core.model.checkpoint import load_adapter
@@ -91,8 +88,6 @@ def _storage(t: torch.Tensor) -> int:
 @pytest.mark.parametrize("n, fp8, adapt_first_block", [
     (1, False, True), (3, False, True), (3, False, False), (3, True, True)])
 def test_swap_matches_no_swap_bit_exactly(n, fp8, adapt_first_block):
-    if fp8:
-        pytest.importorskip("lumix_core.model.fp8")
     reference = _passes(*_model(fp8, adapt_first_block))
     model, adapter = _model(fp8, adapt_first_block)
     swapper = BlockSwapper(model, n, "cpu")
@@ -389,15 +384,7 @@ def test_torchrun_two_processes_with_swap_match_one_process(files, tmp_path):
     finally:
         torch.set_num_threads(before)
     out = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "lumix_core.train", "--log-level", "WARNING", "fit",
-           "--cache", str(cache), "--flux", str(flux), "--output", str(out), "--batch-size", "1",
-           "--steps", "2", "--lr", "1e-2", "--warmup-steps", "0", "--rank", "4", "--caption-dropout", "0.5",
-           "--checkpoint-every", "0", "--validate-every", "0", "--validation-scenes", "1", "--validation-steps", "2",
-           "--device", "cpu", "--backend", "gloo", "--blocks-to-swap", "3"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    torchrun_fit(cache, flux, out, "--blocks-to-swap", "3", steps=2, lr=1e-2)
     ddp = _adapter(Path(out) / "adapter.safetensors")
     ref = _adapter(accum2.adapter_path)
     assert ddp.keys() == ref.keys() and all(torch.equal(ddp[k], ref[k]) for k in ref)
@@ -405,7 +392,6 @@ def test_torchrun_two_processes_with_swap_match_one_process(files, tmp_path):
 
 
 def test_fit_with_fp8_weights_and_swap_trains_the_same_adapter(files, tmp_path):
-    pytest.importorskip("lumix_core.model.fp8")
     root, cache, flux = files
     kw = dict(steps=2, gradient_checkpointing=True, base_dtype="fp8")
     plain = run_fit(fit_config(tmp_path, cache, flux, name="plain", **kw))

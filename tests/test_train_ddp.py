@@ -11,14 +11,11 @@ process with a batch of 2 only the batched kernels' summation order differs; see
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from train_helpers import fit_config, synthetic_cache, tiny_flux_file
+from train_helpers import fit_config, synthetic_cache, tiny_flux_file, torchrun_fit
 
 from lumix_core.model.checkpoint import load_adapter
 from lumix_core.train.curves import METRICS
@@ -58,17 +55,9 @@ def measured_differences(tmp_path: Path, objective: str, **settings: str) -> dic
         torch.set_num_threads(before)
 
     out = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "lumix_core.train", "--log-level", "WARNING", "fit",
-           "--cache", str(cache), "--flux", str(flux), "--output", str(out), "--batch-size", "1",
-           "--steps", str(STEPS), "--lr", str(LR), "--warmup-steps", "0", "--rank", "4", "--caption-dropout", "0.5",
-           "--photo-conditioning-prob", "0.5", "--checkpoint-every", "0", "--validate-every", "0",
-           "--validation-scenes", "1", "--validation-steps", "2", "--device", "cpu", "--backend", "gloo",
-           "--no-gradient-checkpointing", "--objective", objective]
-    cmd += [word for name, value in settings.items() for word in ("--" + name.replace("_", "-"), value)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    extra = [word for name, value in settings.items() for word in ("--" + name.replace("_", "-"), value)]
+    torchrun_fit(cache, flux, out, "--photo-conditioning-prob", "0.5", "--no-gradient-checkpointing",
+                 "--objective", objective, *extra, steps=STEPS, lr=LR)
 
     ddp = load_adapter(out / "adapter.safetensors").state_dict()
     adapters = {}

@@ -7,6 +7,9 @@ shapes of the tiny FLUX config (16 latent channels, 32 text features, 16 pooled)
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import zlib
 from pathlib import Path
 from typing import Sequence
@@ -137,3 +140,16 @@ def interrupted_and_resumed(tmp: Path, cache: Path, flux: Path, *, stop_at: int,
     with pytest.raises(KeyboardInterrupt):
         run_fit(fit_config(tmp, cache, flux, name=name, **kw), on_step=interrupt)
     return run_fit(fit_config(tmp, cache, flux, name=name, resume=True, **kw))
+
+
+def torchrun_fit(cache: Path, flux: Path, out: Path, *flags: str, steps: int, lr: float) -> None:
+    """``lumix-train fit`` as two torchrun processes (gloo, CPU) of one scene each; ``flags`` are appended."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "lumix_core.train", "--log-level", "WARNING", "fit",
+           "--cache", str(cache), "--flux", str(flux), "--output", str(out), "--batch-size", "1",
+           "--steps", str(steps), "--lr", str(lr), "--warmup-steps", "0", "--rank", "4", "--caption-dropout", "0.5",
+           "--checkpoint-every", "0", "--validate-every", "0", "--validation-scenes", "1", "--validation-steps", "2",
+           "--device", "cpu", "--backend", "gloo", *flags]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
