@@ -56,7 +56,10 @@ def nearest_palette(image: "np.ndarray | torch.Tensor", colors: Sequence[str] = 
 def object_mask(albedo: "np.ndarray | torch.Tensor", color: str) -> Optional[np.ndarray]:
     """``[H, W]`` bool: the largest 4-connected region of ``albedo`` pixels nearest to
     ``color``; None if it has fewer than :data:`MIN_OBJECT_PIXELS` pixels."""
-    import cv2  # the pack's dependency; imported here so the toy's import stays light
+    try:  # the train extra; imported here so the toy's import (and lumix demo) needs no opencv
+        import cv2
+    except ImportError:
+        raise ImportError("the toy's shape check needs opencv-python: pip install 'lumix-intrinsics[train]'") from None
 
     names = list(PALETTE)
     if color not in names:
