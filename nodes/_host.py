@@ -32,6 +32,9 @@ NOT_FLUX1_MODEL_CLASSES = {"Flux2", "Chroma", "ChromaRadiance", "LongCatImage"}
 #: One cache for the process: adapters are shared by every model the loader patches.
 ADAPTERS = AdapterCache(max_entries=2)
 
+#: Broken links and folders already reported as not listed (the list is rebuilt for every prompt).
+_UNLISTED: set[str] = set()
+
 
 def register_adapter_folder() -> None:
     """Register ``models/lumix`` (safetensors only) with ``folder_paths`` and create it; no-op without ComfyUI.
@@ -79,10 +82,11 @@ def adapter_files() -> list[str]:
             if os.path.splitext(name)[1].lower() not in ADAPTER_EXTENSIONS or name in names:
                 continue
             problem = _not_a_file(folder_paths, folder, name)
-            if problem:  # offered, it could only fail when picked
-                log.warning("LumiX: not listing adapter %s", problem)
-            else:
+            if not problem:
                 names.append(name)
+            elif problem not in _UNLISTED:  # offered, it could only fail when picked; said once, not every prompt
+                _UNLISTED.add(problem)
+                log.warning("LumiX: not listing adapter %s", problem)
     return names
 
 

@@ -29,6 +29,7 @@ from ..lumix_core.sampling.layout import (
     objective_warnings,
     pin_inputs,
     require_finite_groups,
+    require_flux_latent,
     require_whole_scenes,
     restore_slot,
     scene_count,
@@ -143,6 +144,7 @@ class LumiXSamplingGuard(_Shared):
                 f"LumiX scene groups of {self.maps.size} maps; remove the context-window node when sampling with "
                 f"{self.adapter_name}")
         if isinstance(latent_image, Tensor) and not getattr(latent_image, "is_nested", False):
+            require_flux_latent(latent_image, "the LATENT to sample")
             latent_maps = tagged_maps(latent_image)
             if latent_maps is not None:
                 check_same_maps(latent_maps, self.maps, self.adapter_name)

@@ -27,6 +27,7 @@ from ..lumix_core.sampling.layout import (
     one_step_sigmas,
     pixel_size,
     release_sigmas,
+    require_flux_latent,
     tag_maps,
 )
 from . import _host
@@ -95,6 +96,7 @@ class LumiXSampler:
         import latent_preview
 
         samples = comfy.sample.fix_empty_latent_channels(model, latent_image["samples"])
+        require_flux_latent(samples, "LumiX Sampler: the LATENT")
         maps = maps_of(latent_image)
         adapter = installed_adapter(model)
         if adapter is None:

@@ -300,3 +300,11 @@ def test_the_report_is_saved_beside_the_maps_as_part_of_the_set(tmp_path):
                                          r"Consistency Report.*Nothing was saved"):
         save_maps(scene_maps(), tmp_path, "r/y", formats=["png8"], report="not json")
     assert not [f for f in os.listdir(tmp_path / "r") if f.startswith("y")]
+
+
+def test_a_file_where_the_prefix_needs_a_folder_is_not_called_a_name_clash(tmp_path):
+    (tmp_path / "sub").write_text("user data")
+    with pytest.raises(OSError) as info:
+        save_maps(scene_maps(), tmp_path, "sub/run", formats=["png8"])
+    assert "another save" not in str(info.value), info.value
+    assert (tmp_path / "sub").read_text() == "user data"

@@ -112,7 +112,7 @@ def test_noise_keys_follow_equal_neighbours():
     assert noise_keys(n[[0, 1, 0]]) == [0, 1, 2]  # only neighbours count
 
 
-@pytest.mark.parametrize("keys", [[0] * 5 + [1] * 5, [7] * 5, [0, 1, 2, 3, 4], list(range(10))])
+@pytest.mark.parametrize("keys", [[0] * 5 + [1] * 5, [7] * 5, [0, 1, 2, 3, 4], list(range(10)), [0] * 10])
 def test_whole_scenes_and_stock_latents_pass(keys):
     require_whole_scenes(keys, RELEASE, "the LATENT")
 

@@ -355,7 +355,9 @@ def _write_set(plan: list[_Planned], folder: str, subfolder: str) -> list[SavedF
                 break
         if not isinstance(e, OSError):
             raise
-        raise SaveError(e, plan[len(saved)].filename, len(saved)) from e
+        failed = plan[len(saved)].filename
+        taken = isinstance(e, FileExistsError) and os.path.isfile(os.path.join(folder, failed))
+        raise SaveError(e, failed, len(saved), name_taken=taken) from e
     return saved
 
 
@@ -367,10 +369,10 @@ class SaveError(OSError):
     sentence for callers that just show it (the ComfyUI node).
     """
 
-    def __init__(self, cause: OSError, filename: str, removed: int) -> None:
+    def __init__(self, cause: OSError, filename: str, removed: int, *, name_taken: bool = False) -> None:
         super().__init__(cause.errno, cause.strerror or str(cause), filename)
         #: Another writer published this name first (saves into one prefix at once), not a disk problem.
-        self.name_taken = isinstance(cause, FileExistsError)
+        self.name_taken = name_taken
         undone = f"the {removed} file(s) already written for this set were removed, nothing was saved"
         if self.name_taken:
             self.message = (f"another save took the name {filename} while this set was being written (several saves "

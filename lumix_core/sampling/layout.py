@@ -141,17 +141,15 @@ def require_whole_scenes(keys: Sequence, maps: MapSet, what: str) -> None:
     :func:`noise_keys`).
 
     A LumiX latent gives the maps of a scene one key; a slice of it that does not start at a scene (Latent From
-    Batch at item 3 of 5) still has neighbours sharing a key, but across a scene boundary. A batch where no
-    neighbours share a key (a stock latent) passes: its noise is only warned about.
+    Batch at item 3 of 5) puts two keys into one group of M. A batch where no neighbours share a key (a stock
+    latent) passes: its noise is only warned about.
     """
     M, keys = maps.size, list(keys)
     same = [a == b for a, b in zip(keys, keys[1:])]
     if M <= 1 or len(keys) % M or not any(same):
         return
-    groups_whole = all(all(same[g * M:(g + 1) * M - 1]) for g in range(len(keys) // M))
-    groups_apart = not any(same[M - 1::M])
-    if groups_whole and groups_apart:
-        return
+    if all(all(same[g * M:(g + 1) * M - 1]) for g in range(len(keys) // M)):
+        return  # every group one key; scenes may share one (Latent Batch of two LumiX latents, fixed seeds)
     shown = keys if len(keys) <= 3 * M else keys[:3 * M] + ["..."]
     raise ValueError(
         f"{what} is not whole LumiX scenes: its noise indices {shown} put maps of different scenes into one group "

@@ -240,6 +240,18 @@ def test_a_slice_across_scenes_is_refused_by_every_sampler_and_by_decode(pack, m
     assert maps[0].shape[0] == 1
 
 
+def test_samplers_say_an_encoded_sd_latent_is_not_a_flux_latent(pack, models):
+    """Not all zeros (VAE Encode with an SD VAE): ComfyUI does not widen it to 16 channels as it does an empty one."""
+    model = load(pack, H.tiny_flux())
+    sd_latent = {"samples": torch.randn(5, 4, 8, 8)}
+    text = message(lambda: ksampler(model, sd_latent))
+    assert text.startswith("the LATENT to sample is not a FLUX latent: it has shape (5, 4, 8, 8), an SD 1.5 / SDXL "
+                           "latent"), text
+    text = message(lambda: lumix_sampler(pack, model, sd_latent))
+    assert text.startswith("LumiX Sampler: the LATENT is not a FLUX latent"), text
+    ksampler(model, dict(empty(pack), samples=torch.zeros(5, 4, 8, 8)))  # an empty one is widened and samples
+
+
 def test_decode_maps_says_a_stock_latent_is_not_a_flux_latent(pack):
     sd_latent = comfy_nodes.EmptyLatentImage().generate(64, 64, 1)[0]
     text = message(lambda: pack["LumiXDecodeMaps"]().decode(sd_latent, H.tiny_vae(), "opengl", False))
