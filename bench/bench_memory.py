@@ -310,6 +310,7 @@ def simulate_train(case: Case, *, fake: bool = True, device: str = "cpu") -> Row
         stack.enter_context(logging_disabled())
         stack.enter_context(simulation(fake, ledger))
         stack.enter_context(_patched(fit, "load_flux", load_flux))
+        stack.enter_context(_patched(fit, "read_flux_header", lambda path: (None, "", case.config)))
         stack.enter_context(_patched(fit, "mean_across", mean_across))
         stack.enter_context(_patched(fit, "draw_scene", _host(fit.draw_scene)))  # noise and t: drawn on the CPU
         stack.enter_context(_patched(torch.nn.utils, "clip_grad_norm_", clip_grad_norm_))
@@ -330,7 +331,7 @@ def simulate_train(case: Case, *, fake: bool = True, device: str = "cpu") -> Row
             group["foreach"] = True  # AdamW's default on CUDA tensors
         trainer.module.register_forward_pre_hook(lambda *a: ledger.mark("forward"))
         trainer.module.register_forward_hook(lambda *a: ledger.mark("backward"))
-        swapper = getattr(trainer, "block_swap", None)
+        swapper = trainer.model.block_swap
 
         # AdamW's moments exist from the first step on: create them as its first step does (zero
         # gradients, then AdamW's own step), instead of simulating a whole first step

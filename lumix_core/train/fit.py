@@ -32,9 +32,9 @@ from ..latents import PATCH
 from ..model.adapter import LumiXAdapter, default_spec
 from ..model.checkpoint import META_OBJECTIVE, OBJECTIVE_ONE_STEP, ModelShape, load_adapter, save_adapter
 from ..model.flux import Flux
-from ..model.flux_io import load_flux
+from ..model.flux_io import load_flux, read_flux_header
 from ..sampling.denoiser import FluxDenoiser, TextConditioning
-from .block_swap import swap_blocks
+from .block_swap import check_blocks_to_swap, swap_blocks
 from .cache import LatentCache
 from .config import ConfigError, FitConfig, config_to_dict, resume_config
 from .curves import EVALUATIONS, METRICS, write_curves
@@ -270,9 +270,11 @@ class _Trainer:
             raise ConfigError(f"--holdout {config.holdout} leaves no scene to train on (the cache has "
                               f"{len(self.cache)}); hold out fewer scenes")
         self.weight_dtype, self.autocast_dtype = resolve_precision(config, ctx.device)
+        if config.blocks_to_swap:  # refused from the header, before minutes of loading
+            check_blocks_to_swap(read_flux_header(config.flux)[2], config.blocks_to_swap)
         load_device = torch.device("cpu") if config.blocks_to_swap else ctx.device  # swapped blocks stay there
         self.model = load_flux(config.flux, device=load_device, dtype=self.weight_dtype, fp8=config.base_dtype == "fp8")
-        self.block_swap = swap_blocks(self.model, config.blocks_to_swap, ctx.device)
+        swap_blocks(self.model, config.blocks_to_swap, ctx.device)  # held as self.model.block_swap
         check_cache_fits(self.cache, self.model, config)
         self.adapter = build_adapter(config, self.model, self.cache, ctx.device)
         _claim_output(config, ctx)
