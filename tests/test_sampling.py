@@ -39,6 +39,16 @@ def test_schedule_matches_published_shift(tokens):
 
 def test_release_schedule_quirk():
     assert seq_len_for(512, 512, "release") == 16 and seq_len_for(512, 512, "flux") == 1024
+
+
+@pytest.mark.parametrize("width, height", [(512, 512), (1024, 1024), (1536, 1152), (192, 128), (528, 512), (64, 48)])
+def test_release_token_count_floors_as_the_published_script(width, height):
+    """eval/eval_lumix_inference.py: ``(W // 8) * (H // 8) // 256``; equal to the float count only where W*H is a
+    multiple of 16384 (192 x 128: 1, not 1.5)."""
+    assert seq_len_for(width, height, "release") == (width // 8) * (height // 8) // 256
+    assert isinstance(seq_len_for(width, height, "release"), int)
+    if width * height % 16384:
+        assert seq_len_for(width, height, "release") != (width / 8) * (height / 8) / 256
     assert shift_mu(16) == pytest.approx(0.459, abs=1e-3) and shift_mu(1024) == pytest.approx(0.63, abs=1e-3)
     torch.testing.assert_close(schedule_for(512, 512, 50, "release"), schedule(50, 16))
     torch.testing.assert_close(schedule_for(512, 512, 50, "flux"), schedule(50, 1024))

@@ -37,10 +37,10 @@ def time_shift(mu: float, sigma: float, t: Tensor) -> Tensor:
 
 
 def seq_len_for(width: int, height: int, kind: ScheduleKind) -> float:
-    """Token count that sets the shift. ``release`` reproduces the LumiX script's quirk:
-    ``(W/8)*(H/8)/256`` (16 at 512², where stock FLUX counts 1024 tokens)."""
+    """Token count that sets the shift. ``release`` reproduces the LumiX script's quirk, integer
+    divisions included: ``(W//8)*(H//8)//256`` (16 at 512², where stock FLUX counts 1024 tokens)."""
     if kind == "release":
-        return (width / VAE_FACTOR) * (height / VAE_FACTOR) / 256
+        return (width // VAE_FACTOR) * (height // VAE_FACTOR) // 256
     return (width // (VAE_FACTOR * PATCH)) * (height // (VAE_FACTOR * PATCH))
 
 
