@@ -204,24 +204,19 @@ def _check_spans(path: Path, spans: list[tuple[int, int, str]]) -> None:
 def load_tensors(header: SafetensorsHeader, device: "str | torch.device" = "cpu",
                  keys: Optional[list[str]] = None) -> dict[str, Tensor]:
     """Load (some of) the tensors of a file whose header was checked by :func:`read_header`."""
-    from safetensors import safe_open
-
-    out = {}
-    with safe_open(str(header.path), framework="pt", device=str(device)) as f:
-        for key in keys if keys is not None else header.tensors:
-            out[key] = f.get_tensor(key)
-    return out
+    return dict(iter_tensors(header, keys, device))
 
 
-def iter_tensors(header: SafetensorsHeader, keys: Optional[list[str]] = None) -> Iterator[tuple[str, Tensor]]:
-    """The tensors of a file checked by :func:`read_header`, one at a time, on the CPU.
+def iter_tensors(header: SafetensorsHeader, keys: Optional[list[str]] = None,
+                 device: "str | torch.device" = "cpu") -> Iterator[tuple[str, Tensor]]:
+    """The tensors of a file checked by :func:`read_header`, one at a time (on the CPU by default).
 
     Why one at a time: a caller converts (e.g. quantizes) and moves each tensor before the next
     is read, so a file larger than the device's memory never sits there whole.
     """
     from safetensors import safe_open
 
-    with safe_open(str(header.path), framework="pt", device="cpu") as f:
+    with safe_open(str(header.path), framework="pt", device=str(device)) as f:
         for key in keys if keys is not None else header.tensors:
             yield key, f.get_tensor(key)
 

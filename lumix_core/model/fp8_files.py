@@ -130,8 +130,7 @@ def fp8_weight(tensor: Tensor, scale: Optional[Tensor], device: "str | torch.dev
     has none), others (``weight × scale`` where scaled) quantized on ``device``, one tensor at a time.
     ``where`` names the tensor in messages (``file: 'key'``)."""
     if tensor.dtype == FP8:
-        one = torch.ones((), dtype=torch.float32)
-        return tensor.to(device), (one if scale is None else scale).to(device)
+        return tensor.to(device), _scale_or_one(scale, device)
     value = tensor.to(device)
     if scale is not None:
         value = dequantize(value, scale.to(device), torch.float32)
@@ -147,5 +146,9 @@ def plain_weight(tensor: Tensor, scale: Optional[Tensor], device: "str | torch.d
     target = dtype or (torch.bfloat16 if tensor.dtype == FP8 else tensor.dtype)
     if tensor.dtype != FP8 and scale is None:
         return tensor.to(device=device, dtype=target)
-    one = torch.ones((), dtype=torch.float32)
-    return dequantize(tensor.to(device), (one if scale is None else scale).to(device), target)
+    return dequantize(tensor.to(device), _scale_or_one(scale, device), target)
+
+
+def _scale_or_one(scale: Optional[Tensor], device: "str | torch.device") -> Tensor:
+    """A file's scale on ``device``, or 1 for an fp8 weight stored without one (``flux1-dev-fp8``)."""
+    return (torch.ones((), dtype=torch.float32) if scale is None else scale).to(device)
