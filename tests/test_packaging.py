@@ -74,3 +74,17 @@ sys.exit(main(["fit", "--cache", "c", "--flux", "f", "--output", "o"]))
     assert done.returncode == 2, done.stdout + done.stderr
     assert "lumix-intrinsics[train]" in done.stderr and "opencv-python" in done.stderr, done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_the_suite_collects_in_a_checkout_named_like_the_pack(tmp_path):
+    """A clone into ``custom_nodes/comfyui-lumix``: the root ``__init__.py`` (a package with relative imports,
+    as ComfyUI imports it) must not be imported by pytest from a folder whose name is no Python identifier."""
+    root = tmp_path / "comfyui-lumix"
+    (root / "tests").mkdir(parents=True)
+    (root / "pyproject.toml").write_text((ROOT / "pyproject.toml").read_text())
+    (root / "__init__.py").write_text("from .nodes import NODE_CLASS_MAPPINGS  # only importable as a package\n")
+    (root / "tests" / "conftest.py").write_text("")
+    (root / "tests" / "test_one.py").write_text("def test_one():\n    assert True\n")
+    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"], cwd=root,
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0 and "1 passed" in run.stdout, run.stdout[-2000:] + run.stderr[-2000:]
