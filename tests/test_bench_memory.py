@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import io
 import json
 import sys
 from dataclasses import replace
@@ -287,3 +288,21 @@ def test_the_cli_prints_json_rows_and_a_markdown_table(capsys):
                        "--text-tokens", "8", "--rank", "4", "--targets", ""])
     out = capsys.readouterr().out
     assert "| train | bf16 | 64² | on | 0 |" in out and "NOT included" in out
+
+
+def test_the_readme_vram_table_is_made_from_the_json_rows(monkeypatch):
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "tools"))
+    from make_vram_table import read_rows, table
+
+    def row(kind, weights, scenes, width, height, gib):
+        return json.dumps({"mode": "inference", "inference": kind, "weights": weights, "scenes": scenes,
+                           "size": width, "width": width, "height": height, "peak_gib": gib})
+
+    lines = [row("photo", "bf16", 1, 1536, 1152, 30.04), row("text", "q4_0", 1, 512, 512, 9.96),
+             row("text", "bf16", 1, 512, 512, 25.01), row("text", "bf16", 2, 512, 512, 27.2),
+             json.dumps({"mode": "train", "weights": "bf16", "size": 512, "peak_gib": 27.6}),
+             json.dumps({"mode": "summary", "wall_s": 1.0})]
+    assert table(read_rows(io.StringIO("\n".join(lines)))).splitlines() == [
+        "| one model call | size | bf16 | GGUF Q4_0 |", "| --- | --- | ---: | ---: |",
+        "| text + CFG, 1 scene (10 seq) | 512² | 25.0 | 10.0 |", "| text + CFG, 2 scenes (20 seq) | 512² | 27.2 | - |",
+        "| photo, 1 scene (5 seq) | 1536×1152 | 30.0 | - |"]
