@@ -127,6 +127,9 @@ ASSUMPTIONS = (
     "bf16 autocast with CUDA's per-op cast policy (probed from this torch build) and weight-cast cache; AdamW and "
     "grad clipping with CUDA's foreach kernels; one 5-map scene per step, rank 8 fp32 adapter.",
     "Host-side tensors (cache reads, CPU noise draws, pinned copies of swapped blocks) not counted.",
+    "Inference: one model call, bf16 compute; fp8 weights cast to bf16 per layer; GGUF Q8_0/Q4_0 block weights "
+    "held as their bytes and dequantized per layer (fp16, then bf16) as ComfyUI-GGUF does; text mode batches cond "
+    "+ uncond.",
 )
 
 
