@@ -423,12 +423,16 @@ def simulate_train(case: Case, *, fake: bool = True, device: str = "cpu") -> Row
                height=case.size)
 
 
-def simulate_inference(case: Case, *, fake: bool = True) -> Row:
-    """Peak of one model call (FLUX + adapter, the adapter's factors cached) for ``case``."""
+def simulate_inference(case: Case, *, fake: bool = True, device: str = "cpu") -> Row:
+    """Peak of one model call (FLUX + adapter, the adapter's factors cached) for ``case``.
+
+    ``fake=False``: the same on real tensors; with ``device="cuda"`` on a real GPU, where
+    ``measured_cuda_bytes`` holds CUDA's own count.
+    """
     from lumix_core.sampling.denoiser import FluxDenoiser, TextConditioning
 
     t0 = time.perf_counter()
-    ledger = StorageLedger("cpu")
+    ledger = StorageLedger(device)
     c, maps = case.config, case.map_set
     chunks = 2 if case.inference == "text" else 1
     groups = chunks * case.scenes  # one prompt per scene and chunk, each shared by the scene's maps
@@ -437,24 +441,32 @@ def simulate_inference(case: Case, *, fake: bool = True) -> Row:
         stack.enter_context(logging_disabled())
         stack.enter_context(simulation(fake, ledger))
         stack.enter_context(torch.no_grad())
-        model = build_flux(c, case.weights, fill=not fake)
+        model = build_flux(c, case.weights, fill=not fake, device=device)
         spec = default_spec(maps, case.rank, c.hidden_size, c.depth, c.depth_single_blocks)
         with torch.device("meta"):
             adapter = LumiXAdapter(spec)
-        materialize(adapter, "cpu", lambda name, t: torch.float32)
+        materialize(adapter, device, lambda name, t: torch.float32)
         if not fake:
             _fill_(adapter)
         adapter.requires_grad_(False)
         model.attach(adapter)
         denoise = FluxDenoiser(model)
-        x = torch.zeros(B, LATENT_CHANNELS, h, w)
-        t = torch.full((B,), 0.5)
-        cond = TextConditioning(torch.zeros(groups, case.text_tokens, c.context_in_dim, dtype=torch.bfloat16),
-                                torch.zeros(groups, c.vec_in_dim, dtype=torch.bfloat16))
+        x = torch.zeros(B, LATENT_CHANNELS, h, w, device=device)
+        t = torch.full((B,), 0.5, device=device)
+        cond = TextConditioning(torch.zeros(groups, case.text_tokens, c.context_in_dim, dtype=torch.bfloat16,
+                                            device=device),
+                                torch.zeros(groups, c.vec_in_dim, dtype=torch.bfloat16, device=device))
         denoise(x, t, cond, 3.5)  # fills the adapter's cache of contracted factors
         ledger.mark("model call")
         ledger.reset_peak()
+        if device == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
         v = denoise(x, t, cond, 3.5)
+        measured = None
+        if device == "cuda":
+            torch.cuda.synchronize()
+            measured = torch.cuda.max_memory_allocated()
         groups = {"frozen_weights": [p for p in list(model.parameters()) + list(model.buffers())
                                      if all(p is not q for q in adapter.parameters())],
                   "adapter": list(adapter.parameters()),
@@ -466,8 +478,8 @@ def simulate_inference(case: Case, *, fake: bool = True) -> Row:
     return Row("inference", case.weights, case.size, None, None, _gib(split.total), split.total, raw,
                {k: _gib(v) for k, v in split.parts.items()}, "model call", parts_bytes=dict(split.parts), sequences=B,
                text_tokens=case.text_tokens, inference=case.inference,
-               wall_s=round(time.perf_counter() - t0, 2), fake=fake, scenes=case.scenes, width=case.size,
-               height=case.image_height)
+               wall_s=round(time.perf_counter() - t0, 2), fake=fake, measured_cuda_bytes=measured, scenes=case.scenes,
+               width=case.size, height=case.image_height)
 
 
 @contextlib.contextmanager
@@ -600,26 +612,32 @@ def plan_cases(args) -> list[Case]:
     return cases
 
 
+def _label(case: Case) -> str:
+    size = _size(case.size, case.image_height)
+    if case.mode == "train":
+        ckpt = "on" if case.gradient_checkpointing else "off"
+        return f"train {case.weights} {size}, checkpointing {ckpt}, {case.blocks_to_swap} swapped"
+    return f"{case.inference} {case.weights} {size}, {case.scenes} scene(s)"
+
+
 def cuda_check(args) -> None:
-    """Each training row simulated on the CPU and run on the GPU: simulated peak vs CUDA's own count."""
+    """Each row simulated on the CPU and run on the GPU: simulated peak vs CUDA's own count."""
     if not torch.cuda.is_available():
         raise SystemExit("--cuda-check needs a CUDA GPU")
-    print("| weights | size | ckpt | swap | simulated GiB | ledger on the GPU GiB | max_memory_allocated GiB | "
-          "measured - simulated MiB |\n|" + " --- |" * 8)
+    if not args.json:
+        print("| row | simulated GiB | ledger on the GPU GiB | max_memory_allocated GiB | measured - simulated MiB |\n|"
+              + " --- |" * 5)
     for case in plan_cases(args):
-        if case.mode != "train":
-            continue
         sim = simulate(case)
-        real = simulate_train(case, fake=False, device="cuda")
+        run = simulate_train if case.mode == "train" else simulate_inference
+        real = run(case, fake=False, device="cuda")
         torch.cuda.empty_cache()
-        row = {"simulated": asdict(sim), "cuda": asdict(real)}
         if args.json:
-            print(json.dumps(row), flush=True)
+            print(json.dumps({"mode": f"cuda_check_{case.mode}", "simulated": asdict(sim), "cuda": asdict(real)}),
+                  flush=True)
             continue
-        print(f"| {case.weights} | {case.size}² | {'on' if case.gradient_checkpointing else 'off'} | "
-              f"{case.blocks_to_swap} | {sim.peak_gib:.3f} | {real.peak_gib:.3f} | "
-              f"{real.measured_cuda_bytes / GiB:.3f} | {(real.measured_cuda_bytes - sim.peak_bytes) / 2**20:+.1f} |",
-              flush=True)
+        print(f"| {_label(case)} | {sim.peak_gib:.3f} | {real.peak_gib:.3f} | {real.measured_cuda_bytes / GiB:.3f} | "
+              f"{(real.measured_cuda_bytes - sim.peak_bytes) / 2**20:+.1f} |", flush=True)
 
 
 def main(argv: Optional[list[str]] = None) -> None:
@@ -641,7 +659,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     p.add_argument("--rank", type=int, default=8)
     p.add_argument("--no-off", action="store_true", help="skip the gradient-checkpointing-off rows")
     p.add_argument("--cuda-check", action="store_true",
-                   help="on a CUDA GPU: also run each training row for real and print torch.cuda.max_memory_allocated "
+                   help="on a CUDA GPU: also run each row (--rows) for real and print torch.cuda.max_memory_allocated "
                         "beside the simulated peak (checks the modelling: autocast, flash attention, allocator)")
     p.add_argument("--model", choices=sorted(MODELS), default="dev",
                    help="dev: FLUX.1-dev; tiny: a toy FLUX for a quick smoke run (its figures mean nothing)")
