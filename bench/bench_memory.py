@@ -53,7 +53,7 @@ Modelling assumptions (also printed with the table):
   dequantize per call as ComfyUI-GGUF does (``_gguf.py``: bias cast, fp16 weight, cast to bf16,
   matmul; each freed when the layer returns). Their embedders and final layer (64 M parameters,
   left unquantized by city96's files) and the blocks' 1-D norm scales are counted in bf16 (the
-  files store the norm scales in F32: 0.1 MB more).
+  files store the norm scales in F32: 39 kB more).
 * ``--targets``: the fewest swapped blocks whose *simulated* peak fits each size (fp8 weights,
   checkpointing); a guess from block sizes picks where to start, simulations decide.
 
