@@ -46,15 +46,26 @@ Modelling assumptions (also printed with the table):
   bytes it copied in the measured step and their time at PCIe 4.0 x16 (``PCIE4_X16_BYTES_PER_S``);
   ``swap_traffic_formula_bytes`` is the helper's own formula (tensor alignment aside).
 * Inference: weights in their dtype without autocast (as ComfyUI runs FLUX), conditioning in bf16
-  on the device; text mode batches cond + uncond (CFG) as 10 sequences, photo mode 5.
+  on the device, repeated per sequence as ComfyUI batches it; text mode batches cond + uncond (CFG)
+  as 10 sequences per scene, photo mode 5 (``--scenes``: scenes per batch). fp8 layers cast their
+  weight to bf16 per call. GGUF rows (``q8_0``, ``q4_0``: what ComfyUI-GGUF loads) hold every block
+  linear as its GGUF bytes (Q8_0: 34 bytes per 32 weights, Q4_0: 18) with float32 biases, and
+  dequantize per call as ComfyUI-GGUF does (``_gguf.py``: bias cast, fp16 weight, cast to bf16,
+  matmul; each freed when the layer returns). Their embedders and final layer (64 M parameters,
+  left unquantized by city96's files) and the blocks' 1-D norm scales are counted in bf16 (the
+  files store the norm scales in F32: 39 kB more).
 * ``--targets``: the fewest swapped blocks whose *simulated* peak fits each size (fp8 weights,
   checkpointing); a guess from block sizes picks where to start, simulations decide.
 
     python bench/bench_memory.py [--json] [--rows train|inference|all] [--sizes 512,1024]
-                                 [--weights bf16,fp8] [--swap 20] [--targets 20,13,9] [--no-off]
+                                 [--weights bf16,fp8,q8_0,q4_0] [--scenes 1,2] [--photo-sizes 1536x1152]
+                                 [--swap 20] [--targets 20,13,9] [--no-off]
                                  [--text-tokens 512] [--rank 8] [--model dev|tiny]
 
-Takes ~3 minutes for the default training rows on one CPU core (``--rows all``: ~4).
+``--json`` prints one JSON object a line: ``mode`` (``train``, ``inference``, ``swap_needed``
+or the closing ``summary``), ``weights``, ``size`` (width; ``height`` beside it), ``scenes``,
+``blocks_to_swap`` (train rows), ``peak_gib``, the split of the peak and the settings.
+Takes ~3 minutes for the default training rows on one CPU core, ~5 for ``--rows inference``.
 """
 from __future__ import annotations
 
@@ -83,6 +94,8 @@ from _fake_gpu import (  # noqa: E402
     materialize,
     split_peak,
 )
+from _gguf import QTYPES, GgufLinear  # noqa: E402
+from _gguf import quantize_flux_blocks_ as gguf_blocks_  # noqa: E402
 
 from lumix_core.latents import LATENT_CHANNELS, VAE_FACTOR  # noqa: E402
 from lumix_core.maps import RELEASE, MapSet  # noqa: E402
@@ -98,7 +111,9 @@ try:  # block swapping (lumix_core.train.block_swap)
 except ImportError:  # pragma: no cover - older checkouts
     swap_module = None
 
-WEIGHTS = ("bf16", "fp8")
+#: Frozen FLUX weights: bf16, fp8 e4m3fn, and (inference only) the GGUF quantizations ComfyUI-GGUF loads.
+TRAIN_WEIGHTS = ("bf16", "fp8")
+INFERENCE_WEIGHTS = ("bf16", "fp8", *QTYPES)
 #: ``--model tiny``: a FLUX small enough for a smoke test (its figures mean nothing).
 TINY = tiny_config(hidden_size=64, num_heads=2, depth=2, depth_single_blocks=2, context_in_dim=32, vec_in_dim=16)
 MODELS = {"dev": FLUX_DEV, "tiny": TINY}
@@ -112,6 +127,9 @@ ASSUMPTIONS = (
     "bf16 autocast with CUDA's per-op cast policy (probed from this torch build) and weight-cast cache; AdamW and "
     "grad clipping with CUDA's foreach kernels; one 5-map scene per step, rank 8 fp32 adapter.",
     "Host-side tensors (cache reads, CPU noise draws, pinned copies of swapped blocks) not counted.",
+    "Inference: one model call, bf16 compute; fp8 weights cast to bf16 per layer; GGUF Q8_0/Q4_0 block weights "
+    "held as their bytes and dequantized per layer (fp16, then bf16) as ComfyUI-GGUF does; text mode batches cond "
+    "+ uncond.",
 )
 
 
@@ -121,8 +139,8 @@ class Case:
     """One configuration to measure."""
 
     mode: str = "train"  # train | inference
-    size: int = 512
-    weights: str = "bf16"  # frozen FLUX weights: bf16 | fp8
+    size: int = 512  # image width in pixels
+    weights: str = "bf16"  # frozen FLUX weights: bf16 | fp8 | q8_0 | q4_0 (the last two: inference only)
     blocks_to_swap: int = 0
     gradient_checkpointing: bool = True
     text_tokens: int = 512
@@ -130,13 +148,21 @@ class Case:
     maps: str = RELEASE.to_string()
     inference: str = "text"  # text (CFG: cond + uncond batched) | photo
     config: FluxConfig = FLUX_DEV
+    scenes: int = 1  # inference: scenes sampled in one batch
+    height: Optional[int] = None  # image height in pixels (None: square); inference only
 
     @property
     def map_set(self) -> MapSet:
         return MapSet.parse(self.maps)
 
     @property
+    def image_height(self) -> int:
+        return self.size if self.height is None else self.height
+
+    @property
     def latent_side(self) -> int:
+        if self.image_height != self.size:
+            raise ValueError("training rows are square")
         return self.size // VAE_FACTOR
 
 
@@ -162,6 +188,9 @@ class Row:
     wall_s: float = 0.0
     fake: bool = True
     measured_cuda_bytes: Optional[int] = None  # --cuda-check: torch.cuda.max_memory_allocated of the same step
+    scenes: int = 1
+    width: int = 0  # pixels (``size`` is the width too)
+    height: int = 0
 
 
 def _gib(n: int) -> float:
@@ -209,22 +238,30 @@ def _fill_(module: torch.nn.Module, seed: int = 0) -> None:
                     1.0 if t.dim() == 1 else 0.5)
             elif t.dtype.is_floating_point:  # fp8: a valid value rather than whatever the memory held
                 t.copy_(torch.full(t.shape, 0.01, device=t.device).to(t.dtype))
+            else:  # GGUF bytes: fp16 scales 0x1111 (5.5e-4) and small quants, never inf or nan
+                t.fill_(0x11)
 
 
 def build_flux(config: FluxConfig, weights: str, dtype: torch.dtype = torch.bfloat16, *,
                fill: bool = False, device: str = "cpu") -> Flux:
     """FLUX laid out as ``load_flux(dtype=dtype, fp8=weights == 'fp8')`` returns it: built on ``meta``,
     then every tensor created under the current modes (fake or real). fp8: ``Fp8Linear`` blocks with
-    float8_e4m3fn weights and float32 scales; everything else in ``dtype``."""
+    float8_e4m3fn weights and float32 scales; q8_0 / q4_0: ``_gguf.GgufLinear`` blocks (uint8 GGUF
+    bytes, float32 biases) as ComfyUI-GGUF holds them; everything else in ``dtype``."""
     with torch.device("meta"):
         model = Flux(config)
     if weights == "fp8":
         if fp8_module is None:
             raise RuntimeError("fp8 rows need lumix_core.model.fp8")
         fp8_module.quantize_flux_blocks_(model, values=False)
+    elif weights in QTYPES:
+        gguf_blocks_(model, weights)
+    kept = {f"{name}.{p}" for name, m in model.named_modules() if isinstance(m, GgufLinear) for p in ("weight", "bias")}
 
     def dtype_of(name: str, t: torch.Tensor) -> torch.dtype:
         if weights == "fp8" and (t.dtype == fp8_module.FP8 or name.endswith("scale_weight")):
+            return t.dtype
+        if name in kept:
             return t.dtype
         return dtype
 
@@ -382,40 +419,54 @@ def simulate_train(case: Case, *, fake: bool = True, device: str = "cpu") -> Row
                parts_bytes=dict(split.parts), sequences=case.map_set.size, text_tokens=case.text_tokens,
                swap_bytes_per_step=moved, swap_traffic_formula_bytes=formula,
                swap_seconds_pcie4=None if moved is None else round(moved / rate, 3),
-               wall_s=round(time.perf_counter() - t0, 2), fake=fake, measured_cuda_bytes=measured)
+               wall_s=round(time.perf_counter() - t0, 2), fake=fake, measured_cuda_bytes=measured, width=case.size,
+               height=case.size)
 
 
-def simulate_inference(case: Case, *, fake: bool = True) -> Row:
-    """Peak of one model call (FLUX + adapter, the adapter's factors cached) for ``case``."""
+def simulate_inference(case: Case, *, fake: bool = True, device: str = "cpu") -> Row:
+    """Peak of one model call (FLUX + adapter, the adapter's factors cached) for ``case``.
+
+    ``fake=False``: the same on real tensors; with ``device="cuda"`` on a real GPU, where
+    ``measured_cuda_bytes`` holds CUDA's own count.
+    """
     from lumix_core.sampling.denoiser import FluxDenoiser, TextConditioning
 
     t0 = time.perf_counter()
-    ledger = StorageLedger("cpu")
+    ledger = StorageLedger(device)
     c, maps = case.config, case.map_set
     chunks = 2 if case.inference == "text" else 1
-    B, h = chunks * maps.size, case.latent_side
+    groups = chunks * case.scenes  # one prompt per scene and chunk, each shared by the scene's maps
+    B, h, w = groups * maps.size, case.image_height // VAE_FACTOR, case.size // VAE_FACTOR
     with contextlib.ExitStack() as stack:
         stack.enter_context(logging_disabled())
         stack.enter_context(simulation(fake, ledger))
         stack.enter_context(torch.no_grad())
-        model = build_flux(c, case.weights, fill=not fake)
+        model = build_flux(c, case.weights, fill=not fake, device=device)
         spec = default_spec(maps, case.rank, c.hidden_size, c.depth, c.depth_single_blocks)
         with torch.device("meta"):
             adapter = LumiXAdapter(spec)
-        materialize(adapter, "cpu", lambda name, t: torch.float32)
+        materialize(adapter, device, lambda name, t: torch.float32)
         if not fake:
             _fill_(adapter)
         adapter.requires_grad_(False)
         model.attach(adapter)
         denoise = FluxDenoiser(model)
-        x = torch.zeros(B, LATENT_CHANNELS, h, h)
-        t = torch.full((B,), 0.5)
-        cond = TextConditioning(torch.zeros(chunks, case.text_tokens, c.context_in_dim, dtype=torch.bfloat16),
-                                torch.zeros(chunks, c.vec_in_dim, dtype=torch.bfloat16))
+        x = torch.zeros(B, LATENT_CHANNELS, h, w, device=device)
+        t = torch.full((B,), 0.5, device=device)
+        cond = TextConditioning(torch.zeros(groups, case.text_tokens, c.context_in_dim, dtype=torch.bfloat16,
+                                            device=device),
+                                torch.zeros(groups, c.vec_in_dim, dtype=torch.bfloat16, device=device))
         denoise(x, t, cond, 3.5)  # fills the adapter's cache of contracted factors
         ledger.mark("model call")
         ledger.reset_peak()
+        if device == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
         v = denoise(x, t, cond, 3.5)
+        measured = None
+        if device == "cuda":
+            torch.cuda.synchronize()
+            measured = torch.cuda.max_memory_allocated()
         groups = {"frozen_weights": [p for p in list(model.parameters()) + list(model.buffers())
                                      if all(p is not q for q in adapter.parameters())],
                   "adapter": list(adapter.parameters()),
@@ -427,7 +478,8 @@ def simulate_inference(case: Case, *, fake: bool = True) -> Row:
     return Row("inference", case.weights, case.size, None, None, _gib(split.total), split.total, raw,
                {k: _gib(v) for k, v in split.parts.items()}, "model call", parts_bytes=dict(split.parts), sequences=B,
                text_tokens=case.text_tokens, inference=case.inference,
-               wall_s=round(time.perf_counter() - t0, 2), fake=fake)
+               wall_s=round(time.perf_counter() - t0, 2), fake=fake, measured_cuda_bytes=measured, scenes=case.scenes,
+               width=case.size, height=case.image_height)
 
 
 @contextlib.contextmanager
@@ -490,6 +542,10 @@ def _cell(value, fmt: str = "{}", none: str = "-") -> str:
     return none if value is None else fmt.format(value)
 
 
+def _size(width: int, height: int) -> str:
+    return f"{width}²" if width == height else f"{width}×{height}"
+
+
 def markdown(rows: list[Row]) -> str:
     head = ("| mode | weights | size | ckpt | swap | peak GiB | frozen weights | adapter (+ grads, AdamW; cache) | "
             "activations etc. | peak in | swap GB/step | at PCIe 4.0 x16 | sim s |")
@@ -497,10 +553,12 @@ def markdown(rows: list[Row]) -> str:
     for r in rows:
         p = r.parts_gib
         adapter = sum(p.get(k, 0) for k in ("adapter", "adapter_grads", "adamw_state", "adapter_cache"))
-        mode = "train" if r.mode == "train" else f"infer {r.inference} ({r.sequences} seq)"
+        scenes = f"{r.scenes} scenes, " if r.scenes != 1 else ""
+        mode = "train" if r.mode == "train" else f"infer {r.inference} ({scenes}{r.sequences} seq)"
         ckpt = None if r.gradient_checkpointing is None else ("on" if r.gradient_checkpointing else "off")
         gb = None if r.swap_bytes_per_step is None else r.swap_bytes_per_step / 1e9
-        lines.append(f"| {mode} | {r.weights} | {r.size}² | {_cell(ckpt)} | {_cell(r.blocks_to_swap)} | "
+        size = _size(r.width, r.height)
+        lines.append(f"| {mode} | {r.weights} | {size} | {_cell(ckpt)} | {_cell(r.blocks_to_swap)} | "
                      f"**{r.peak_gib:.2f}** | {p.get('frozen_weights', 0):.2f} | {adapter:.2f} | "
                      f"{p.get('other', 0):.2f} | {r.peak_phase} | {_cell(gb, '{:.1f}')} | "
                      f"{_cell(r.swap_seconds_pcie4, '{:.2f} s')} | {r.wall_s:.0f} |")
@@ -511,17 +569,31 @@ def _ints(text: str) -> list[int]:
     return [int(x) for x in text.split(",") if x.strip()]
 
 
+def _sizes(text: str) -> list[tuple[int, int]]:
+    """``1536x1152,1024`` -> [(1536, 1152), (1024, 1024)] (width, height in pixels)."""
+    out = []
+    for item in (x.strip() for x in text.split(",")):
+        if item:
+            w, _, h = item.partition("x")
+            out.append((int(w), int(h or w)))
+    return out
+
+
 def _floats(text: str) -> list[float]:
     return [float(x) for x in text.split(",") if x.strip()]
 
 
+def _weights(args, allowed: tuple) -> list[str]:
+    asked = [w for w in (args.weights or ",".join(allowed)).split(",") if w]
+    return [w for w in asked if w in allowed and (w != "fp8" or fp8_module is not None)]
+
+
 def plan_cases(args) -> list[Case]:
-    weights = [w for w in args.weights.split(",") if w]
     cases: list[Case] = []
     model = MODELS[args.model]
     if args.rows in ("train", "all"):
         for size in args.sizes:
-            for w in weights:
+            for w in _weights(args, TRAIN_WEIGHTS):
                 cases.append(Case("train", size, w, 0, True, args.text_tokens, args.rank, config=model))
                 if not args.no_off:
                     cases.append(Case("train", size, w, 0, False, args.text_tokens, args.rank, config=model))
@@ -529,34 +601,43 @@ def plan_cases(args) -> list[Case]:
                     if n and swap_module is not None:
                         cases.append(Case("train", size, w, n, True, args.text_tokens, args.rank, config=model))
     if args.rows in ("inference", "all"):
-        for size in args.sizes:
-            for w in weights:
-                for kind in ("text", "photo"):
-                    cases.append(Case("inference", size, w, text_tokens=args.text_tokens, rank=args.rank,
-                                      inference=kind, config=model))
+        sizes = [(size, size, kind) for size in args.sizes for kind in ("text", "photo")]
+        sizes += [(w, h, "photo") for w, h in args.photo_sizes if (w, h, "photo") not in sizes]
+        for width, height, kind in sizes:
+            for w in _weights(args, INFERENCE_WEIGHTS):
+                for scenes in args.scenes:
+                    cases.append(Case("inference", width, w, text_tokens=args.text_tokens, rank=args.rank,
+                                      inference=kind, config=model, scenes=scenes,
+                                      height=None if height == width else height))
     return cases
 
 
+def _label(case: Case) -> str:
+    size = _size(case.size, case.image_height)
+    if case.mode == "train":
+        ckpt = "on" if case.gradient_checkpointing else "off"
+        return f"train {case.weights} {size}, checkpointing {ckpt}, {case.blocks_to_swap} swapped"
+    return f"{case.inference} {case.weights} {size}, {case.scenes} scene(s)"
+
+
 def cuda_check(args) -> None:
-    """Each training row simulated on the CPU and run on the GPU: simulated peak vs CUDA's own count."""
+    """Each row simulated on the CPU and run on the GPU: simulated peak vs CUDA's own count."""
     if not torch.cuda.is_available():
         raise SystemExit("--cuda-check needs a CUDA GPU")
-    print("| weights | size | ckpt | swap | simulated GiB | ledger on the GPU GiB | max_memory_allocated GiB | "
-          "measured - simulated MiB |\n|" + " --- |" * 8)
+    if not args.json:
+        print("| row | simulated GiB | ledger on the GPU GiB | max_memory_allocated GiB | measured - simulated MiB |\n|"
+              + " --- |" * 5)
     for case in plan_cases(args):
-        if case.mode != "train":
-            continue
         sim = simulate(case)
-        real = simulate_train(case, fake=False, device="cuda")
+        run = simulate_train if case.mode == "train" else simulate_inference
+        real = run(case, fake=False, device="cuda")
         torch.cuda.empty_cache()
-        row = {"simulated": asdict(sim), "cuda": asdict(real)}
         if args.json:
-            print(json.dumps(row), flush=True)
+            print(json.dumps({"mode": f"cuda_check_{case.mode}", "simulated": asdict(sim), "cuda": asdict(real)}),
+                  flush=True)
             continue
-        print(f"| {case.weights} | {case.size}² | {'on' if case.gradient_checkpointing else 'off'} | "
-              f"{case.blocks_to_swap} | {sim.peak_gib:.3f} | {real.peak_gib:.3f} | "
-              f"{real.measured_cuda_bytes / GiB:.3f} | {(real.measured_cuda_bytes - sim.peak_bytes) / 2**20:+.1f} |",
-              flush=True)
+        print(f"| {_label(case)} | {sim.peak_gib:.3f} | {real.peak_gib:.3f} | {real.measured_cuda_bytes / GiB:.3f} | "
+              f"{(real.measured_cuda_bytes - sim.peak_bytes) / 2**20:+.1f} |", flush=True)
 
 
 def main(argv: Optional[list[str]] = None) -> None:
@@ -565,21 +646,24 @@ def main(argv: Optional[list[str]] = None) -> None:
     p.add_argument("--json", action="store_true", help="one JSON object per row instead of a markdown table")
     p.add_argument("--rows", choices=("train", "inference", "all"), default="train")
     p.add_argument("--sizes", type=_ints, default=[512, 1024], help="image sides in pixels, e.g. 512,1024")
-    p.add_argument("--weights", default="bf16,fp8", help="frozen FLUX weights: bf16, fp8 or both")
+    p.add_argument("--weights", default=None,
+                   help="frozen FLUX weights, comma-separated: bf16, fp8 (train and inference), q8_0, q4_0 (GGUF, "
+                        "inference only); default: all that apply")
     p.add_argument("--swap", type=_ints, default=[20], help="blocks_to_swap values for extra train rows (0: none)")
     p.add_argument("--targets", type=_floats, default=list(DEFAULT_TARGETS),
                    help="GiB: print the fewest swapped blocks that fit each (fp8 weights, checkpointing); '' skips")
+    p.add_argument("--scenes", type=_ints, default=[1, 2], help="inference: scenes per batch, e.g. 1,2")
+    p.add_argument("--photo-sizes", type=_sizes, default=[(1536, 1152)],
+                   help="inference: extra photo-mode sizes WxH (the official photo script's 1536x1152); '' skips")
     p.add_argument("--text-tokens", type=int, default=512)
     p.add_argument("--rank", type=int, default=8)
     p.add_argument("--no-off", action="store_true", help="skip the gradient-checkpointing-off rows")
     p.add_argument("--cuda-check", action="store_true",
-                   help="on a CUDA GPU: also run each training row for real and print torch.cuda.max_memory_allocated "
+                   help="on a CUDA GPU: also run each row (--rows) for real and print torch.cuda.max_memory_allocated "
                         "beside the simulated peak (checks the modelling: autocast, flash attention, allocator)")
     p.add_argument("--model", choices=sorted(MODELS), default="dev",
                    help="dev: FLUX.1-dev; tiny: a toy FLUX for a quick smoke run (its figures mean nothing)")
     args = p.parse_args(argv)
-    if "fp8" in args.weights and fp8_module is None:
-        args.weights = ",".join(w for w in args.weights.split(",") if w != "fp8")
 
     if args.cuda_check:
         cuda_check(args)
@@ -593,7 +677,8 @@ def main(argv: Optional[list[str]] = None) -> None:
         if args.json:
             print(json.dumps(asdict(row)), flush=True)
     needed = []
-    if args.rows in ("train", "all") and args.targets and swap_module is not None and "fp8" in args.weights:
+    fp8_train = "fp8" in _weights(args, TRAIN_WEIGHTS)
+    if args.rows in ("train", "all") and args.targets and swap_module is not None and fp8_train:
         for size in args.sizes:
             base = Case("train", size, "fp8", 0, True, args.text_tokens, args.rank, config=MODELS[args.model])
             for target in args.targets:

@@ -1,15 +1,16 @@
 """bench/bench_memory.py: the fake-tensor count of GPU memory is exact and is not fooled.
 
-The benchmark counts FLUX.1-dev's training memory with fake tensors (no memory, no arithmetic).
-Here, at toy size, the same simulation runs once on fake tensors and once on real ones and must
-give the same bytes; its pieces (the storage ledger, CUDA's autocast policy, the flash-attention
-stand-in) are checked on their own; and the count must move the right way when the model or
-the settings change.
+The benchmark counts FLUX.1-dev's training and inference memory with fake tensors (no memory, no
+arithmetic). Here, at toy size, the same simulation runs once on fake tensors and once on real ones
+and must give the same bytes; its pieces (the storage ledger, CUDA's autocast policy, the
+flash-attention stand-in, the GGUF layers) are checked on their own; and the count must move the
+right way when the model or the settings change.
 """
 from __future__ import annotations
 
 import contextlib
 import functools
+import io
 import json
 import sys
 from dataclasses import replace
@@ -20,6 +21,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 import _fake_gpu  # noqa: E402
+import _gguf  # noqa: E402
 import bench_memory  # noqa: E402
 from _fake_gpu import StorageLedger, cuda_autocast, fake_mode, flash_sdpa  # noqa: E402
 from bench_memory import TINY, Case  # noqa: E402
@@ -35,6 +37,10 @@ if bench_memory.swap_module is not None:
 if bench_memory.fp8_module is not None:
     VARIANTS["fp8"] = {"weights": "fp8"}
 VARIANTS["inference"] = {"mode": "inference"}
+VARIANTS["inference, photo, 2 scenes, 96x64"] = {"mode": "inference", "inference": "photo", "scenes": 2, "size": 96,
+                                                 "height": 64}
+VARIANTS["inference, gguf q8_0"] = {"mode": "inference", "weights": "q8_0"}
+VARIANTS["inference, gguf q4_0, 2 scenes"] = {"mode": "inference", "weights": "q4_0", "scenes": 2}
 
 
 # ---------------------------------------------------------------------- fake == real
@@ -62,6 +68,62 @@ def test_the_frozen_weights_at_the_peak_are_every_weight_of_the_model():
         torch.Size(s).numel() for s in spec.expected_shapes().values()))
     assert row.parts_bytes["adapter"] == adapter
     assert row.parts_bytes["adamw_state"] == 2 * adapter  # exp_avg + exp_avg_sq
+
+
+def test_gguf_weights_are_their_quantized_bytes_and_the_rest_is_bf16():
+    for qtype in _gguf.QTYPES:
+        row = simulate(replace(TOY, mode="inference", weights=qtype))
+        with fake_mode():
+            model = bench_memory.build_flux(TINY, qtype)
+        block = _fake_gpu.cuda_block_bytes
+        quantized = [m for m in model.modules() if isinstance(m, _gguf.GgufLinear)]
+        assert len(quantized) == 10 * TINY.depth + 3 * TINY.depth_single_blocks  # every linear of every block
+        expected = sum(block(_gguf.quantized_bytes(m.out_features, m.in_features, qtype)) + block(4 * m.out_features)
+                       for m in quantized)  # GGUF bytes + float32 bias
+        inside = {id(t) for m in quantized for t in m.parameters()}
+        expected += sum(block(2 * t.numel()) for t in model.parameters() if id(t) not in inside)  # bf16
+        assert row.parts_bytes["frozen_weights"] == expected
+
+
+def _gguf_block(qtype: str, scale: float, quants: list[int]) -> torch.Tensor:
+    """One GGUF block written by hand from the format's definition (``quants`` as stored: int8 or nibbles 0..15)."""
+    head = list(torch.tensor([scale], dtype=torch.float16).view(torch.uint8).tolist())
+    if qtype == "q8_0":
+        body = torch.tensor(quants, dtype=torch.int8).view(torch.uint8).tolist()
+    else:  # byte j holds weight j in its low nibble and weight j + 16 in its high nibble
+        body = [quants[j] | (quants[j + 16] << 4) for j in range(16)]
+    return torch.tensor(head + body, dtype=torch.uint8)
+
+
+def test_gguf_blocks_decode_as_the_format_defines():
+    q8 = list(range(-16, 16))
+    data = torch.stack([_gguf_block("q8_0", 0.5, q8), _gguf_block("q8_0", -2.0, q8[::-1])]).reshape(1, 68)
+    expected = torch.tensor([0.5 * q for q in q8] + [-2.0 * q for q in q8[::-1]]).reshape(1, 64)
+    assert torch.equal(_gguf.dequantize(data, "q8_0", (1, 64), torch.float32), expected)
+    q4 = [(3 * j) % 16 for j in range(32)]
+    data = _gguf_block("q4_0", 0.25, q4).reshape(1, 18)
+    expected = torch.tensor([0.25 * (q - 8) for q in q4]).reshape(1, 32)
+    assert torch.equal(_gguf.dequantize(data, "q4_0", (1, 32), torch.bfloat16), expected.bfloat16())
+    gguf = pytest.importorskip("gguf")  # where the gguf package is installed: its own decoder agrees
+    for qtype, data in (("q8_0", torch.stack([_gguf_block("q8_0", 0.5, q8)] * 3)),
+                        ("q4_0", torch.stack([_gguf_block("q4_0", 0.25, q4)] * 3))):
+        ref = gguf.quants.dequantize(data.numpy(), getattr(gguf.GGMLQuantizationType, qtype.upper()))
+        got = _gguf.dequantize(data.reshape(1, -1), qtype, (1, 96), torch.float32)
+        assert torch.equal(got, torch.from_numpy(ref).reshape(1, 96).float())
+
+
+@pytest.mark.parametrize("qtype", list(_gguf.QTYPES))
+def test_a_gguf_layer_holds_its_bf16_weight_only_while_it_runs(qtype):
+    """ComfyUI-GGUF's order: bias cast, fp16 weight, cast to bf16 (both alive), matmul; nothing stays."""
+    layer = _gguf.GgufLinear(64, 48, True, qtype)
+    x = torch.randn(4, 64, dtype=torch.bfloat16)
+    n = 64 * 48
+    ledger = StorageLedger("cpu")
+    with ledger, torch.no_grad():
+        y = layer(x)
+        after = ledger.current
+    assert ledger.peak.bytes == 2 * 48 + (2 + 2) * n  # bf16 bias + the fp16 and the bf16 weight during the cast
+    assert after == y.numel() * 2  # only the output is left
 
 
 # ------------------------------------------------------------------------ not fooled
@@ -206,16 +268,41 @@ def test_the_flash_stand_in_computes_attention_and_allocates_what_flash_does():
 
 # ----------------------------------------------------------------------------- CLI
 def test_the_cli_prints_json_rows_and_a_markdown_table(capsys):
-    bench_memory.main(["--json", "--model", "tiny", "--sizes", "64", "--weights", "bf16", "--swap", "3",
-                       "--text-tokens", "8", "--rank", "4", "--targets", "", "--rows", "all"])
+    bench_memory.main(["--json", "--model", "tiny", "--sizes", "64", "--weights", "bf16,q8_0", "--swap", "3",
+                       "--text-tokens", "8", "--rank", "4", "--targets", "", "--rows", "all", "--photo-sizes", "96x64",
+                       "--scenes", "2"])
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert {r["mode"] for r in rows} == {"train", "inference", "summary"}
     train = [r for r in rows if r["mode"] == "train"]
     assert [(r["gradient_checkpointing"], r["blocks_to_swap"]) for r in train] == (
         [(True, 0), (False, 0)] + ([(True, 3)] if bench_memory.swap_module is not None else []))
-    assert all(r["peak_gib"] > 0 and r["weights"] == "bf16" and r["size"] == 64 for r in train)
-    assert [r["inference"] for r in rows if r["mode"] == "inference"] == ["text", "photo"]
+    assert all(r["peak_gib"] > 0 and r["weights"] == "bf16" and r["size"] == 64 for r in train)  # GGUF: no training
+    inference = [(r["inference"], r["weights"], r["scenes"], r["size"], r["height"], r["sequences"])
+                 for r in rows if r["mode"] == "inference"]
+    assert inference == [(kind, w, n, width, height, n * (10 if kind == "text" else 5))
+                         for kind, width, height in (("text", 64, 64), ("photo", 64, 64), ("photo", 96, 64))
+                         for w in ("bf16", "q8_0") for n in (2,)]
+    assert all(r["peak_gib"] > 0 and r["blocks_to_swap"] is None for r in rows if r["mode"] == "inference")
     assert rows[-1]["mode"] == "summary" and rows[-1]["assumptions"]
     bench_memory.main(["--model", "tiny", "--sizes", "64", "--weights", "bf16", "--swap", "0", "--no-off",
                        "--text-tokens", "8", "--rank", "4", "--targets", ""])
     out = capsys.readouterr().out
     assert "| train | bf16 | 64² | on | 0 |" in out and "NOT included" in out
+
+
+def test_the_readme_vram_table_is_made_from_the_json_rows(monkeypatch):
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "tools"))
+    from make_vram_table import read_rows, table
+
+    def row(kind, weights, scenes, width, height, gib):
+        return json.dumps({"mode": "inference", "inference": kind, "weights": weights, "scenes": scenes,
+                           "size": width, "width": width, "height": height, "peak_gib": gib})
+
+    lines = [row("photo", "bf16", 1, 1536, 1152, 30.04), row("text", "q4_0", 1, 512, 512, 9.96),
+             row("text", "bf16", 1, 512, 512, 25.01), row("text", "bf16", 2, 512, 512, 27.2),
+             json.dumps({"mode": "train", "weights": "bf16", "size": 512, "peak_gib": 27.6}),
+             json.dumps({"mode": "summary", "wall_s": 1.0})]
+    assert table(read_rows(io.StringIO("\n".join(lines)))).splitlines() == [
+        "| one model call | size | bf16 | GGUF Q4_0 |", "| --- | --- | ---: | ---: |",
+        "| text + CFG, 1 scene (10 seq) | 512² | 25.0 | 10.0 |", "| text + CFG, 2 scenes (20 seq) | 512² | 27.2 | - |",
+        "| photo, 1 scene (5 seq) | 1536×1152 | 30.0 | - |"]

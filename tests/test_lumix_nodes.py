@@ -29,6 +29,7 @@ CORE_NODES = frozenset({"UNETLoader", "DualCLIPLoader", "VAELoader", "CLIPTextEn
                         "KSamplerSelect", "SamplerCustomAdvanced"})
 
 patches = pack_module("nodes._patches")
+RELEASE_NEGATIVE_PROMPT = "blurry, low quality, artifacts, distorted, noisy, pixelated, jpeg artifacts"
 
 
 def all_classes():
@@ -347,6 +348,20 @@ def test_published_settings_are_in_the_workflows():
     relight = wt.load(ROOT / "workflows" / "relight.json")
     assert ({"LumiXRelight", "LumiXRecompose", "LumiXConsistencyReport", "LumiXSaveMaps"}
             <= {n["type"] for n in relight["nodes"]})
+    # the release's negative prompt (eval/configs/lumix_inference.yaml of the official code)
+    for wf in (text, relight):
+        (negative,) = [n for n in by_type(wf, "CLIPTextEncode") if n["title"].startswith("Negative")]
+        assert negative["widgets_values"] == [RELEASE_NEGATIVE_PROMPT]
+    # the official photo decomposition: 1536 x 1152, the photo's caption as prompt (an empty one allowed)
+    (scale,) = by_type(photo, "ImageScale")
+    assert scale["widgets_values"] == ["lanczos", 1536, 0, "disabled"]
+    (caption,) = by_type(photo, "CLIPTextEncode")
+    assert "caption" in caption["title"] and caption["widgets_values"] == [""]
+    notes = " ".join(n["widgets_values"][0] for n in by_type(photo, "MarkdownNote"))
+    assert "1536 x 1152" in notes and "caption" in notes and "mean" in notes
+    # the one-step graph stays at its recipe's training size (a one-step adapter learns one call at that size)
+    (fast_scale,) = by_type(wt.load(ROOT / "workflows" / "photo_to_intrinsics_fast.json"), "ImageScale")
+    assert fast_scale["widgets_values"][1] == 512
 
 
 def test_workflows_tell_a_new_user_what_to_fetch_and_do_something_new_on_every_run():

@@ -17,7 +17,8 @@ SCRIPTS = sorted([*ROOT.glob("experiments/*/run.py"), *ROOT.glob("tools/*.py")])
 KNOWN = {f"experiments/{name}/run.py" for name in ("full_finetune", "object_normals", "one_step_losses",
                                                     "shape_learning", "stage1_captions", "stage1_variants",
                                                     "world_limits")}
-KNOWN |= {f"tools/{name}.py" for name in ("make_decompose_sheet", "make_relight_figure", "make_workflow_thumbnails")}
+KNOWN |= {f"tools/{name}.py" for name in ("make_decompose_sheet", "make_relight_figure", "make_vram_table",
+                                         "make_workflow_thumbnails")}
 
 
 def test_the_glob_finds_every_known_script():

@@ -173,7 +173,8 @@ def test_text_to_intrinsics_runs_end_to_end(host, tmp_path):
 
 @pytest.mark.parametrize("name", ["photo_to_intrinsics", "photo_to_intrinsics_fast", "relight"])
 def test_the_other_workflows_run_at_a_small_size(host, tmp_path, name, caplog):
-    """Same graphs, 64 px and 4 steps instead of 512 px / 50 steps, to keep CPU time short (the fast one: 1 step)."""
+    """Same graphs, 64 px and 4 steps instead of 512-1536 px / 50 steps, to keep CPU time short (the fast one: 1 step).
+    The shipped photo size is checked by ``test_the_photo_workflow_encodes_at_the_releases_size``."""
     small = {("ImageScale", "width"): 64, ("LumiXEmptyMapsLatent", "width"): 64,
              ("LumiXEmptyMapsLatent", "height"): 64, ("LumiXSampler", "steps"): 4,
              ("LumiXConsistencyReport", "analysis_size"): 64, ("LumiXSaveMaps", "save_exr"): _has_openexr()}
@@ -198,6 +199,43 @@ def test_the_other_workflows_run_at_a_small_size(host, tmp_path, name, caplog):
         (report_file,) = (tmp_path / "LumiX").glob("maps_*_report.json")
         report = json.loads(report_file.read_text())
         assert report["scenes"] and json.loads("".join(shown[0])) == report  # the numbers, shown and saved
+
+
+class _SizeVAE:
+    """A VAE that records the pixels it is given and returns a zero FLUX latent of their size."""
+
+    def __init__(self):
+        self.sizes = []
+
+    def encode(self, pixels):
+        import torch
+
+        n, h, w, _ = pixels.shape
+        self.sizes.append((w, h))
+        return torch.zeros(n, 16, h // 8, w // 8)
+
+
+@pytest.mark.parametrize("photo, expected", [((800, 600), (1536, 1152)), ((640, 360), (1536, 864)),
+                                             ((1000, 777), (1536, 1184)), ((64, 64), (1536, 1536))])
+def test_the_photo_workflow_encodes_at_the_releases_size(host, photo, expected):
+    """The shipped Upscale Image + Photo To Maps Latent: long side 1536, both sides multiples of 16 (the official
+    script decomposes at 1536 x 1152); run outside the end-to-end test, whose tiny VAE would take minutes there."""
+    import torch
+
+    prompt = api_prompt(host, "photo_to_intrinsics")
+    scale = next(n for n in prompt.values() if n["class_type"] == "ImageScale")["inputs"]
+    encode = next(n for n in prompt.values() if n["class_type"] == "LumiXPhotoToMapsLatent")
+    scale_id = next(k for k, n in prompt.items() if n["class_type"] == "ImageScale")
+    assert encode["inputs"]["image"][0] == scale_id  # the scaled photo is what the latent node encodes
+    assert prompt[scale["image"][0]]["class_type"] == "LoadImage"
+    width, height = photo
+    with torch.inference_mode():
+        (image,) = host["ImageScale"]().upscale(torch.rand(1, height, width, 3), **{k: v for k, v in scale.items()
+                                                                                   if k != "image"})
+        vae = _SizeVAE()
+        (latent,) = host["LumiXPhotoToMapsLatent"]().encode(image, vae, encode["inputs"]["maps"])
+    assert vae.sizes == [expected]
+    assert latent["samples"].shape[-2:] == (expected[1] // 8, expected[0] // 8)
 
 
 def _has_openexr():
