@@ -36,6 +36,12 @@ PACKS = {
 GGUF_KEEP_FLUX = ("txt_in.", "img_in.", "time_in.", "vector_in.", "guidance_in.", "final_layer.")
 #: Tensors of at most this many values stay F32 (``tools/convert.py``, QUANTIZATION_THRESHOLD).
 GGUF_SMALL = 1024
+#: Layers of the tiny FLUX the random LoRA adapts: image and text streams, attention, MLP and modulation.
+LORA_LAYERS = ("double_blocks.0.img_attn.qkv", "double_blocks.0.img_attn.proj", "double_blocks.0.img_mlp.0",
+               "double_blocks.0.txt_attn.qkv", "double_blocks.0.img_mod.lin", "single_blocks.0.linear1",
+               "single_blocks.0.linear2")
+LORA_RANK, LORA_ALPHA, LORA_STRENGTH = 4, 2.0, 0.8
+
 POS, NEG = H.conditioning(1), H.conditioning(2)
 
 _LOADED: dict = {}
@@ -170,6 +176,45 @@ def gguf_weights(path: Path) -> dict:
         quantized = t.tensor_type not in (gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16)
         out[t.name] = (w.half() if quantized else w).float()
     return out
+
+
+def random_lora(model: Any, seed: int = 0) -> dict:
+    """{layer: (up [out, R], down [R, in])} for :data:`LORA_LAYERS` of ``model``, large enough to matter."""
+    g = torch.Generator().manual_seed(seed)
+    out = {}
+    for layer in LORA_LAYERS:
+        w = model.model.diffusion_model.get_submodule(layer).weight
+        up, down = torch.randn(w.shape[0], LORA_RANK, generator=g), torch.randn(LORA_RANK, w.shape[1], generator=g)
+        out[layer] = (0.3 * up, 0.3 * down)
+    return out
+
+
+def lora_delta(up: torch.Tensor, down: torch.Tensor) -> torch.Tensor:
+    """What the LoRA adds to a weight at :data:`LORA_STRENGTH`: strength * alpha / rank * up @ down."""
+    return (LORA_STRENGTH * (LORA_ALPHA / LORA_RANK)) * (up @ down)
+
+
+def write_lora(folder: Path, lora: dict) -> str:
+    """``lora`` as a kohya-format FLUX LoRA file (``lora_unet_…`` keys, with alpha) in ``folder``, registered
+    as a ComfyUI ``loras`` folder; returns the name LoraLoaderModelOnly takes."""
+    import folder_paths
+    from safetensors.torch import save_file
+
+    sd = {}
+    for layer, (up, down) in lora.items():
+        key = "lora_unet_" + layer.replace(".", "_")
+        sd.update({f"{key}.lora_up.weight": up, f"{key}.lora_down.weight": down,
+                   f"{key}.alpha": torch.tensor(LORA_ALPHA)})
+    save_file(sd, str(folder / "tiny_flux_lora.safetensors"))
+    folder_paths.add_model_folder_path("loras", str(folder))
+    return "tiny_flux_lora.safetensors"
+
+
+def with_lora(model: Any, name: str) -> Any:
+    """Core LoraLoaderModelOnly at :data:`LORA_STRENGTH`."""
+    import nodes
+
+    return nodes.LoraLoaderModelOnly().load_lora_model_only(model, name, LORA_STRENGTH)[0]
 
 
 def sample(model: Any, latent: dict, *, seed: int = 0, steps: int = 4, cfg: float = 2.0) -> torch.Tensor:

@@ -98,3 +98,24 @@ def test_quantized_gguf_samples_lumix_within_its_quantization_noise(pack, models
           f"(ratio {lumix_noise[1] / plain_noise[1]:.2f})")
     assert exact == (0.0, 0.0)  # LumiX on the pack's dequantized weights: no error of its own
     assert 0 < lumix_noise[1] <= 2 * plain_noise[1]  # of the order of the quantization noise of the FLUX itself
+
+
+def test_a_lora_on_a_quantized_gguf_either_side_of_lumix_is_merged_exactly(pack, models, unets, gguf_loader):
+    """ComfyUI-GGUF adds a LoRA to a quantized weight as it dequantizes it, at every call; LumiX calls the layers."""
+    import gguf
+
+    source = H.tiny_flux(seed=3)
+    path = C.write_gguf(unets / "tiny-lora-Q8_0.gguf", C.flux_file_state_dict(source), gguf.GGMLQuantizationType.Q8_0)
+    lora = C.random_lora(source)
+    name = C.write_lora(unets, lora)
+    weights = C.gguf_weights(path)
+    for layer, (up, down) in lora.items():
+        weights[f"{layer}.weight"] = weights[f"{layer}.weight"] + C.lora_delta(up, down)
+    x = latent(pack)
+    truth = C.sample(lumix(pack, safetensors_unet(unets, "tiny-lora-merged.safetensors", weights)), x)
+    before = C.sample(lumix(pack, C.with_lora(gguf_unet(gguf_loader, path), name)), x)
+    after = C.sample(C.with_lora(lumix(pack, gguf_unet(gguf_loader, path)), name), x)
+    print(f"GGUF Q8_0, LoRA then LumiX vs LumiX on the merged dequantized weights: max abs "
+          f"{C.diff(before, truth)[0]:.3g}; LumiX then LoRA: {C.diff(after, truth)[0]:.3g}")
+    assert torch.equal(before, truth)
+    assert torch.equal(after, truth)

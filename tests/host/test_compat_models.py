@@ -11,19 +11,8 @@ import compat_packs as C  # skips the module without COMFYUI_PATH (through lumix
 import lumix_host as H
 import pytest
 import torch
-from safetensors.torch import save_file
 
-# isort: split
-import folder_paths  # noqa: E402
-
-import nodes as comfy_nodes  # noqa: E402  (ComfyUI's nodes.py)
-from lumix_core.maps import RELEASE  # noqa: E402
-
-#: Layers of the tiny FLUX the random LoRA adapts: image and text streams, attention, MLP and modulation.
-LORA_LAYERS = ("double_blocks.0.img_attn.qkv", "double_blocks.0.img_attn.proj", "double_blocks.0.img_mlp.0",
-               "double_blocks.0.txt_attn.qkv", "double_blocks.0.img_mod.lin", "single_blocks.0.linear1",
-               "single_blocks.0.linear2")
-RANK, ALPHA, STRENGTH = 4, 2.0, 0.8
+from lumix_core.maps import RELEASE
 
 
 @pytest.fixture(scope="module")
@@ -44,48 +33,22 @@ def latent(pack):
     return pack["LumiXEmptyMapsLatent"]().make(64, 64, 1, RELEASE.to_string())[0]
 
 
-def random_lora(model, seed=0):
-    """{layer: (up [out, R], down [R, in])} for :data:`LORA_LAYERS` of ``model``, large enough to matter."""
-    g = torch.Generator().manual_seed(seed)
-    out = {}
-    for layer in LORA_LAYERS:
-        w = model.model.diffusion_model.get_submodule(layer).weight
-        up, down = torch.randn(w.shape[0], RANK, generator=g), torch.randn(RANK, w.shape[1], generator=g)
-        out[layer] = (0.3 * up, 0.3 * down)
-    return out
-
-
-def write_lora(folder, lora):
-    """``lora`` as a kohya-format FLUX LoRA file (``lora_unet_…`` keys, with alpha) in a ``loras`` folder."""
-    sd = {}
-    for layer, (up, down) in lora.items():
-        key = "lora_unet_" + layer.replace(".", "_")
-        sd.update({f"{key}.lora_up.weight": up, f"{key}.lora_down.weight": down, f"{key}.alpha": torch.tensor(ALPHA)})
-    save_file(sd, str(folder / "tiny_flux_lora.safetensors"))
-    folder_paths.add_model_folder_path("loras", str(folder))
-    return "tiny_flux_lora.safetensors"
-
-
 def merged(seed, lora):
-    """The tiny FLUX of ``seed`` with ``lora`` added into its weights: W + strength * alpha / rank * up @ down."""
+    """The tiny FLUX of ``seed`` with ``lora`` added into its weights by hand."""
     model = H.tiny_flux(seed=seed)
     with torch.no_grad():
         for layer, (up, down) in lora.items():
-            model.model.diffusion_model.get_submodule(layer).weight += (STRENGTH * (ALPHA / RANK)) * (up @ down)
+            model.model.diffusion_model.get_submodule(layer).weight += C.lora_delta(up, down)
     return model
 
 
 def test_a_lora_before_or_after_lumix_samples_lumix_on_the_merged_weights(pack, models, tmp_path):
-    lora = random_lora(H.tiny_flux(seed=4))
-    name = write_lora(tmp_path, lora)
-
-    def with_lora(model):
-        return comfy_nodes.LoraLoaderModelOnly().load_lora_model_only(model, name, STRENGTH)[0]
-
+    lora = C.random_lora(H.tiny_flux(seed=4))
+    name = C.write_lora(tmp_path, lora)
     x = latent(pack)
     truth = C.sample(lumix(pack, merged(4, lora)), x)
-    before = C.sample(lumix(pack, with_lora(H.tiny_flux(seed=4))), x)
-    after = C.sample(with_lora(lumix(pack, H.tiny_flux(seed=4))), x)
+    before = C.sample(lumix(pack, C.with_lora(H.tiny_flux(seed=4), name)), x)
+    after = C.sample(C.with_lora(lumix(pack, H.tiny_flux(seed=4)), name), x)
     without = C.sample(lumix(pack, H.tiny_flux(seed=4)), x)
     print(f"LoRA then LumiX vs truth: max abs {C.diff(before, truth)[0]:.3g}; LumiX then LoRA: "
           f"{C.diff(after, truth)[0]:.3g}; the LoRA's own effect: max rel {C.diff(without, truth)[1]:.3g}")
