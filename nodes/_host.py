@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import weakref
 from typing import Any, Optional
 
 from ..lumix_core.model.adapter_cache import AdapterCache
@@ -213,3 +214,24 @@ def intermediate_device() -> Optional[Any]:
     except ImportError:
         return None
     return comfy.model_management.intermediate_device()
+
+
+_ADAPTER_PATCHERS: "weakref.WeakKeyDictionary[Any, dict]" = weakref.WeakKeyDictionary()
+
+
+def adapter_patcher(adapter: Any, model: Any) -> Any:
+    """A ComfyUI ModelPatcher around ``adapter`` on ``model``'s devices: what the block patches' ``models()`` return.
+
+    One per adapter object and load device, so every patch and clone hands ComfyUI's memory manager the same
+    patcher (it de-duplicates by identity) and the adapter's bytes are counted once.
+    """
+    import comfy.model_patcher
+
+    per_device = _ADAPTER_PATCHERS.setdefault(adapter, {})
+    key = (str(model.load_device), str(model.offload_device))
+    patcher = per_device.get(key)
+    if patcher is None:
+        cls = getattr(comfy.model_patcher, "CoreModelPatcher", comfy.model_patcher.ModelPatcher)
+        patcher = cls(adapter, load_device=model.load_device, offload_device=model.offload_device)
+        per_device[key] = patcher
+    return patcher

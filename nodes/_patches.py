@@ -12,7 +12,9 @@ functions cast at run time).
 """
 from __future__ import annotations
 
+import inspect
 import logging
+import weakref
 from typing import Any, Callable, Optional
 
 import torch
@@ -21,9 +23,11 @@ from torch import Tensor, nn
 from ..lumix_core.maps import MapSet
 from ..lumix_core.model.adapter import BlockLoRA
 from ..lumix_core.model.checkpoint import OBJECTIVE_FLOW_MATCHING
-from ..lumix_core.model.qba import double_block_forward, single_block_forward
+from ..lumix_core.model.qba import double_block_forward, single_block_forward, takes_transformer_options
 from ..lumix_core.sampling.layout import (
+    MAPS_KEY,
     check_same_maps,
+    maps_of,
     noise_is_shared,
     noise_keys,
     objective_warnings,
@@ -35,6 +39,7 @@ from ..lumix_core.sampling.layout import (
     scene_count,
     tagged_maps,
 )
+from ._compile import route_compiled_run
 
 log = logging.getLogger("comfyui-lumix")
 
@@ -74,47 +79,108 @@ class LumiXBlockPatch(_Shared):
     with the host's ``attention``; ``transformer_options`` is passed on only when the host
     passes it. ``original_block`` is never called: the host's blocks update their inputs in
     place, and the QBA result replaces the block entirely.
+
+    The block belongs to the model that runs, not to the one the adapter was loaded on:
+    ``clone(force_deepcopy=True)`` (what ComfyUI 0.33's TorchCompileModel does to a dynamic-VRAM
+    model) re-creates the model, and blocks of the old one lack the weight patches (LoRAs) of the
+    new one. :class:`LumiXSamplingGuard` swaps in :meth:`bound_to` the running model at the start of each run.
+
+    ComfyUI's memory manager sees the adapter through :meth:`models` (a ModelPatcher around it), and
+    moves it; a patch moves only its strength tensor. Under ``torch.compile`` the strength is read
+    from that tensor, so a compiled graph follows a changed strength instead of baking the number in.
     """
 
     def __init__(self, kind: str, index: int, block: nn.Module, lora: Optional[BlockLoRA], maps: MapSet,
-                 strength: float, attention: AttentionFn) -> None:
+                 strength: float, attention: AttentionFn, adapter_patcher: Any = None) -> None:
         if kind not in ("double", "single"):
             raise ValueError(f"kind must be 'double' or 'single', got {kind!r}")
         self.kind, self.index = kind, int(index)
         self.block, self.lora, self.maps = block, lora, maps
         self.strength = float(strength)
+        self.strength_tensor = torch.tensor(self.strength, dtype=torch.float32)
         self.attention = attention
+        self.attention_takes_options = takes_transformer_options(attention)
+        self.adapter_patcher = adapter_patcher
+        self._bound: "weakref.WeakKeyDictionary[nn.Module, LumiXBlockPatch]" = weakref.WeakKeyDictionary()
+
+    def block_of(self, diffusion_model: nn.Module) -> nn.Module:
+        """This patch's block in ``diffusion_model`` (``double_blocks[i]`` or ``single_blocks[i]``)."""
+        return getattr(diffusion_model, f"{self.kind}_blocks")[self.index]
+
+    def bound_to(self, diffusion_model: nn.Module) -> "LumiXBlockPatch":
+        """The patch computing this block of ``diffusion_model``: ``self``, or one sibling per model.
+
+        Siblings are kept (weakly, per model) so repeated runs hand ComfyUI the same objects, which
+        a compiled graph's guards expect.
+        """
+        block = self.block_of(diffusion_model)
+        if block is self.block:
+            return self
+        sibling = self._bound.get(diffusion_model)
+        if sibling is None or sibling.block is not block:
+            sibling = object.__new__(type(self))
+            sibling.__dict__.update(self.__dict__, block=block, _bound=weakref.WeakKeyDictionary())
+            self._bound[diffusion_model] = sibling
+        return sibling
+
+    def models(self) -> list:
+        """ComfyUI's ``model_patches_models()``: the adapter's ModelPatcher, loaded and offloaded by ComfyUI."""
+        return [] if self.adapter_patcher is None else [self.adapter_patcher]
 
     def to(self, *args: Any, **kwargs: Any) -> "LumiXBlockPatch":
         device = _device_of_to_args(*args, **kwargs)
-        if device is not None:
-            self._lora_on(device)
+        if device is not None and self.strength_tensor.device != device:
+            self.strength_tensor = self.strength_tensor.to(device)
         return self
 
-    def _lora_on(self, device: torch.device) -> Optional[BlockLoRA]:
-        """The block's adapter on ``device`` (moved in place if needed; its dtype is kept)."""
-        lora = self.lora
-        if lora is not None:
-            current = next(lora.parameters()).device
-            if current != device and not (device.index is None and current.type == device.type):
-                lora.to(device=device)
-        return lora
-
     def __call__(self, args: dict, extra: dict) -> dict:
-        common = dict(group=self.maps.size, query_index=self.maps.query_index, strength=self.strength,
+        strength = self.strength_tensor if torch.compiler.is_compiling() else self.strength
+        common = dict(group=self.maps.size, query_index=self.maps.query_index, strength=strength,
                       attn_mask=args.get("attn_mask"), attention=self.attention,
-                      transformer_options=args.get("transformer_options"))
-        img = args["img"]
-        lora = self._lora_on(img.device)
+                      transformer_options=args.get("transformer_options") if self.attention_takes_options else None)
         if self.kind == "double":
-            img, txt = double_block_forward(self.block, img, args["txt"], args["vec"], args["pe"], adapter=lora,
-                                            **common)
+            img, txt = double_block_forward(self.block, args["img"], args["txt"], args["vec"], args["pe"],
+                                            adapter=self.lora, **common)
             return {"img": img, "txt": txt}
-        return {"img": single_block_forward(self.block, img, args["vec"], args["pe"], adapter=lora, **common)}
+        return {"img": single_block_forward(self.block, args["img"], args["vec"], args["pe"], adapter=self.lora,
+                                            **common)}
 
     def __repr__(self) -> str:
         return (f"LumiXBlockPatch({self.kind}_block {self.index}, maps={self.maps.to_string()}, "
                 f"strength={self.strength})")
+
+
+def compiled_signature(model_options: dict) -> tuple:
+    """The Python values a compiled graph bakes in from the block patches: per block, map set and adapter shapes.
+
+    Strength and the factors' values are read at run time (tensors), so they are not part of it.
+    """
+    dit = ((model_options.get("transformer_options") or {}).get("patches_replace") or {}).get("dit") or {}
+    rows = []
+    for key, patch in dit.items():
+        if type(patch).__name__ != "LumiXBlockPatch":
+            rows.append((key, type(patch).__qualname__))
+            continue
+        loras = [] if patch.lora is None else [(m.num_maps, m.in_features, m.out_features, m.rank, m.alpha,
+                                                str(m.G1.dtype)) for m in patch.lora.children()]
+        rows.append((key, patch.maps.to_string(), tuple(loras), getattr(patch.attention, "__qualname__", "")))
+    return tuple(sorted(rows, key=repr))
+
+
+def bind_block_patches(model_options: dict, diffusion_model: nn.Module) -> int:
+    """Point every LumiX block patch of ``model_options`` at ``diffusion_model``'s blocks; how many changed.
+
+    Matched by class name, as ``installed_adapter`` does (a second copy of the pack has its own classes).
+    """
+    dit = ((model_options.get("transformer_options") or {}).get("patches_replace") or {}).get("dit") or {}
+    changed = 0
+    for key, patch in list(dit.items()):
+        if type(patch).__name__ == "LumiXBlockPatch":
+            bound = patch.bound_to(diffusion_model)
+            if bound is not patch:
+                dit[key] = bound
+                changed += 1
+    return changed
 
 
 class LumiXSamplingGuard(_Shared):
@@ -137,7 +203,8 @@ class LumiXSamplingGuard(_Shared):
 
     def __call__(self, executor: Any, noise: Tensor, latent_image: Tensor, *args: Any, **kwargs: Any) -> Any:
         guider = getattr(executor, "class_obj", None)
-        handler = (getattr(guider, "model_options", None) or {}).get("context_handler")
+        options = getattr(guider, "model_options", None) or {}
+        handler = options.get("context_handler")
         if handler is not None and getattr(handler, "dim", None) == 0:
             raise ValueError(
                 f"a context-window handler ({type(handler).__name__}) slices the batch dimension, which would split "
@@ -146,6 +213,9 @@ class LumiXSamplingGuard(_Shared):
         if isinstance(latent_image, Tensor) and not getattr(latent_image, "is_nested", False):
             require_flux_latent(latent_image, "the LATENT to sample")
             latent_maps = tagged_maps(latent_image)
+            if latent_maps is None:
+                holder = latent_dict_of(latent_image)
+                latent_maps = None if holder is None else maps_of(holder)
             if latent_maps is not None:
                 check_same_maps(latent_maps, self.maps, self.adapter_name)
             try:
@@ -164,11 +234,37 @@ class LumiXSamplingGuard(_Shared):
                             "batch_index gives every map of a scene the same noise, as LumiX was trained)")
         sigmas = args[1] if len(args) > 1 else kwargs.get("sigmas")  # outer_sample(noise, latent, sampler, sigmas, ...)
         if isinstance(sigmas, Tensor) and isinstance(noise, Tensor) and not getattr(noise, "is_nested", False):
-            options = getattr(guider, "model_options", None) or {}
             for text in objective_warnings(self.objective, sigmas.flatten().tolist(), pinned=is_pinned(options),
                                            noise=bool(noise.any()), adapter_name=self.adapter_name):
                 log.warning("LumiX: %s", text)
+        patcher = getattr(guider, "model_patcher", None)
+        if patcher is not None and hasattr(patcher, "get_model_object"):
+            diffusion_model = patcher.get_model_object("diffusion_model")
+            bind_block_patches(options, diffusion_model)
+            route_compiled_run(options, diffusion_model, compiled_signature(options))
         return executor(noise, latent_image, *args, **kwargs)
+
+
+def latent_dict_of(samples: Tensor, depth: int = 24) -> Optional[dict]:
+    """The LATENT dict holding ``samples`` with a LumiX map set, found in the sampler node's frame; or None.
+
+    Why: stock samplers (KSampler, SamplerCustomAdvanced) hand wrappers only the samples tensor, and the
+    tensor's map-set tag is lost by any node that copies the tensor (Latent From Batch clones it), while
+    the dict's ``lumix_maps`` key survives, since ComfyUI's latent nodes copy the dict. The node that
+    called the sampler still holds that dict in a local variable.
+    """
+    frame = inspect.currentframe()
+    try:
+        for _ in range(depth):
+            frame = frame.f_back if frame is not None else None
+            if frame is None:
+                return None
+            for value in list(frame.f_locals.values()):
+                if isinstance(value, dict) and value.get("samples") is samples and MAPS_KEY in value:
+                    return value
+        return None
+    finally:
+        del frame
 
 
 def is_pinned(model_options: dict) -> bool:

@@ -90,7 +90,8 @@ class LumiXPhotoToMapsLatent:
         return {
             "required": {
                 "image": ("IMAGE", {"tooltip": f"N photos, one scene each (RGB, RGBA or grey), centre-cropped to "
-                                               f"multiples of {SIZE_MULTIPLE} px; about 512 px suits the release."}),
+                                               f"multiples of {SIZE_MULTIPLE} px; the release works at long side "
+                                               "1536."}),
                 "vae": ("VAE", {"tooltip": "The FLUX VAE (ae.safetensors)."}),
                 "maps": ("STRING", {"default": RELEASE.to_string(), "tooltip": _MAPS_TOOLTIP}),
             }

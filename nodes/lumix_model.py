@@ -64,13 +64,14 @@ def patch_model(model: Any, adapter_name: str, strength: float) -> Any:
     _warn_about_replaced_patches(patched)
     dm = patched.model.diffusion_model
     attention = _host.flux_attention()
+    owner = _host.adapter_patcher(adapter, patched)
     for i in adapter.spec.double_blocks:
         patched.set_model_patch_replace(
-            LumiXBlockPatch("double", i, dm.double_blocks[i], adapter.for_double(i), maps, strength, attention),
+            LumiXBlockPatch("double", i, dm.double_blocks[i], adapter.for_double(i), maps, strength, attention, owner),
             "dit", "double_block", i)
     for i in adapter.spec.single_blocks:
         patched.set_model_patch_replace(
-            LumiXBlockPatch("single", i, dm.single_blocks[i], adapter.for_single(i), maps, strength, attention),
+            LumiXBlockPatch("single", i, dm.single_blocks[i], adapter.for_single(i), maps, strength, attention, owner),
             "dit", "single_block", i)
     wrappers = _wrappers_mp()
     objective = adapter_objective(info)

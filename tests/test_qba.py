@@ -5,7 +5,7 @@ from helpers import block_inputs, blocks
 
 from lumix_core.maps import RELEASE, MapSet
 from lumix_core.model.adapter import BlockLoRA, default_spec
-from lumix_core.model.qba import double_block_forward, single_block_forward
+from lumix_core.model.qba import double_block_forward, single_block_forward, takes_transformer_options
 
 M, QI = RELEASE.size, RELEASE.query_index
 D = 64
@@ -185,8 +185,8 @@ def test_mask_and_transformer_options_reach_attention(setup):
         from lumix_core.model.flux_math import attention as ref
         return ref(q, k, v, pe, mask)
 
-    again, _ = run_double(double, img, txt, vec, pe, attn_mask=mask, attention=old_attention,
-                          transformer_options=opts)
+    assert takes_transformer_options(attention) and not takes_transformer_options(old_attention)
+    again, _ = run_double(double, img, txt, vec, pe, attn_mask=mask, attention=old_attention)
     torch.testing.assert_close(again, masked)
 
 

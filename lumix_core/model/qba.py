@@ -20,7 +20,6 @@ broadcast query and the Tensor LoRA mixing. Placement of the deltas follows the 
 """
 from __future__ import annotations
 
-import functools
 import inspect
 from typing import Callable, Optional, Protocol
 
@@ -43,8 +42,12 @@ class BlockAdapter(Protocol):
 AttentionFn = Callable[..., Tensor]
 
 
-@functools.lru_cache(maxsize=32)
-def _takes_transformer_options(fn: AttentionFn) -> bool:
+def takes_transformer_options(fn: AttentionFn) -> bool:
+    """Whether ``fn`` accepts ``transformer_options`` (ComfyUI's attention gained it in 0.3.60).
+
+    Callers ask once and pass ``transformer_options`` only where it is taken: the block functions
+    do no signature inspection per call, which a ``torch.compile`` trace would have to follow.
+    """
     try:
         params = inspect.signature(fn).parameters
     except (TypeError, ValueError):
@@ -58,7 +61,7 @@ def _attend(
     attention: AttentionFn, q: Tensor, k: Tensor, v: Tensor, pe: Tensor,
     mask: Optional[Tensor], transformer_options: Optional[dict],
 ) -> Tensor:
-    if transformer_options is not None and _takes_transformer_options(attention):
+    if transformer_options is not None:
         return attention(q, k, v, pe=pe, mask=mask, transformer_options=transformer_options)
     return attention(q, k, v, pe=pe, mask=mask)
 
@@ -89,7 +92,10 @@ def broadcast_query(q: Tensor, group: int, query_index: int) -> Tensor:
     return q
 
 
-def _add_kv_deltas(lora: TensorLoRA, src: Tensor, k: Tensor, v: Tensor, strength: float) -> tuple[Tensor, Tensor]:
+Strength = "float | Tensor"  # a 0-dim tensor under torch.compile (see lumix_core.model.tensor_lora)
+
+
+def _add_kv_deltas(lora: TensorLoRA, src: Tensor, k: Tensor, v: Tensor, strength: Strength) -> tuple[Tensor, Tensor]:
     """K/V deltas from ``src`` (the tensor fed to the QKV projection), per head, K first."""
     d = k.shape[1] * k.shape[3]
     z = lora.codes(src)
@@ -103,7 +109,7 @@ def _add_kv_deltas(lora: TensorLoRA, src: Tensor, k: Tensor, v: Tensor, strength
     return k, v
 
 
-def _add_proj_delta(lora: TensorLoRA, out: Tensor, strength: float) -> Tensor:
+def _add_proj_delta(lora: TensorLoRA, out: Tensor, strength: Strength) -> Tensor:
     """``out + proj_tt_lora(out)``: the release feeds the projection's output to the adapter."""
     z = lora.codes(out)
     if _needs_autograd(out, z):
@@ -128,7 +134,7 @@ def double_block_forward(
     group: int,
     query_index: int,
     adapter: Optional[BlockAdapter] = None,
-    strength: float = 1.0,
+    strength: Strength = 1.0,
     share_query: bool = True,
     attn_mask: Optional[Tensor] = None,
     attention: AttentionFn = flux_math.attention,
@@ -189,7 +195,7 @@ def single_block_forward(
     group: int,
     query_index: int,
     adapter: Optional[BlockAdapter] = None,
-    strength: float = 1.0,
+    strength: Strength = 1.0,
     share_query: bool = True,
     attn_mask: Optional[Tensor] = None,
     attention: AttentionFn = flux_math.attention,

@@ -24,6 +24,10 @@ Activations keep their dtype: the factors are contracted in fp32 (they are small
 resulting ``W`` / ``G3`` are cast to the activation dtype; matmuls in bf16/fp16 accumulate in
 fp32 inside the kernels. At inference (frozen factors, no grad) those prepared tensors are
 cached per device and dtype (:meth:`TensorLoRA._prepared`).
+
+``strength`` is a Python number or a 0-dim tensor. A number goes into the GEMM's ``alpha``
+(no extra operation); a tensor scales the rank-R codes instead, so that a ``torch.compile``
+graph reads the strength at run time rather than baking a constant into the graph.
 """
 from __future__ import annotations
 
@@ -89,6 +93,13 @@ class TensorLoRA(nn.Module):
         """``s = (alpha or 1) / sqrt(R) * strength``."""
         return (self.alpha if self.alpha is not None else 1.0) / math.sqrt(self.rank) * float(strength)
 
+    def _scaled_codes(self, z: Tensor, dtype: torch.dtype, strength: "float | Tensor") -> tuple[Tensor, float]:
+        """``(codes in dtype, GEMM alpha)`` with ``s`` applied once: in alpha, or on the codes for a tensor strength."""
+        z = z.to(dtype)
+        if isinstance(strength, Tensor):
+            return z * (strength.to(device=z.device, dtype=dtype) * self.scale()), 1.0
+        return z, self.scale(strength)
+
     def extra_repr(self) -> str:
         return (
             f"maps={self.num_maps}, in={self.in_features}, out={self.out_features}, "
@@ -110,7 +121,11 @@ class TensorLoRA(nn.Module):
         Factors created under ``torch.inference_mode()`` (ComfyUI runs its nodes there) have no
         version counter: they are keyed by storage alone, so an in-place edit of them inside
         inference mode needs :meth:`clear_cache` (nothing in this project does that).
+        While ``torch.compile`` traces, the cache is bypassed: its keys (storage pointers, version
+        counters) are Python values a graph would bake in, and the build is a few small ops.
         """
+        if torch.compiler.is_compiling():
+            return build()  # traced into the graph: the factors are graph inputs, nothing to cache
         params = (self.G1, self.G2, self.G3)
         if any(p.requires_grad for p in params):
             self._cache.clear()
@@ -183,7 +198,9 @@ class TensorLoRA(nn.Module):
         Z = parts.view(G, M, L, M, R).sum(dim=1)  # [G, L, M(i), R]
         return torch.permute_copy(Z, (0, 2, 1, 3))  # [G, M(i), L, R], contiguous
 
-    def delta(self, z: Tensor, dtype: torch.dtype, strength: float = 1.0, rows: slice = slice(None)) -> Tensor:
+    def delta(
+        self, z: Tensor, dtype: torch.dtype, strength: "float | Tensor" = 1.0, rows: slice = slice(None)
+    ) -> Tensor:
         """Adapter output features ``rows`` as a fresh ``[G*M, L, n_rows]`` tensor.
 
         Used where autograd forbids in-place updates (training); inference uses the ``*_``
@@ -191,21 +208,23 @@ class TensorLoRA(nn.Module):
         """
         G, M, L, R = z.shape
         g3 = self.expansion(z.device, dtype, rows)  # [M, R, n]
-        out = torch.matmul(z.to(dtype), g3) * self.scale(strength)  # [G, M, L, n]
+        codes, alpha = self._scaled_codes(z, dtype, strength)
+        out = torch.matmul(codes, g3) * alpha  # [G, M, L, n]
         return out.reshape(G * M, L, -1)
 
-    def add_delta_(self, out: Tensor, z: Tensor, strength: float = 1.0, rows: slice = slice(None)) -> Tensor:
+    def add_delta_(self, out: Tensor, z: Tensor, strength: "float | Tensor" = 1.0, rows: slice = slice(None)) -> Tensor:
         """Add adapter output features ``rows`` into ``out`` (``[G*M, L, n_rows]``, any strides) in place.
 
         One ``baddbmm_`` over all ``G*M`` items (``G3`` repeated per group: it is small).
         """
         G, M, L, R = z.shape
         g3 = self.expansion(out.device, out.dtype, rows)  # [M, R, n]
-        out.baddbmm_(z.to(out.dtype).view(G * M, L, R), g3.repeat(G, 1, 1), alpha=self.scale(strength))
+        codes, alpha = self._scaled_codes(z, out.dtype, strength)
+        out.baddbmm_(codes.view(G * M, L, R), g3.repeat(G, 1, 1), alpha=alpha)
         return out
 
     def add_heads_delta_(
-        self, out: Tensor, z: Tensor, strength: float = 1.0, rows: slice = slice(None)
+        self, out: Tensor, z: Tensor, strength: "float | Tensor" = 1.0, rows: slice = slice(None)
     ) -> Tensor:
         """Add output features ``rows`` into a head-split ``out`` ``[G*M, H, L, Dh]`` in place.
 
@@ -225,8 +244,9 @@ class TensorLoRA(nn.Module):
             self.add_delta_(out.transpose(1, 2).flatten(2), z, strength, rows)
         elif s0 == H * s1:  # head-major: (B, H) merge into one batch axis
             g3 = self.expansion(out.device, out.dtype, rows, heads=H)  # [M*H, R, Dh]
-            zh = z.to(out.dtype).repeat(1, 1, H, 1).view(B * H, L, R)  # batch (g, i, h)
-            out.view(B * H, L, Dh).baddbmm_(zh, g3.repeat(G, 1, 1), alpha=self.scale(strength))
+            codes, alpha = self._scaled_codes(z, out.dtype, strength)
+            zh = codes.repeat(1, 1, H, 1).view(B * H, L, R)  # batch (g, i, h)
+            out.view(B * H, L, Dh).baddbmm_(zh, g3.repeat(G, 1, 1), alpha=alpha)
         else:
             out.add_(self.delta(z, out.dtype, strength, rows).view(B, L, H, Dh).transpose(1, 2))
         return out
