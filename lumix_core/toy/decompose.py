@@ -89,7 +89,7 @@ def load_photo(path: "str | os.PathLike[str]") -> torch.Tensor:
     return torch.from_numpy(rgb.copy())
 
 
-def _resize(image: torch.Tensor, height: int, width: int) -> torch.Tensor:
+def resize_image(image: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """``[H, W, C]`` -> ``[height, width, C]``: area averaging down, bilinear up."""
     x = image.permute(2, 0, 1)[None].float()
     shrinking = height < image.shape[0] and width < image.shape[1]
@@ -101,14 +101,16 @@ def decompose_photo(model: ToyLumiX, photo: torch.Tensor, *, prompt: str = "", s
                     seed: int = 0) -> dict[str, torch.Tensor]:
     """The maps of one photo ``[H, W, 3]``, each ``[H, W, 3]`` in [0, 1] at the photo's size."""
     h, w = photo.shape[:2]
-    small = _resize(photo, IMAGE_SIZE, IMAGE_SIZE)
+    small = resize_image(photo, IMAGE_SIZE, IMAGE_SIZE)
     with torch.inference_mode():
         maps = model.generate([prompt], seed=seed, steps=steps, true_cfg=1.0, color=small[None])
-    out = {}
-    for name, m in maps.items():
-        full = _resize(m.image[0], h, w)
-        out[name] = renormalize_normals(full)[0] if name == "normal" else full
-    return out
+    return {name: at_size(name, m.image[0], h, w) for name, m in maps.items()}
+
+
+def at_size(name: str, image: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """One finished map ``[h, w, 3]`` resized to the photo's ``height x width`` (normals renormalised)."""
+    full = resize_image(image, height, width)
+    return renormalize_normals(full)[0] if name == "normal" else full
 
 
 def load_model(weights: "str | os.PathLike[str]" = WEIGHTS_DIR, fast: bool = False) -> ToyLumiX:
