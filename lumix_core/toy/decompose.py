@@ -182,9 +182,23 @@ def add_parser(sub) -> argparse.ArgumentParser:
                        description="Decompose photos into albedo, irradiance, color, depth and normal maps with the "
                                    "toy LumiX model shipped in the package (color pinned, no caption). Writes "
                                    "OUT/<stem>_<map>.png at the input's size; never overwrites (a counter is added).")
-    from ..cli_args import output_folder, positive_int, seed_value, thread_count
+    from ..cli_args import non_negative_int, output_folder, positive_int, seed_value, thread_count
+    from ..shot.stabilize import CAMERAS
 
-    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (any format PIL reads)")
+    p.add_argument("images", nargs="*", metavar="IMAGE", help="image files (any format PIL reads)")
+    p.add_argument("--sequence", nargs="+", metavar="FRAME",
+                   help="decompose these frames, in this order, as one shot instead of one image at a time: also "
+                        "writes the EXR sequence OUT/<shot>/<shot>.####.exr (docs/shots.md)")
+    p.add_argument("--name", help="with --sequence: the shot's name (default: the first frame's stem)")
+    p.add_argument("--camera", choices=CAMERAS, default="moving",
+                   help="with --sequence: moving (flow-guided blending of neighbouring frames, needs opencv), "
+                        "locked-off (one albedo, normal and depth map for the whole shot: a still camera, only "
+                        "the light moving) or none (default %(default)s)")
+    p.add_argument("--chunk", type=positive_int, default=8,
+                   help="with --sequence: frames per model call (default %(default)s); memory grows with it, "
+                        "the maps do not change")
+    p.add_argument("--start-frame", type=non_negative_int, default=1,
+                   help="with --sequence: number of the first frame in the EXR names (default %(default)s)")
     p.add_argument("--out", type=output_folder, required=True, help="output folder (made if missing)")
     p.add_argument("--prompt", default="", help="optional caption in the toy's vocabulary (default: none)")
     p.add_argument("--fast", action="store_true",
@@ -207,6 +221,18 @@ def main(args: argparse.Namespace) -> int:
     from .text import PromptError
 
     out = args.out  # checked by the parser: a folder we can make and write into
+    if bool(args.images) == bool(args.sequence):
+        print("lumix decompose: give image files (each decomposed on its own) or --sequence FRAME ... (one shot), "
+              "not both" if args.images else "lumix decompose: give the image files to decompose, or --sequence "
+              "FRAME ... for the frames of a shot", file=sys.stderr)
+        return 2
+    shot_only = [flag for flag, value in (("--name", args.name), ("--camera", args.camera != "moving"),
+                                          ("--chunk", args.chunk != 8), ("--start-frame", args.start_frame != 1))
+                 if value]
+    if shot_only and not args.sequence:
+        print(f"lumix decompose: {', '.join(shot_only)} only apply with --sequence; add --sequence before the "
+              "frames, or drop them", file=sys.stderr)
+        return 2
     sampled = args.steps is not None or args.seed is not None
     if args.fast and sampled:
         print("lumix decompose: --fast decomposes in one deterministic step, so --steps and --seed do not apply; "
@@ -220,6 +246,8 @@ def main(args: argparse.Namespace) -> int:
         print(f"note: {weights} has no {ONE_STEP_ADAPTER_FILE}; sampling with its multi-step adapter in {steps} steps")
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
+    if args.sequence:
+        return _main_sequence(args, out, weights, fast, steps, seed, start)
     try:
         done, failed = run_decompose(args.images, out, prompt=args.prompt, steps=steps, seed=seed,
                                      weights=weights, fast=fast)
@@ -237,4 +265,41 @@ def main(args: argparse.Namespace) -> int:
         print(f"lumix decompose: {raw}: {reason}", file=sys.stderr)
     how = "the one-step adapter" if fast else f"the multi-step adapter, {steps} step{'s' * (steps != 1)}, seed {seed}"
     print(f"{len(done)} decomposed ({how}), {len(failed)} failed, {time.perf_counter() - start:.1f} s")
+    return 1 if failed else 0
+
+
+def _main_sequence(args: argparse.Namespace, out: Path, weights: Path, fast: bool, steps: int, seed: int,
+                   start: float) -> int:
+    """``--sequence``: the frames as one shot (:mod:`.decompose_sequence`); the same exit statuses."""
+    from ..cli_args import write_error
+    from .decompose_sequence import run_sequence
+    from .text import PromptError
+
+    try:
+        model = load_model(weights, fast)
+        if args.prompt:
+            model.text.check_prompt(args.prompt)
+        result, failed = run_sequence(model, args.sequence, out, name=args.name, prompt=args.prompt, steps=steps,
+                                      seed=seed, chunk=args.chunk, camera=args.camera, start_frame=args.start_frame)
+    except (PromptError, FileNotFoundError, ValueError, ImportError) as e:
+        print(f"lumix decompose: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        print(f"lumix decompose: {write_error(out, e)}", file=sys.stderr)
+        return 2
+    for d in result.frames:
+        print(f"{d.source} -> {', '.join(str(f) for f in d.files)}")
+        if d.note:
+            print(f"  note: {d.note}")
+    for raw, reason in failed:
+        print(f"lumix decompose: {raw}: {reason}", file=sys.stderr)
+    if result.sequence is not None:
+        seq = result.sequence
+        first, last = seq.files[0].filename, seq.files[-1].filename
+        print(f"sequence -> {seq.folder}/ ({first} ... {last})")
+        if seq.note:
+            print(f"  note: {seq.note}")
+    how = "the one-step adapter" if fast else f"the multi-step adapter, {steps} step{'s' * (steps != 1)}, seed {seed}"
+    print(f"{len(result.frames)} frames decomposed as one shot ({how}, camera {result.camera}), {len(failed)} failed, "
+          f"{time.perf_counter() - start:.1f} s")
     return 1 if failed else 0
