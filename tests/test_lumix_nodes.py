@@ -17,10 +17,11 @@ from lumix_core.model.adapter import LumiXAdapter, default_spec
 from lumix_core.model.flux_math import attention as lumix_attention
 from lumix_core.model.qba import double_block_forward, single_block_forward
 
-MODULES = ("nodes.lumix_model", "nodes.lumix_latents", "nodes.lumix_sampler", "nodes.lumix_maps")
+MODULES = ("nodes.lumix_model", "nodes.lumix_latents", "nodes.lumix_sampler", "nodes.lumix_maps", "nodes.lumix_shot")
 LUMIX_NODES = {
     "LumiXLoadAdapter", "LumiXPinPhoto", "LumiXEmptyMapsLatent", "LumiXPhotoToMapsLatent", "LumiXSampler",
-    "LumiXReleaseSchedule", "LumiXOneStepSchedule", "LumiXDecodeMaps", "LumiXSplitMaps",
+    "LumiXReleaseSchedule", "LumiXOneStepSchedule", "LumiXDecodeMaps", "LumiXSplitMaps", "LumiXDecomposeShot",
+    "LumiXSaveSequence",
 }
 WORKFLOWS = ("text_to_intrinsics", "photo_to_intrinsics", "photo_to_intrinsics_fast", "relight")
 #: ComfyUI's own nodes used by the workflows (checked against the host in tests/host).

@@ -215,12 +215,19 @@ def add_parser(sub) -> argparse.ArgumentParser:
     return p
 
 
-def main(args: argparse.Namespace) -> int:
-    """Run the parsed ``decompose`` command; exit status 0, 1 (some inputs failed) or 2 (usage)."""
-    from ..cli_args import write_error
-    from .text import PromptError
+@dataclass(frozen=True)
+class Settings:
+    """What the parsed arguments ask for: the model folder, which adapter, and how to sample."""
 
-    out = args.out  # checked by the parser: a folder we can make and write into
+    weights: Path
+    fast: bool
+    steps: int
+    seed: int
+
+
+def settings(args: argparse.Namespace) -> "Settings | int":
+    """The :class:`Settings` of the parsed ``decompose`` arguments, or exit status 2 after one line on
+    stderr for a usage error; sets the thread count."""
     if bool(args.images) == bool(args.sequence):
         print("lumix decompose: give image files (each decomposed on its own) or --sequence FRAME ... (one shot), "
               "not both" if args.images else "lumix decompose: give the image files to decompose, or --sequence "
@@ -241,13 +248,29 @@ def main(args: argparse.Namespace) -> int:
     weights = Path(args.weights or WEIGHTS_DIR)
     fast = args.fast or (not sampled and (weights / ONE_STEP_ADAPTER_FILE).is_file())
     steps = SAMPLE_STEPS if args.steps is None else args.steps
-    seed = 0 if args.seed is None else args.seed
     if not fast and not sampled:
         print(f"note: {weights} has no {ONE_STEP_ADAPTER_FILE}; sampling with its multi-step adapter in {steps} steps")
     torch.set_num_threads(args.threads)
+    return Settings(weights, fast, steps, 0 if args.seed is None else args.seed)
+
+
+def adapter_words(s: Settings) -> str:
+    return ("the one-step adapter" if s.fast
+            else f"the multi-step adapter, {s.steps} step{'s' * (s.steps != 1)}, seed {s.seed}")
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run the parsed ``decompose`` command (one image at a time; ``--sequence`` runs
+    :func:`.decompose_sequence.main`); exit status 0, 1 (some inputs failed) or 2 (usage)."""
+    from ..cli_args import write_error
+    from .text import PromptError
+
+    out = args.out  # checked by the parser: a folder we can make and write into
+    chosen = settings(args)
+    if isinstance(chosen, int):
+        return chosen
+    weights, fast, steps, seed = chosen.weights, chosen.fast, chosen.steps, chosen.seed
     start = time.perf_counter()
-    if args.sequence:
-        return _main_sequence(args, out, weights, fast, steps, seed, start)
     try:
         done, failed = run_decompose(args.images, out, prompt=args.prompt, steps=steps, seed=seed,
                                      weights=weights, fast=fast)
@@ -263,43 +286,7 @@ def main(args: argparse.Namespace) -> int:
             print(f"  note: {d.note}")
     for raw, reason in failed:
         print(f"lumix decompose: {raw}: {reason}", file=sys.stderr)
-    how = "the one-step adapter" if fast else f"the multi-step adapter, {steps} step{'s' * (steps != 1)}, seed {seed}"
-    print(f"{len(done)} decomposed ({how}), {len(failed)} failed, {time.perf_counter() - start:.1f} s")
+    elapsed = time.perf_counter() - start
+    print(f"{len(done)} decomposed ({adapter_words(chosen)}), {len(failed)} failed, {elapsed:.1f} s")
     return 1 if failed else 0
 
-
-def _main_sequence(args: argparse.Namespace, out: Path, weights: Path, fast: bool, steps: int, seed: int,
-                   start: float) -> int:
-    """``--sequence``: the frames as one shot (:mod:`.decompose_sequence`); the same exit statuses."""
-    from ..cli_args import write_error
-    from .decompose_sequence import run_sequence
-    from .text import PromptError
-
-    try:
-        model = load_model(weights, fast)
-        if args.prompt:
-            model.text.check_prompt(args.prompt)
-        result, failed = run_sequence(model, args.sequence, out, name=args.name, prompt=args.prompt, steps=steps,
-                                      seed=seed, chunk=args.chunk, camera=args.camera, start_frame=args.start_frame)
-    except (PromptError, FileNotFoundError, ValueError, ImportError) as e:
-        print(f"lumix decompose: {e}", file=sys.stderr)
-        return 2
-    except OSError as e:
-        print(f"lumix decompose: {write_error(out, e)}", file=sys.stderr)
-        return 2
-    for d in result.frames:
-        print(f"{d.source} -> {', '.join(str(f) for f in d.files)}")
-        if d.note:
-            print(f"  note: {d.note}")
-    for raw, reason in failed:
-        print(f"lumix decompose: {raw}: {reason}", file=sys.stderr)
-    if result.sequence is not None:
-        seq = result.sequence
-        first, last = seq.files[0].filename, seq.files[-1].filename
-        print(f"sequence -> {seq.folder}/ ({first} ... {last})")
-        if seq.note:
-            print(f"  note: {seq.note}")
-    how = "the one-step adapter" if fast else f"the multi-step adapter, {steps} step{'s' * (steps != 1)}, seed {seed}"
-    print(f"{len(result.frames)} frames decomposed as one shot ({how}, camera {result.camera}), {len(failed)} failed, "
-          f"{time.perf_counter() - start:.1f} s")
-    return 1 if failed else 0

@@ -11,7 +11,9 @@ and left out, the others still make the shot.
 """
 from __future__ import annotations
 
+import argparse
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional, Sequence
@@ -25,11 +27,20 @@ from ..io.sequence import SavedSequence, save_sequence
 from ..shot.chunks import Progress, decompose_shot
 from ..shot.stabilize import stabilize_shot
 from .backbone import SAMPLE_STEPS
-from .decompose import Decomposition, InputError, _to_uint8, load_photo, output_paths
+from .decompose import (
+    Decomposition,
+    InputError,
+    _to_uint8,
+    adapter_words,
+    load_model,
+    load_photo,
+    output_paths,
+    settings,
+)
 from .model import ToyLumiX
 from .shot import toy_chunk_decomposer
 
-__all__ = ["ShotResult", "load_frames", "progress_bar", "run_sequence"]
+__all__ = ["ShotResult", "load_frames", "progress_bar", "run_sequence", "main"]
 
 
 @dataclass
@@ -113,3 +124,42 @@ def run_sequence(model: ToyLumiX, inputs: Sequence[str], out: "str | Path", *, n
     result.sequence = save_sequence(maps, out, shot, start_frame=start_frame, prompt=prompt,
                                     seed=None if model.one_step else seed, extra=extra)
     return result, failed
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run ``lumix decompose --sequence``; exit status 0, 1 (some frames failed) or 2 (usage)."""
+    from ..cli_args import write_error
+    from .text import PromptError
+
+    out = args.out
+    chosen = settings(args)
+    if isinstance(chosen, int):
+        return chosen
+    start = time.perf_counter()
+    try:
+        model = load_model(chosen.weights, chosen.fast)
+        if args.prompt:
+            model.text.check_prompt(args.prompt)
+        result, failed = run_sequence(model, args.sequence, out, name=args.name, prompt=args.prompt,
+                                      steps=chosen.steps, seed=chosen.seed, chunk=args.chunk, camera=args.camera,
+                                      start_frame=args.start_frame)
+    except (PromptError, FileNotFoundError, ValueError, ImportError) as e:
+        print(f"lumix decompose: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        print(f"lumix decompose: {write_error(out, e)}", file=sys.stderr)
+        return 2
+    for d in result.frames:
+        print(f"{d.source} -> {', '.join(str(f) for f in d.files)}")
+        if d.note:
+            print(f"  note: {d.note}")
+    for raw, reason in failed:
+        print(f"lumix decompose: {raw}: {reason}", file=sys.stderr)
+    if result.sequence is not None:
+        seq = result.sequence
+        print(f"sequence -> {seq.folder}/ ({seq.files[0].filename} ... {seq.files[-1].filename})")
+        if seq.note:
+            print(f"  note: {seq.note}")
+    print(f"{len(result.frames)} frames decomposed as one shot ({adapter_words(chosen)}, camera {result.camera}), "
+          f"{len(failed)} failed, {time.perf_counter() - start:.1f} s")
+    return 1 if failed else 0
