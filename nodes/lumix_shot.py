@@ -51,7 +51,7 @@ class LumiXDecomposeShot:
                                                          "1.0 as photos are decomposed."}),
                 "negative": ("CONDITIONING", {"tooltip": "Negative prompt conditioning (unused when cfg is 1)."}),
                 "frames": ("IMAGE", {"tooltip": "The shot's frames in order, one image each, all the same size."}),
-                "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF,
+                "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True,
                                  "tooltip": "Noise seed of the whole shot (unused by one-step adapters)."}),
                 "steps": ("INT", {"default": 1, "min": 1, "max": 10000,
                                   "tooltip": "Sampling steps per frame: 1 with a one-step adapter, 50 for the "

@@ -23,11 +23,11 @@ LUMIX_NODES = {
     "LumiXReleaseSchedule", "LumiXOneStepSchedule", "LumiXDecodeMaps", "LumiXSplitMaps", "LumiXDecomposeShot",
     "LumiXSaveSequence",
 }
-WORKFLOWS = ("text_to_intrinsics", "photo_to_intrinsics", "photo_to_intrinsics_fast", "relight")
+WORKFLOWS = ("text_to_intrinsics", "photo_to_intrinsics", "photo_to_intrinsics_fast", "relight", "shot_to_intrinsics")
 #: ComfyUI's own nodes used by the workflows (checked against the host in tests/host).
 CORE_NODES = frozenset({"UNETLoader", "DualCLIPLoader", "VAELoader", "CLIPTextEncode", "FluxGuidance", "SaveImage",
                         "PreviewImage", "LoadImage", "ImageScale", "PreviewAny", "DisableNoise", "BasicGuider",
-                        "KSamplerSelect", "SamplerCustomAdvanced"})
+                        "KSamplerSelect", "SamplerCustomAdvanced", "LoadVideo", "GetVideoComponents"})
 
 patches = pack_module("nodes._patches")
 
@@ -295,7 +295,8 @@ def test_workflow_matches_our_node_definitions(name):
     problems = wt.check_workflow(wf, all_classes(), external=CORE_NODES, file_widgets=frozenset({"adapter"}))
     assert problems == []
     types = {n["type"] for n in wf["nodes"]}
-    assert {"LumiXLoadAdapter", "LumiXDecodeMaps"} <= types and types & {"LumiXSampler", "SamplerCustomAdvanced"}
+    samples = "LumiXDecodeMaps" in types and types & {"LumiXSampler", "SamplerCustomAdvanced"}
+    assert "LumiXLoadAdapter" in types and (samples or "LumiXDecomposeShot" in types)
     assert types - set(all_classes()) - wt.VIRTUAL_NODES <= CORE_NODES
 
 
@@ -359,6 +360,9 @@ def test_workflows_tell_a_new_user_what_to_fetch_and_do_something_new_on_every_r
                  and isinstance(n["widgets_values"][0], int)]
         if name == "photo_to_intrinsics_fast":  # one-step decomposition is deterministic: no seed to randomize
             assert seeds == [] and "DisableNoise" in {n["type"] for n in wf["nodes"]}
+        elif name == "shot_to_intrinsics":  # one-step too: the shot's seed is unused, kept fixed
+            (shot,) = [n for n in wf["nodes"] if n["type"] == "LumiXDecomposeShot"]
+            assert seeds == [] and shot["widgets_values"][1:6] == ["fixed", 1, 1.0, "euler", "lumix_one_step"]
         else:
             assert seeds and set(seeds) == {"randomize"}, name
         for node in wf["nodes"]:
