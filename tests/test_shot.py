@@ -147,3 +147,13 @@ def test_shot_metrics_zero_for_the_truth_and_flicker_counts_change():
     noisy = {k: np.clip(v + np.random.default_rng(0).normal(0, 0.02, v.shape), 0, 1) for k, v in truth.items()}
     assert temporal_error(noisy, truth)["temporal_normal"] > 0.5
     assert flicker(noisy)["flicker_albedo"] > flicker(truth)["flicker_albedo"]
+
+
+def test_a_moving_camera_without_opencv_says_what_to_install(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "cv2", None)
+    maps = {k: torch.rand(3, 8, 8, 3) for k in ("albedo", "color", "depth", "normal")}
+    with pytest.raises(ImportError, match="pip install opencv-python.*locked-off or none"):
+        stabilize_shot(maps, "moving")
+    assert torch.equal(stabilize_shot(maps, "locked-off")["albedo"][0], stabilize_shot(maps, "locked-off")["albedo"][1])
