@@ -13,7 +13,7 @@ from ..lumix_core.conventions import DEFAULT_NORMAL_CONVENTION, conventions_meta
 from ..lumix_core.io.sequence import SEQUENCE_FORMATS, save_sequence
 from ..lumix_core.maps import RELEASE, RELEASE_MAPS
 from ..lumix_core.shot.chunks import decompose_shot
-from ..lumix_core.shot.stabilize import CAMERAS, stabilize_shot
+from ..lumix_core.shot.stabilize import CAMERAS, check_camera, stabilize_shot
 from . import _host
 from .lumix_latents import LumiXPhotoToMapsLatent
 from .lumix_maps import OUTPUT_TOOLTIPS, LumiXDecodeMaps, _options_inputs
@@ -79,8 +79,7 @@ class LumiXDecomposeShot:
         import comfy.model_management
         import comfy.utils
 
-        if camera not in CAMERAS:
-            raise ValueError(f"LumiX Decompose Shot: unknown camera '{camera}'; choose one of {', '.join(CAMERAS)}")
+        check_camera(camera)
         bar = comfy.utils.ProgressBar(int(frames.shape[0]))
 
         def one_chunk(batch):

@@ -84,3 +84,12 @@ def test_usage_errors_write_nothing(frames, tmp_path, capsys, args, message):
     assert main(argv) == 2
     assert message in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_a_moving_camera_without_opencv_is_refused_before_the_model_runs(frames, tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "cv2", None)
+    out = tmp_path / "out"
+    assert main(["decompose", "--sequence", *frames, "--out", str(out)]) == 2
+    assert "pip install opencv-python" in capsys.readouterr().err
+    assert not out.exists()
+    assert main(["decompose", "--sequence", *frames[:2], "--out", str(out), "--camera", "none"]) == 0

@@ -12,10 +12,15 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["NEEDS_OPENCV", "flow", "warp", "photometric_weight"]
+__all__ = ["NEEDS_OPENCV", "require_opencv", "flow", "warp", "photometric_weight"]
 
 NEEDS_OPENCV = ("LumiX: temporal blending of a moving camera needs opencv-python for optical flow: "
                 "pip install opencv-python (or lumix-intrinsics[train]); or set the camera to locked-off or none")
+
+
+def require_opencv() -> None:
+    """Refuse, before any model runs, a moving-camera blend that could not run (opencv missing)."""
+    _cv2()
 
 
 def _cv2():

@@ -36,7 +36,7 @@ from torch import Tensor
 from .. import conventions
 from . import flow as _flow
 
-__all__ = ["CAMERAS", "DEFAULT_RADIUS", "stabilize_shot", "fuse_locked_off",
+__all__ = ["CAMERAS", "DEFAULT_RADIUS", "check_camera", "stabilize_shot", "fuse_locked_off",
            "blend_moving", "rebalance_irradiance"]
 
 #: ``moving`` (flow-guided blending), ``locked-off`` (shot-level fusion), ``none`` (maps as decomposed).
@@ -137,11 +137,20 @@ def blend_moving(maps: Mapping[str, Tensor], radius: int = DEFAULT_RADIUS) -> di
                  torch.from_numpy(out_d[..., 0]), normal_t, rebalance=False)
 
 
+def check_camera(camera: str) -> str:
+    """``camera`` if :func:`stabilize_shot` can run it here (known, and opencv present for ``moving``):
+    checked before a shot is decomposed, so a long decomposition never ends in this error."""
+    if camera not in CAMERAS:
+        raise ValueError(f"LumiX: unknown camera '{camera}'; use one of {', '.join(CAMERAS)}")
+    if camera == "moving":
+        _flow.require_opencv()
+    return camera
+
+
 def stabilize_shot(maps: Mapping[str, Tensor], camera: str = "moving",
                    radius: int = DEFAULT_RADIUS) -> dict[str, Tensor]:
     """The shot's maps stabilised for ``camera`` (one of :data:`CAMERAS`)."""
-    if camera not in CAMERAS:
-        raise ValueError(f"LumiX: unknown camera '{camera}'; use one of {', '.join(CAMERAS)}")
+    check_camera(camera)
     if camera == "none":
         return dict(maps)
     if camera == "locked-off":

@@ -25,7 +25,7 @@ from ..io.files import write_bytes_atomically
 from ..io.png import encode_png
 from ..io.sequence import SavedSequence, save_sequence
 from ..shot.chunks import Progress, decompose_shot
-from ..shot.stabilize import stabilize_shot
+from ..shot.stabilize import check_camera, stabilize_shot
 from .backbone import SAMPLE_STEPS
 from .decompose import (
     Decomposition,
@@ -100,6 +100,7 @@ def run_sequence(model: ToyLumiX, inputs: Sequence[str], out: "str | Path", *, n
         return result, failed
     shot = name or Path(good[0]).stem
     resolve_prefix(out, shot)  # a name that cannot be a sequence is refused before the model runs
+    check_camera(camera)
     update, close = (progress or progress_bar)(len(good))
     try:
         maps = decompose_shot(frames, toy_chunk_decomposer(model, prompt=prompt, steps=steps, seed=seed), chunk,
