@@ -13,7 +13,7 @@ from ..lumix_core.conventions import DEFAULT_NORMAL_CONVENTION, conventions_meta
 from ..lumix_core.io.sequence import SEQUENCE_FORMATS, save_sequence
 from ..lumix_core.maps import RELEASE, RELEASE_MAPS
 from ..lumix_core.shot.chunks import decompose_shot
-from ..lumix_core.shot.stabilize import CAMERAS, check_camera, stabilize_shot
+from ..lumix_core.shot.stabilize import CAMERAS, DEFAULT_CAMERA, check_camera, stabilize_shot
 from . import _host
 from .lumix_latents import LumiXPhotoToMapsLatent
 from .lumix_maps import OUTPUT_TOOLTIPS, LumiXDecodeMaps, _options_inputs
@@ -67,7 +67,7 @@ class LumiXDecomposeShot:
                 "chunk": ("INT", {"default": 4, "min": 1, "max": 4096,
                                   "tooltip": "Frames per sampling pass: memory grows with it, the maps do not "
                                              "change."}),
-                "camera": (list(CAMERAS), {"default": "moving",
+                "camera": (list(CAMERAS), {"default": DEFAULT_CAMERA,
                                            "tooltip": "moving: blend neighbouring frames along optical flow; "
                                                       "locked-off: one albedo, normal and depth for the shot."}),
                 **_options_inputs(),

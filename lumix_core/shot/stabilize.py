@@ -36,11 +36,13 @@ from torch import Tensor
 from .. import conventions
 from . import flow as _flow
 
-__all__ = ["CAMERAS", "DEFAULT_RADIUS", "check_camera", "stabilize_shot", "fuse_locked_off",
+__all__ = ["CAMERAS", "DEFAULT_CAMERA", "DEFAULT_RADIUS", "check_camera", "stabilize_shot", "fuse_locked_off",
            "blend_moving", "rebalance_irradiance"]
 
 #: ``moving`` (flow-guided blending), ``locked-off`` (shot-level fusion), ``none`` (maps as decomposed).
 CAMERAS = ("moving", "locked-off", "none")
+#: Safe for any shot (a locked-off shot gets some of the fusion's gain, a moving one no frozen maps).
+DEFAULT_CAMERA = "moving"
 #: Neighbours blended each side of a frame of a moving camera.
 DEFAULT_RADIUS = 3
 _EPS = 1e-4
@@ -147,7 +149,7 @@ def check_camera(camera: str) -> str:
     return camera
 
 
-def stabilize_shot(maps: Mapping[str, Tensor], camera: str = "moving",
+def stabilize_shot(maps: Mapping[str, Tensor], camera: str = DEFAULT_CAMERA,
                    radius: int = DEFAULT_RADIUS) -> dict[str, Tensor]:
     """The shot's maps stabilised for ``camera`` (one of :data:`CAMERAS`)."""
     check_camera(camera)

@@ -44,6 +44,9 @@ from ..io.png import encode_png
 from .backbone import IMAGE_SIZE, SAMPLE_STEPS
 from .model import ONE_STEP_ADAPTER_FILE, WEIGHTS_DIR, ToyLumiX
 
+#: ``--sequence`` defaults: frames per model call, number of the first frame.
+SEQUENCE_CHUNK = 8
+SEQUENCE_START_FRAME = 1
 #: Largest input side we read (a guard against decompression bombs; far above any photo).
 MAX_SIDE = 16384
 
@@ -183,22 +186,22 @@ def add_parser(sub) -> argparse.ArgumentParser:
                                    "toy LumiX model shipped in the package (color pinned, no caption). Writes "
                                    "OUT/<stem>_<map>.png at the input's size; never overwrites (a counter is added).")
     from ..cli_args import non_negative_int, output_folder, positive_int, seed_value, thread_count
-    from ..shot.stabilize import CAMERAS
+    from ..shot.stabilize import CAMERAS, DEFAULT_CAMERA
 
     p.add_argument("images", nargs="*", metavar="IMAGE", help="image files (any format PIL reads)")
     p.add_argument("--sequence", nargs="+", metavar="FRAME",
                    help="decompose these frames, in this order, as one shot instead of one image at a time: also "
                         "writes the EXR sequence OUT/<shot>/<shot>.####.exr (docs/shots.md)")
     p.add_argument("--name", help="with --sequence: the shot's name (default: the first frame's stem)")
-    p.add_argument("--camera", choices=CAMERAS, default="moving",
+    p.add_argument("--camera", choices=CAMERAS,
                    help="with --sequence: moving (flow-guided blending of neighbouring frames, needs opencv), "
                         "locked-off (one albedo, normal and depth map for the whole shot: a still camera, only "
-                        "the light moving) or none (default %(default)s)")
-    p.add_argument("--chunk", type=positive_int, default=8,
-                   help="with --sequence: frames per model call (default %(default)s); memory grows with it, "
+                        f"the light moving) or none (default {DEFAULT_CAMERA})")
+    p.add_argument("--chunk", type=positive_int,
+                   help=f"with --sequence: frames per model call (default {SEQUENCE_CHUNK}); memory grows with it, "
                         "the maps do not change")
-    p.add_argument("--start-frame", type=non_negative_int, default=1,
-                   help="with --sequence: number of the first frame in the EXR names (default %(default)s)")
+    p.add_argument("--start-frame", type=non_negative_int,
+                   help=f"with --sequence: number of the first frame in the EXR names (default {SEQUENCE_START_FRAME})")
     p.add_argument("--out", type=output_folder, required=True, help="output folder (made if missing)")
     p.add_argument("--prompt", default="", help="optional caption in the toy's vocabulary (default: none)")
     p.add_argument("--fast", action="store_true",
@@ -233,9 +236,8 @@ def settings(args: argparse.Namespace) -> "Settings | int":
               "not both" if args.images else "lumix decompose: give the image files to decompose, or --sequence "
               "FRAME ... for the frames of a shot", file=sys.stderr)
         return 2
-    shot_only = [flag for flag, value in (("--name", args.name), ("--camera", args.camera != "moving"),
-                                          ("--chunk", args.chunk != 8), ("--start-frame", args.start_frame != 1))
-                 if value]
+    shot_only = [flag for flag, value in (("--name", args.name), ("--camera", args.camera), ("--chunk", args.chunk),
+                                          ("--start-frame", args.start_frame)) if value is not None]
     if shot_only and not args.sequence:
         print(f"lumix decompose: {', '.join(shot_only)} only apply with --sequence; add --sequence before the "
               "frames, or drop them", file=sys.stderr)

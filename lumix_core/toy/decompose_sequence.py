@@ -25,9 +25,11 @@ from ..io.files import write_bytes_atomically
 from ..io.png import encode_png
 from ..io.sequence import SavedSequence, save_sequence
 from ..shot.chunks import Progress, decompose_shot
-from ..shot.stabilize import check_camera, stabilize_shot
+from ..shot.stabilize import DEFAULT_CAMERA, check_camera, stabilize_shot
 from .backbone import SAMPLE_STEPS
 from .decompose import (
+    SEQUENCE_CHUNK,
+    SEQUENCE_START_FRAME,
     Decomposition,
     InputError,
     _to_uint8,
@@ -49,7 +51,7 @@ class ShotResult:
 
     frames: list[Decomposition] = field(default_factory=list)
     sequence: Optional[SavedSequence] = None
-    camera: str = "moving"
+    camera: str = DEFAULT_CAMERA
 
 
 def load_frames(inputs: Sequence[str]) -> tuple[list[str], Optional[torch.Tensor], list[tuple[str, str]]]:
@@ -89,8 +91,8 @@ def progress_bar(total: int) -> tuple[Progress, Callable[[], None]]:
 
 
 def run_sequence(model: ToyLumiX, inputs: Sequence[str], out: "str | Path", *, name: Optional[str] = None,
-                 prompt: str = "", steps: int = SAMPLE_STEPS, seed: int = 0, chunk: int = 8,
-                 camera: str = "moving", start_frame: int = 1,
+                 prompt: str = "", steps: int = SAMPLE_STEPS, seed: int = 0, chunk: int = SEQUENCE_CHUNK,
+                 camera: str = DEFAULT_CAMERA, start_frame: int = SEQUENCE_START_FRAME,
                  progress: Optional[Callable[[int], tuple[Progress, Callable[[], None]]]] = None,
                  ) -> tuple[ShotResult, list[tuple[str, str]]]:
     """Decompose ``inputs`` as one shot and write it (module docstring); returns ``(result, failed)``."""
@@ -141,9 +143,10 @@ def main(args: argparse.Namespace) -> int:
         model = load_model(chosen.weights, chosen.fast)
         if args.prompt:
             model.text.check_prompt(args.prompt)
-        result, failed = run_sequence(model, args.sequence, out, name=args.name, prompt=args.prompt,
-                                      steps=chosen.steps, seed=chosen.seed, chunk=args.chunk, camera=args.camera,
-                                      start_frame=args.start_frame)
+        result, failed = run_sequence(
+            model, args.sequence, out, name=args.name, prompt=args.prompt, steps=chosen.steps, seed=chosen.seed,
+            chunk=args.chunk or SEQUENCE_CHUNK, camera=args.camera or DEFAULT_CAMERA,
+            start_frame=SEQUENCE_START_FRAME if args.start_frame is None else args.start_frame)
     except (PromptError, FileNotFoundError, ValueError, ImportError) as e:
         print(f"lumix decompose: {e}", file=sys.stderr)
         return 2
