@@ -3,7 +3,8 @@
     lumix demo --prompt "a red sphere and a blue box on a gray floor, light from the left" --out demo_out
     lumix decompose photo.jpg --out maps_out
 
-``demo`` (:mod:`lumix_core.toy.demo`) and ``decompose`` (:mod:`lumix_core.toy.decompose`) run
+``demo`` (:mod:`lumix_core.toy.demo`) and ``decompose`` (:mod:`lumix_core.toy.decompose`; with
+``--sequence`` :mod:`lumix_core.toy.decompose_sequence`) run
 the shipped toy model on CPU. Training lives in ``lumix-train``; the ComfyUI nodes in the pack.
 
 May import: lumix_core.cli_args, lumix_core.toy.
@@ -49,9 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "decompose":
-        from .toy import decompose
+        from .toy import decompose, decompose_sequence
 
-        return decompose.main(args)
+        return (decompose_sequence.main if args.sequence else decompose.main)(args)
     if args.command == "demo":
         import torch
 

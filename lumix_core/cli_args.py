@@ -50,6 +50,17 @@ def positive_int(text: str) -> int:
     return value
 
 
+def non_negative_int(text: str) -> int:
+    """A whole number >= 0 (``--start-frame``)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be a whole number of at least 0, got '{text}'")
+    return value
+
+
 def thread_count(text: str) -> int:
     """``--threads``: a whole number >= 1; 0 and negatives are refused, not read as 1."""
     try:

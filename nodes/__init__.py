@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import importlib
 
-_MODULES: tuple[str, ...] = ("compositing", "lumix_model", "lumix_latents", "lumix_sampler", "lumix_maps")
+_MODULES: tuple[str, ...] = ("compositing", "lumix_model", "lumix_latents", "lumix_sampler", "lumix_maps", "lumix_shot")
 
 NODE_CLASS_MAPPINGS: dict = {}
 NODE_DISPLAY_NAME_MAPPINGS: dict = {}

@@ -17,16 +17,17 @@ from lumix_core.model.adapter import LumiXAdapter, default_spec
 from lumix_core.model.flux_math import attention as lumix_attention
 from lumix_core.model.qba import double_block_forward, single_block_forward
 
-MODULES = ("nodes.lumix_model", "nodes.lumix_latents", "nodes.lumix_sampler", "nodes.lumix_maps")
+MODULES = ("nodes.lumix_model", "nodes.lumix_latents", "nodes.lumix_sampler", "nodes.lumix_maps", "nodes.lumix_shot")
 LUMIX_NODES = {
     "LumiXLoadAdapter", "LumiXPinPhoto", "LumiXEmptyMapsLatent", "LumiXPhotoToMapsLatent", "LumiXSampler",
-    "LumiXReleaseSchedule", "LumiXOneStepSchedule", "LumiXDecodeMaps", "LumiXSplitMaps",
+    "LumiXReleaseSchedule", "LumiXOneStepSchedule", "LumiXDecodeMaps", "LumiXSplitMaps", "LumiXDecomposeShot",
+    "LumiXSaveSequence",
 }
-WORKFLOWS = ("text_to_intrinsics", "photo_to_intrinsics", "photo_to_intrinsics_fast", "relight")
+WORKFLOWS = ("text_to_intrinsics", "photo_to_intrinsics", "photo_to_intrinsics_fast", "relight", "shot_to_intrinsics")
 #: ComfyUI's own nodes used by the workflows (checked against the host in tests/host).
 CORE_NODES = frozenset({"UNETLoader", "DualCLIPLoader", "VAELoader", "CLIPTextEncode", "FluxGuidance", "SaveImage",
                         "PreviewImage", "LoadImage", "ImageScale", "PreviewAny", "DisableNoise", "BasicGuider",
-                        "KSamplerSelect", "SamplerCustomAdvanced"})
+                        "KSamplerSelect", "SamplerCustomAdvanced", "LoadVideo", "GetVideoComponents"})
 
 patches = pack_module("nodes._patches")
 RELEASE_NEGATIVE_PROMPT = "blurry, low quality, artifacts, distorted, noisy, pixelated, jpeg artifacts"
@@ -295,7 +296,8 @@ def test_workflow_matches_our_node_definitions(name):
     problems = wt.check_workflow(wf, all_classes(), external=CORE_NODES, file_widgets=frozenset({"adapter"}))
     assert problems == []
     types = {n["type"] for n in wf["nodes"]}
-    assert {"LumiXLoadAdapter", "LumiXDecodeMaps"} <= types and types & {"LumiXSampler", "SamplerCustomAdvanced"}
+    samples = "LumiXDecodeMaps" in types and types & {"LumiXSampler", "SamplerCustomAdvanced"}
+    assert "LumiXLoadAdapter" in types and (samples or "LumiXDecomposeShot" in types)
     assert types - set(all_classes()) - wt.VIRTUAL_NODES <= CORE_NODES
 
 
@@ -373,6 +375,9 @@ def test_workflows_tell_a_new_user_what_to_fetch_and_do_something_new_on_every_r
                  and isinstance(n["widgets_values"][0], int)]
         if name == "photo_to_intrinsics_fast":  # one-step decomposition is deterministic: no seed to randomize
             assert seeds == [] and "DisableNoise" in {n["type"] for n in wf["nodes"]}
+        elif name == "shot_to_intrinsics":  # one-step too: the shot's seed is unused, kept fixed
+            (shot,) = [n for n in wf["nodes"] if n["type"] == "LumiXDecomposeShot"]
+            assert seeds == [] and shot["widgets_values"][1:6] == ["fixed", 1, 1.0, "euler", "lumix_one_step"]
         else:
             assert seeds and set(seeds) == {"randomize"}, name
         for node in wf["nodes"]:

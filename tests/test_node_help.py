@@ -109,7 +109,7 @@ def test_the_one_sentence_rule(text, ok):
 
 # ----------------------------------------------------------------------------- every registered node
 def test_the_modules_register_the_whole_pack():
-    assert len(NODES) == 13 and all(name.startswith("LumiX") for name in NODES)
+    assert len(NODES) == 15 and all(name.startswith("LumiX") for name in NODES)
 
 
 @pytest.mark.parametrize("key", NODES)

@@ -33,7 +33,8 @@ CORE_TITLES = {"UNETLoader": "Load Diffusion Model", "DualCLIPLoader": "DualCLIP
                "PreviewImage": "Preview Image", "LoadImage": "Load Image", "ImageScale": "Upscale Image",
                "PreviewAny": "Preview Any", "PrimitiveNode": "Primitive", "MarkdownNote": "Note",
                "DisableNoise": "DisableNoise", "BasicGuider": "BasicGuider", "KSamplerSelect": "KSamplerSelect",
-               "SamplerCustomAdvanced": "SamplerCustomAdvanced"}
+               "SamplerCustomAdvanced": "SamplerCustomAdvanced", "LoadVideo": "Load Video",
+               "GetVideoComponents": "Get Video Components"}
 
 
 def _font(size: int) -> ImageFont.ImageFont:
@@ -44,7 +45,7 @@ def _pack_nodes() -> tuple[dict, dict]:
     from pack_import import pack_module
 
     classes, names = {}, {}
-    for module in ("compositing", "lumix_model", "lumix_latents", "lumix_sampler", "lumix_maps"):
+    for module in ("compositing", "lumix_model", "lumix_latents", "lumix_sampler", "lumix_maps", "lumix_shot"):
         nodes = pack_module(f"nodes.{module}")
         classes.update(nodes.NODE_CLASS_MAPPINGS)
         names.update(nodes.NODE_DISPLAY_NAME_MAPPINGS)

@@ -16,5 +16,5 @@ The shipped demo model (``weights/``, run by ``lumix demo``) is made by
 for the paper's ablation and the small-data curve (experiments/ablation/README.md).
 
 May import: lumix_core.maps, lumix_core.conventions, lumix_core.latents, lumix_core.cli_args, lumix_core.io,
-lumix_core.model, lumix_core.sampling, lumix_core.world, lumix_core.train.
+lumix_core.model, lumix_core.sampling, lumix_core.world, lumix_core.train, lumix_core.shot.
 """

@@ -44,6 +44,9 @@ from ..io.png import encode_png
 from .backbone import IMAGE_SIZE, SAMPLE_STEPS
 from .model import ONE_STEP_ADAPTER_FILE, WEIGHTS_DIR, ToyLumiX
 
+#: ``--sequence`` defaults: frames per model call, number of the first frame.
+SEQUENCE_CHUNK = 8
+SEQUENCE_START_FRAME = 1
 #: Largest input side we read (a guard against decompression bombs; far above any photo).
 MAX_SIDE = 16384
 
@@ -89,7 +92,7 @@ def load_photo(path: "str | os.PathLike[str]") -> torch.Tensor:
     return torch.from_numpy(rgb.copy())
 
 
-def _resize(image: torch.Tensor, height: int, width: int) -> torch.Tensor:
+def resize_image(image: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """``[H, W, C]`` -> ``[height, width, C]``: area averaging down, bilinear up."""
     x = image.permute(2, 0, 1)[None].float()
     shrinking = height < image.shape[0] and width < image.shape[1]
@@ -101,14 +104,16 @@ def decompose_photo(model: ToyLumiX, photo: torch.Tensor, *, prompt: str = "", s
                     seed: int = 0) -> dict[str, torch.Tensor]:
     """The maps of one photo ``[H, W, 3]``, each ``[H, W, 3]`` in [0, 1] at the photo's size."""
     h, w = photo.shape[:2]
-    small = _resize(photo, IMAGE_SIZE, IMAGE_SIZE)
+    small = resize_image(photo, IMAGE_SIZE, IMAGE_SIZE)
     with torch.inference_mode():
         maps = model.generate([prompt], seed=seed, steps=steps, true_cfg=1.0, color=small[None])
-    out = {}
-    for name, m in maps.items():
-        full = _resize(m.image[0], h, w)
-        out[name] = renormalize_normals(full)[0] if name == "normal" else full
-    return out
+    return {name: at_size(name, m.image[0], h, w) for name, m in maps.items()}
+
+
+def at_size(name: str, image: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """One finished map ``[h, w, 3]`` resized to the photo's ``height x width`` (normals renormalised)."""
+    full = resize_image(image, height, width)
+    return renormalize_normals(full)[0] if name == "normal" else full
 
 
 def load_model(weights: "str | os.PathLike[str]" = WEIGHTS_DIR, fast: bool = False) -> ToyLumiX:
@@ -180,9 +185,23 @@ def add_parser(sub) -> argparse.ArgumentParser:
                        description="Decompose photos into albedo, irradiance, color, depth and normal maps with the "
                                    "toy LumiX model shipped in the package (color pinned, no caption). Writes "
                                    "OUT/<stem>_<map>.png at the input's size; never overwrites (a counter is added).")
-    from ..cli_args import output_folder, positive_int, seed_value, thread_count
+    from ..cli_args import non_negative_int, output_folder, positive_int, seed_value, thread_count
+    from ..shot.stabilize import CAMERAS, DEFAULT_CAMERA
 
-    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (any format PIL reads)")
+    p.add_argument("images", nargs="*", metavar="IMAGE", help="image files (any format PIL reads)")
+    p.add_argument("--sequence", nargs="+", metavar="FRAME",
+                   help="decompose these frames, in this order, as one shot instead of one image at a time: also "
+                        "writes the EXR sequence OUT/<shot>/<shot>.####.exr (docs/shots.md)")
+    p.add_argument("--name", help="with --sequence: the shot's name (default: the first frame's stem)")
+    p.add_argument("--camera", choices=CAMERAS,
+                   help="with --sequence: moving (flow-guided blending of neighbouring frames, needs opencv), "
+                        "locked-off (one albedo, normal and depth map for the whole shot: a still camera, only "
+                        f"the light moving) or none (default {DEFAULT_CAMERA})")
+    p.add_argument("--chunk", type=positive_int,
+                   help=f"with --sequence: frames per model call (default {SEQUENCE_CHUNK}); memory grows with it, "
+                        "the maps do not change")
+    p.add_argument("--start-frame", type=non_negative_int,
+                   help=f"with --sequence: number of the first frame in the EXR names (default {SEQUENCE_START_FRAME})")
     p.add_argument("--out", type=output_folder, required=True, help="output folder (made if missing)")
     p.add_argument("--prompt", default="", help="optional caption in the toy's vocabulary (default: none)")
     p.add_argument("--fast", action="store_true",
@@ -199,12 +218,30 @@ def add_parser(sub) -> argparse.ArgumentParser:
     return p
 
 
-def main(args: argparse.Namespace) -> int:
-    """Run the parsed ``decompose`` command; exit status 0, 1 (some inputs failed) or 2 (usage)."""
-    from ..cli_args import write_error
-    from .text import PromptError
+@dataclass(frozen=True)
+class Settings:
+    """What the parsed arguments ask for: the model folder, which adapter, and how to sample."""
 
-    out = args.out  # checked by the parser: a folder we can make and write into
+    weights: Path
+    fast: bool
+    steps: int
+    seed: int
+
+
+def settings(args: argparse.Namespace) -> "Settings | int":
+    """The :class:`Settings` of the parsed ``decompose`` arguments, or exit status 2 after one line on
+    stderr for a usage error; sets the thread count."""
+    if bool(args.images) == bool(args.sequence):
+        print("lumix decompose: give image files (each decomposed on its own) or --sequence FRAME ... (one shot), "
+              "not both" if args.images else "lumix decompose: give the image files to decompose, or --sequence "
+              "FRAME ... for the frames of a shot", file=sys.stderr)
+        return 2
+    shot_only = [flag for flag, value in (("--name", args.name), ("--camera", args.camera), ("--chunk", args.chunk),
+                                          ("--start-frame", args.start_frame)) if value is not None]
+    if shot_only and not args.sequence:
+        print(f"lumix decompose: {', '.join(shot_only)} only apply with --sequence; add --sequence before the "
+              "frames, or drop them", file=sys.stderr)
+        return 2
     sampled = args.steps is not None or args.seed is not None
     if args.fast and sampled:
         print("lumix decompose: --fast decomposes in one deterministic step, so --steps and --seed do not apply; "
@@ -213,10 +250,28 @@ def main(args: argparse.Namespace) -> int:
     weights = Path(args.weights or WEIGHTS_DIR)
     fast = args.fast or (not sampled and (weights / ONE_STEP_ADAPTER_FILE).is_file())
     steps = SAMPLE_STEPS if args.steps is None else args.steps
-    seed = 0 if args.seed is None else args.seed
     if not fast and not sampled:
         print(f"note: {weights} has no {ONE_STEP_ADAPTER_FILE}; sampling with its multi-step adapter in {steps} steps")
     torch.set_num_threads(args.threads)
+    return Settings(weights, fast, steps, 0 if args.seed is None else args.seed)
+
+
+def adapter_words(s: Settings) -> str:
+    return ("the one-step adapter" if s.fast
+            else f"the multi-step adapter, {s.steps} step{'s' * (s.steps != 1)}, seed {s.seed}")
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run the parsed ``decompose`` command (one image at a time; ``--sequence`` runs
+    :func:`.decompose_sequence.main`); exit status 0, 1 (some inputs failed) or 2 (usage)."""
+    from ..cli_args import write_error
+    from .text import PromptError
+
+    out = args.out  # checked by the parser: a folder we can make and write into
+    chosen = settings(args)
+    if isinstance(chosen, int):
+        return chosen
+    weights, fast, steps, seed = chosen.weights, chosen.fast, chosen.steps, chosen.seed
     start = time.perf_counter()
     try:
         done, failed = run_decompose(args.images, out, prompt=args.prompt, steps=steps, seed=seed,
@@ -233,6 +288,7 @@ def main(args: argparse.Namespace) -> int:
             print(f"  note: {d.note}")
     for raw, reason in failed:
         print(f"lumix decompose: {raw}: {reason}", file=sys.stderr)
-    how = "the one-step adapter" if fast else f"the multi-step adapter, {steps} step{'s' * (steps != 1)}, seed {seed}"
-    print(f"{len(done)} decomposed ({how}), {len(failed)} failed, {time.perf_counter() - start:.1f} s")
+    elapsed = time.perf_counter() - start
+    print(f"{len(done)} decomposed ({adapter_words(chosen)}), {len(failed)} failed, {elapsed:.1f} s")
     return 1 if failed else 0
+

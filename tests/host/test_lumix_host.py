@@ -34,7 +34,7 @@ from lumix_core.model.qba import double_block_forward, single_block_forward  # n
 
 LUMIX_NODES = {"LumiXLoadAdapter", "LumiXPinPhoto", "LumiXEmptyMapsLatent", "LumiXPhotoToMapsLatent", "LumiXSampler",
                "LumiXReleaseSchedule", "LumiXOneStepSchedule", "LumiXDecodeMaps", "LumiXSplitMaps", "LumiXSaveMaps",
-               "LumiXRelight", "LumiXRecompose", "LumiXConsistencyReport"}
+               "LumiXRelight", "LumiXRecompose", "LumiXConsistencyReport", "LumiXDecomposeShot", "LumiXSaveSequence"}
 ATTENTION_TAKES_OPTIONS = "transformer_options" in inspect.signature(comfy.ldm.flux.math.attention).parameters
 POS, NEG = H.conditioning(1), H.conditioning(2)
 

@@ -23,9 +23,9 @@ import folder_paths  # noqa: E402
 
 import nodes as comfy_nodes  # noqa: E402
 
-WORKFLOWS = ("text_to_intrinsics", "photo_to_intrinsics", "photo_to_intrinsics_fast", "relight")
+WORKFLOWS = ("text_to_intrinsics", "photo_to_intrinsics", "photo_to_intrinsics_fast", "relight", "shot_to_intrinsics")
 #: Widgets whose choices are the user's model / input files (empty lists in a bare checkout).
-FILE_WIDGETS = frozenset({"unet_name", "clip_name1", "clip_name2", "vae_name", "adapter", "image"})
+FILE_WIDGETS = frozenset({"unet_name", "clip_name1", "clip_name2", "vae_name", "adapter", "image", "file"})
 
 
 class _TinyClip:
