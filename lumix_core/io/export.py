@@ -225,6 +225,16 @@ class _Planned:
     format: str
 
 
+def checked_maps(maps: Mapping[str, Tensor], item: Callable[[int], str]) -> tuple[dict[str, Tensor], int]:
+    """``({canonical name: images}, batch size)``, checked: image layouts, one size, finite (``item(i)`` names i)."""
+    images = {canonical(k): check_image(v, k, channels=(1, 3, 4)) for k, v in maps.items()}
+    count, _, _ = check_same_size(images)
+    for name, batch in images.items():
+        require_finite(batch, f"the {name} map", "it comes from a failed decode or sampling; fix that node and run "
+                       "again. Nothing was saved.", item)
+    return images, count
+
+
 def save_maps(
     maps: Mapping[str, Tensor],
     output_dir: "str | os.PathLike[str]",
@@ -250,11 +260,7 @@ def save_maps(
     """
     if not maps:
         raise ValueError("save_maps: no maps given; connect at least one map")
-    images = {canonical(k): check_image(v, k, channels=(1, 3, 4)) for k, v in maps.items()}
-    count, _, _ = check_same_size(images)
-    for name, batch in images.items():
-        require_finite(batch, f"the {name} map", "it comes from a failed decode or sampling; fix that node and run "
-                       "again. Nothing was saved.", lambda i: f"scene {i}")
+    images, count = checked_maps(maps, lambda i: f"scene {i}")
     wanted = [str(f).strip().lower() for f in formats]
     unknown = sorted(set(wanted) - set(FORMATS))
     if unknown:

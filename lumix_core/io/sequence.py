@@ -29,8 +29,7 @@ from typing import Iterable, Mapping, Optional
 import numpy as np
 from torch import Tensor
 
-from ..conventions import check_image, check_same_size, conventions_metadata, require_finite
-from ..maps import canonical
+from ..conventions import conventions_metadata
 from .export import (
     SavedFile,
     _exr_layers,
@@ -39,6 +38,7 @@ from .export import (
     _png_pixels,
     _write_set,
     check_target_names,
+    checked_maps,
     exr_encoding,
     resolve_prefix,
     write_exr,
@@ -123,11 +123,7 @@ def save_sequence(
     the sequence described in the module docstring; returns what was written."""
     if not maps:
         raise ValueError("LumiX: no maps given; connect at least one map")
-    images = {canonical(k): check_image(v, k, channels=(1, 3, 4)) for k, v in maps.items()}
-    count, _, _ = check_same_size(images)
-    for name, batch in images.items():
-        require_finite(batch, f"the {name} map", "it comes from a failed decode or sampling; fix that node and run "
-                       "again. Nothing was saved.", lambda i: f"frame {start_frame + i}")
+    images, count = checked_maps(maps, lambda i: f"frame {start_frame + i}")
     wanted = [str(f).strip().lower() for f in formats]
     unknown = sorted(set(wanted) - set(SEQUENCE_FORMATS))
     if unknown or not wanted:
