@@ -169,6 +169,11 @@ def flux_shape(patcher: Any) -> ModelShape:
     family = model_family(patcher)
     if model is None or dm is None:
         raise NotFluxError(f"expected a ComfyUI MODEL (a ModelPatcher), got {type(patcher).__name__}")
+    if type(model).__name__ == "Flux" and not isinstance(dm, comfy.ldm.flux.model.Flux):
+        raise NotFluxError(
+            f"LumiX recomputes FLUX.1's double- and single-stream blocks, but the connected FLUX MODEL runs a "
+            f"{type(dm).__name__} transformer without them (runtimes such as Nunchaku fuse the blocks). Load FLUX.1 "
+            "with UNETLoader, a FLUX.1 checkpoint loader, an fp8 file or a GGUF loader, and connect that MODEL.")
     if type(model).__name__ in NOT_FLUX1_MODEL_CLASSES or not isinstance(dm, comfy.ldm.flux.model.Flux):
         raise NotFluxError(
             f"LumiX works on FLUX.1 only, but the connected MODEL is {family} with a "

@@ -92,7 +92,7 @@ def flux_with_fused_blocks():
 
 
 @pytest.mark.parametrize("build, says", [
-    (nunchaku_like, r"LumiX works on FLUX.1 only, but the connected MODEL is Flux .*WrappedFluxStandIn transformer"),
+    (nunchaku_like, r"the connected FLUX MODEL runs a WrappedFluxStandIn transformer without them .*Nunchaku"),
     (flux_with_fused_blocks, r"LumiX works on FLUX.1 only, .*double-stream blocks lack \['img_mod'"),
 ], ids=["nunchaku-wrapper", "fused-blocks"])
 def test_a_flux_without_flux1_blocks_is_refused_with_what_to_connect(pack, build, says):
