@@ -19,11 +19,21 @@ from torch import nn
 #: ``comfy_api.torch_helpers.torch_compile``: the model_options key of the compile settings and the wrapper key.
 TORCH_COMPILE_KWARGS = "torch_compile_kwargs"
 COMPILE_KEY = "torch.compile"
+#: ``comfy.patcher_extension.WrappersMP.APPLY_MODEL``: where the compile wrapper and LumiX's pin wrapper sit.
 APPLY_MODEL = "apply_model"
 
 _lock = threading.Lock()
 _setups: dict[tuple, int] = {}  # compiled_signature -> small index, for readable keys
 _entries: dict[str, Callable] = {}  # repr(compile settings) -> torch.compile(_lumix_entry, **settings)
+
+
+def options_entry(model_options: dict, *keys: str) -> dict:
+    """``model_options["transformer_options"][keys[0]][keys[1]]...``: the dict itself, so edits land in it;
+    an empty dict where a level is missing."""
+    entry = model_options.get("transformer_options") or {}
+    for key in keys:
+        entry = entry.get(key) or {}
+    return entry
 
 
 def _lumix_entry(diffusion_model: nn.Module, lumix_key: str, *args: Any, **kwargs: Any) -> Any:
@@ -74,14 +84,17 @@ def _compiled_wrapper(entry: Callable, lumix_key: str) -> Callable:
     return wrapper
 
 
-def route_compiled_run(model_options: dict, diffusion_model: nn.Module, signature: tuple) -> bool:
-    """In one run's ``model_options``, replace ComfyUI's compile wrapper by LumiX's; whether there was one."""
+def route_compiled_run(model_options: dict, diffusion_model: nn.Module, signature: Callable[[], tuple]) -> bool:
+    """In one run's ``model_options``, replace ComfyUI's compile wrapper by LumiX's; whether there was one.
+
+    ``signature()`` names the LumiX setup; it is computed only for a compiled run.
+    """
     settings = model_options.get(TORCH_COMPILE_KWARGS)
-    wrappers = ((model_options.get("transformer_options") or {}).get("wrappers") or {}).get(APPLY_MODEL) or {}
+    wrappers = options_entry(model_options, "wrappers", APPLY_MODEL)
     if settings is None or not wrappers.get(COMPILE_KEY):
         return False
     with _lock:
-        setup = _setups.setdefault(signature, len(_setups))
+        setup = _setups.setdefault(signature(), len(_setups))
     lumix_key = f"lumix:{id(diffusion_model)}:{setup}"
     wrappers[COMPILE_KEY] = [_compiled_wrapper(_compiled_entry(dict(settings)), lumix_key)]
     return True

@@ -39,14 +39,12 @@ from ..lumix_core.sampling.layout import (
     scene_count,
     tagged_maps,
 )
-from ._compile import route_compiled_run
+from ._compile import APPLY_MODEL, options_entry, route_compiled_run
 
 log = logging.getLogger("comfyui-lumix")
 
 AttentionFn = Callable[..., Tensor]
 
-#: ``comfy.patcher_extension.WrappersMP.APPLY_MODEL``: where :class:`LumiXPinWrapper` sits in ``model_options``.
-APPLY_MODEL = "apply_model"
 
 
 def _device_of_to_args(*args: Any, **kwargs: Any) -> Optional[torch.device]:
@@ -155,7 +153,7 @@ def compiled_signature(model_options: dict) -> tuple:
 
     Strength and the factors' values are read at run time (tensors), so they are not part of it.
     """
-    dit = ((model_options.get("transformer_options") or {}).get("patches_replace") or {}).get("dit") or {}
+    dit = options_entry(model_options, "patches_replace", "dit")
     rows = []
     for key, patch in dit.items():
         if type(patch).__name__ != "LumiXBlockPatch":
@@ -172,7 +170,7 @@ def bind_block_patches(model_options: dict, diffusion_model: nn.Module) -> int:
 
     Matched by class name, as ``installed_adapter`` does (a second copy of the pack has its own classes).
     """
-    dit = ((model_options.get("transformer_options") or {}).get("patches_replace") or {}).get("dit") or {}
+    dit = options_entry(model_options, "patches_replace", "dit")
     changed = 0
     for key, patch in list(dit.items()):
         if type(patch).__name__ == "LumiXBlockPatch":
@@ -241,7 +239,7 @@ class LumiXSamplingGuard(_Shared):
         if patcher is not None and hasattr(patcher, "get_model_object"):
             diffusion_model = patcher.get_model_object("diffusion_model")
             bind_block_patches(options, diffusion_model)
-            route_compiled_run(options, diffusion_model, compiled_signature(options))
+            route_compiled_run(options, diffusion_model, lambda: compiled_signature(options))
         return executor(noise, latent_image, *args, **kwargs)
 
 
@@ -272,7 +270,7 @@ def is_pinned(model_options: dict) -> bool:
 
     Matched by class name, as ``installed_adapter`` does (a second copy of the pack has its own classes).
     """
-    wrappers = ((model_options.get("transformer_options") or {}).get("wrappers") or {}).get(APPLY_MODEL) or {}
+    wrappers = options_entry(model_options, "wrappers", APPLY_MODEL)
     return any(type(w).__name__ == "LumiXPinWrapper" for ws in wrappers.values() for w in ws)
 
 

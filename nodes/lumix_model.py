@@ -12,6 +12,7 @@ from typing import Any, Optional
 from ..lumix_core.model.checkpoint import OBJECTIVE_ONE_STEP, adapter_objective
 from ..lumix_core.sampling.layout import PIN_KEY, maps_of, slot_latents
 from . import _host
+from ._compile import options_entry
 from ._patches import LumiXBlockPatch, LumiXPinnedOutput, LumiXPinWrapper, LumiXSamplingGuard
 
 log = logging.getLogger("comfyui-lumix")
@@ -86,7 +87,7 @@ def patch_model(model: Any, adapter_name: str, strength: float) -> Any:
 def _warn_about_replaced_patches(model: Any) -> None:
     """LumiX recomputes whole blocks: other block replacements and in-block hooks do not apply."""
     to = model.model_options.get("transformer_options", {})
-    foreign = [k for k, p in to.get("patches_replace", {}).get("dit", {}).items()
+    foreign = [k for k, p in options_entry(model.model_options, "patches_replace", "dit").items()
                if type(p).__name__ != "LumiXBlockPatch"]
     hooks = [k for k in ("attn1_patch", "attn1_output_patch") if to.get("patches", {}).get(k)]
     if foreign:
