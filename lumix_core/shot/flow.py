@@ -3,7 +3,8 @@
 Why flow on the color frames: they are the input, known exactly; the maps are predictions.
 Flow ``f`` from frame ``a`` to frame ``b`` is backward flow for warping: ``a(x) ~ b(x + f(x))``,
 so :func:`warp` brings ``b``'s maps onto ``a``'s pixels. Layouts: frames and maps
-``[H, W, C]`` float in [0, 1] (numpy), flow ``[H, W, 2]`` in pixels (x, y).
+``[H, W, C]`` float in [0, 1] (numpy), flow ``[H, W, 2]`` in pixels (x, y), the points a warp
+reads (:func:`sample_points`) two float32 ``[H, W]`` arrays, made once per flow for all its warps.
 
 opencv is an extra (``pip install opencv-python``, part of ``lumix-intrinsics[train]``); it is
 imported only when flow is needed, so a locked-off shot needs none.
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["NEEDS_OPENCV", "require_opencv", "flow", "warp", "photometric_weight"]
+__all__ = ["NEEDS_OPENCV", "require_opencv", "flow", "sample_points", "warp", "photometric_weight"]
 
 NEEDS_OPENCV = ("LumiX: temporal blending of a moving camera needs opencv-python for optical flow: "
                 "pip install opencv-python (or lumix-intrinsics[train]); or set the camera to locked-off or none")
@@ -44,19 +45,25 @@ def flow(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return solver.calc(_gray8(a), _gray8(b), None)
 
 
-def warp(image: np.ndarray, f: np.ndarray) -> np.ndarray:
-    """``image`` ``[H, W, C]`` sampled at ``x + f(x)`` (bilinear, edges replicated)."""
-    cv2 = _cv2()
+def sample_points(f: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(x + f_x(x), y + f_y(x))``: where a warp by flow ``f`` reads each pixel."""
     h, w = f.shape[:2]
     gx, gy = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
-    out = cv2.remap(np.ascontiguousarray(image, dtype=np.float32), gx + f[..., 0], gy + f[..., 1],
+    return gx + f[..., 0], gy + f[..., 1]
+
+
+def warp(image: np.ndarray, points: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """``image`` ``[H, W, C]`` sampled at ``points`` (:func:`sample_points`; bilinear, edges replicated)."""
+    cv2 = _cv2()
+    out = cv2.remap(np.ascontiguousarray(image, dtype=np.float32), points[0], points[1],
                     interpolation=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
     return out.reshape(image.shape)
 
 
 def photometric_weight(a: np.ndarray, b_warped: np.ndarray, f: np.ndarray, tolerance: float = 0.04) -> np.ndarray:
     """``[H, W]`` trust in a warped neighbour: ``exp(-(err / tolerance)^2)`` of the color error
-    after warping, 0 where the flow points outside the frame (nothing there to borrow)."""
+    after warping, 0 where the flow points outside the frame (nothing there to borrow; tested in
+    float64, exactly, where the float32 points of a warp may round onto the border)."""
     h, w = f.shape[:2]
     gx, gy = np.meshgrid(np.arange(w), np.arange(h))
     x, y = gx + f[..., 0], gy + f[..., 1]

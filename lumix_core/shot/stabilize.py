@@ -126,11 +126,12 @@ def blend_moving(maps: Mapping[str, Tensor], radius: int = DEFAULT_RADIUS) -> di
             if s == t:
                 continue
             f = _flow.flow(color[t], color[s])
-            weight = _flow.photometric_weight(color[t], _flow.warp(color[s], f), f)
+            points = _flow.sample_points(f)
+            weight = _flow.photometric_weight(color[t], _flow.warp(color[s], points), f)
             weight = (weight * np.exp(-((s - t) / radius) ** 2))[..., None]
-            acc_a += weight * _flow.warp(albedo[s], f)
-            acc_n += weight * _flow.warp(normal[s], f)
-            acc_d += weight * _fit_affine(_flow.warp(depth[s], f), depth[t], weight)
+            acc_a += weight * _flow.warp(albedo[s], points)
+            acc_n += weight * _flow.warp(normal[s], points)
+            acc_d += weight * _fit_affine(_flow.warp(depth[s], points), depth[t], weight)
             total += weight
         out_a[t], out_n[t], out_d[t] = acc_a / total, acc_n / total, acc_d / total
     normal_t = torch.from_numpy(out_n)
