@@ -32,7 +32,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Mapping, Optional, Sequence
 
 import numpy as np
 import torch
@@ -148,6 +148,24 @@ def _to_uint8(image: torch.Tensor) -> np.ndarray:
     return (image.clamp(0, 1).numpy() * 255.0 + 0.5).astype(np.uint8)
 
 
+def sampling_text(model: ToyLumiX, steps: int, seed: int) -> dict[str, str]:
+    """The PNG/EXR text of how the maps were sampled: one step, or the seed and step count."""
+    if model.one_step:
+        return {"lumix.steps": "1 (one-step adapter)"}
+    return {"lumix.seed": str(seed), "lumix.steps": str(steps)}
+
+
+def write_pngs(out: Path, source: Path, maps: Mapping[str, torch.Tensor], text: Mapping[str, str]) -> Decomposition:
+    """One image's maps ``{map: [H, W, C]}`` as ``out/<stem>_<map>.png`` (never overwritten: see
+    :func:`output_paths`), ``text`` and the map's name in each file."""
+    paths, note = output_paths(out, source.stem, list(maps))
+    result = Decomposition(source, note=note)
+    for name, image in maps.items():
+        data = encode_png(_to_uint8(image), {**text, "lumix.map": name})
+        result.files.append(write_bytes_atomically(paths[name], data, overwrite=False))
+    return result
+
+
 def run_decompose(inputs: Sequence[str], out: "str | os.PathLike[str]", *, prompt: str = "",
                   steps: int = SAMPLE_STEPS, seed: int = 0, weights: "str | os.PathLike[str]" = WEIGHTS_DIR,
                   model: Optional[ToyLumiX] = None,
@@ -167,15 +185,9 @@ def run_decompose(inputs: Sequence[str], out: "str | os.PathLike[str]", *, promp
             continue
         maps = decompose_photo(model, photo, prompt=prompt, steps=steps, seed=seed)
         out.mkdir(parents=True, exist_ok=True)
-        paths, note = output_paths(out, Path(raw).stem, list(maps))
         text = {"lumix.source": Path(raw).name, "lumix.prompt": prompt, "lumix.model": "toy (lumix_core.toy)",
-                **({"lumix.steps": "1 (one-step adapter)"} if model.one_step
-                   else {"lumix.seed": str(seed), "lumix.steps": str(steps)})}
-        result = Decomposition(Path(raw), note=note)
-        for name, image in maps.items():
-            data = encode_png(_to_uint8(image), {**text, "lumix.map": name})
-            result.files.append(write_bytes_atomically(paths[name], data, overwrite=False))
-        done.append(result)
+                **sampling_text(model, steps, seed)}
+        done.append(write_pngs(out, Path(raw), maps, text))
     return done, failed
 
 

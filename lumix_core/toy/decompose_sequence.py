@@ -21,8 +21,6 @@ from typing import Callable, Optional, Sequence
 import torch
 
 from ..io.export import resolve_prefix
-from ..io.files import write_bytes_atomically
-from ..io.png import encode_png
 from ..io.sequence import SavedSequence, save_sequence
 from ..shot.chunks import Progress, decompose_shot
 from ..shot.stabilize import DEFAULT_CAMERA, check_camera, stabilize_shot
@@ -32,12 +30,12 @@ from .decompose import (
     SEQUENCE_START_FRAME,
     Decomposition,
     InputError,
-    _to_uint8,
     adapter_words,
     load_model,
     load_photo,
-    output_paths,
+    sampling_text,
     settings,
+    write_pngs,
 )
 from .model import ToyLumiX
 from .shot import toy_chunk_decomposer
@@ -112,17 +110,11 @@ def run_sequence(model: ToyLumiX, inputs: Sequence[str], out: "str | Path", *, n
     maps = stabilize_shot(maps, camera)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    how = {"lumix.steps": "1 (one-step adapter)"} if model.one_step else {"lumix.seed": str(seed),
-                                                                          "lumix.steps": str(steps)}
-    common = {"lumix.prompt": prompt, "lumix.model": "toy (lumix_core.toy)", "lumix.camera": camera, **how}
+    common = {"lumix.prompt": prompt, "lumix.model": "toy (lumix_core.toy)", "lumix.camera": camera,
+              **sampling_text(model, steps, seed)}
     for i, raw in enumerate(good):
-        paths, note = output_paths(out, Path(raw).stem, list(maps))
-        frame = Decomposition(Path(raw), note=note)
         text = {**common, "lumix.source": Path(raw).name, "lumix.shot": shot, "lumix.frame": str(start_frame + i)}
-        for map_name, batch in maps.items():
-            data = encode_png(_to_uint8(batch[i]), {**text, "lumix.map": map_name})
-            frame.files.append(write_bytes_atomically(paths[map_name], data, overwrite=False))
-        result.frames.append(frame)
+        result.frames.append(write_pngs(out, Path(raw), {m: batch[i] for m, batch in maps.items()}, text))
     extra = {k: v for k, v in common.items() if k not in ("lumix.prompt", "lumix.seed")}
     result.sequence = save_sequence(maps, out, shot, start_frame=start_frame, prompt=prompt,
                                     seed=None if model.one_step else seed, extra=extra)
