@@ -31,6 +31,7 @@ from .render import encode_depth, tone_map
 from .scene import FOV_RANGE_DEG
 
 __all__ = [
+    "float64_tensor",
     "normal_angular_error",
     "depth_abs_rel",
     "linear_si_mse",
@@ -46,7 +47,8 @@ def _np(x: Any) -> np.ndarray:
     return np.asarray(x, dtype=np.float64)
 
 
-def _tensor(x: Any) -> torch.Tensor:
+def float64_tensor(x: Any) -> torch.Tensor:
+    """A map (numpy or torch, any device) as a float64 CPU tensor, the precision the scores are computed in."""
     if isinstance(x, torch.Tensor):
         return x.detach().cpu().double()
     return torch.from_numpy(np.asarray(x, dtype=np.float64))
@@ -75,7 +77,7 @@ def normal_angular_error(pred: Any, gt: Any, mask: Any = None) -> float:
     renormalised with :func:`conventions.normals_to_vectors`, so 8-bit rounding and
     non-unit network output do not count as error, only direction does.
     """
-    p, g = _tensor(pred), _tensor(gt)
+    p, g = float64_tensor(pred), float64_tensor(gt)
     _check_pair(p.numpy(), g.numpy(), "normal")
     m = _mask(mask, tuple(g.shape))
     cos = (conventions.normals_to_vectors(p) * conventions.normals_to_vectors(g)).sum(dim=-1)
@@ -121,8 +123,8 @@ def linear_si_mse(pred: Any, gt: Any, mask: Any = None, per_channel: bool = True
     coloured light tints albedo and irradiance in opposite ways, which only a per-channel
     scale forgives) or once for all channels, then ``mean((s p - g)^2)`` over the mask.
     """
-    p = conventions.srgb_to_linear(_tensor(pred)[..., :3]).numpy()
-    g = conventions.srgb_to_linear(_tensor(gt)[..., :3]).numpy()
+    p = conventions.srgb_to_linear(float64_tensor(pred)[..., :3]).numpy()
+    g = conventions.srgb_to_linear(float64_tensor(gt)[..., :3]).numpy()
     _check_pair(p, g, "albedo")
     m = _mask(mask, g.shape)
     pm, gm = p[m], g[m]  # [P, 3]
@@ -138,7 +140,7 @@ COHERENCE_FOV_DEG = float(sum(FOV_RANGE_DEG) / 2)
 
 
 def _nhwc(x: Any) -> torch.Tensor:
-    t = _tensor(x).float()
+    t = float64_tensor(x).float()
     return (t[..., None] if t.dim() == 2 else t)[None]
 
 
@@ -185,12 +187,12 @@ def evaluate_maps(pred: Mapping[str, Any], truth: Mapping[str, np.ndarray]) -> d
     mask = np.asarray(truth["hit"], dtype=bool) if "hit" in truth else None
     out: dict[str, float] = {}
     if "normal" in named:
-        gt_n = conventions.vectors_to_normals(_tensor(truth["normal"]))
+        gt_n = conventions.vectors_to_normals(float64_tensor(truth["normal"]))
         out["normal_angular_error_deg"] = normal_angular_error(named["normal"], gt_n, mask)
     if "depth" in named:
         out["depth_abs_rel"] = depth_abs_rel(named["depth"], truth["depth"], mask)
     if "albedo" in named:
-        gt_a = conventions.linear_to_srgb(_tensor(truth["albedo"]))
+        gt_a = conventions.linear_to_srgb(float64_tensor(truth["albedo"]))
         out["albedo_si_mse"] = linear_si_mse(named["albedo"], gt_a, mask)
     if "irradiance" in named and "irradiance" in truth:
         out["irradiance_si_mse"] = linear_si_mse(named["irradiance"], tone_map(truth["irradiance"]), mask)

@@ -16,10 +16,10 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-import numpy as np
 import torch
 
 from .. import conventions
+from .metrics import float64_tensor
 
 __all__ = ["TEMPORAL_MAPS", "frame_changes", "flicker", "temporal_error"]
 
@@ -27,15 +27,11 @@ __all__ = ["TEMPORAL_MAPS", "frame_changes", "flicker", "temporal_error"]
 TEMPORAL_MAPS = ("albedo", "normal", "depth")
 
 
-def _t(x: Any) -> torch.Tensor:
-    return x.detach().cpu().double() if isinstance(x, torch.Tensor) else torch.from_numpy(np.asarray(x, np.float64))
-
-
 def frame_changes(name: str, frames: Any) -> torch.Tensor:
     """Per-pixel change from each frame to the next, ``[T-1, H, W, C]``, in the map's unit space:
     linear RGB for albedo, unit vectors for normals (their difference; its length is the angle in
     radians for small angles), the encoded value for depth (first channel)."""
-    x = _t(frames)
+    x = float64_tensor(frames)
     if name == "albedo":
         x = conventions.srgb_to_linear(x[..., :3])
     elif name == "normal":
