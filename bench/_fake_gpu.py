@@ -50,9 +50,13 @@ CUDA_BLOCK = 512
 GiB = 2**30
 
 
+def _round_up(n: int, m: int) -> int:
+    return -(-n // m) * m
+
+
 def cuda_block_bytes(nbytes: int) -> int:
     """Bytes the CUDA caching allocator takes for one allocation of ``nbytes`` (0 stays 0)."""
-    return -(-nbytes // CUDA_BLOCK) * CUDA_BLOCK
+    return _round_up(nbytes, CUDA_BLOCK)
 
 
 def fake_mode() -> FakeTensorMode:
@@ -249,8 +253,8 @@ class CudaAutocastPolicy:
         self.cache: dict[int, tuple[weakref.ref, Tensor]] = {}  # autocast's weight-cast cache
 
     # -- the probe --------------------------------------------------------------------------
-    def _plan(self, op, args: tuple, kwargs: dict, dtype: torch.dtype) -> _Plan:
-        flat, spec = tree_flatten((args, kwargs))
+    def _plan(self, op, flat: list, spec, dtype: torch.dtype) -> _Plan:
+        """The cast plan of ``op`` on the flattened ``(args, kwargs)`` ``flat`` / ``spec``."""
         # non-tensor arguments are part of the key: a plan may replay them (sum(x, dim) -> sum(x, dim, dtype))
         key = (op, dtype, str(spec), tuple(
             (x.dtype, x.device.type == self.device_type) if isinstance(x, Tensor)
@@ -261,7 +265,7 @@ class CudaAutocastPolicy:
         return plan
 
     def _probe(self, op, flat: list, spec, dtype: torch.dtype) -> _Plan:
-        with _disable_current_modes(), FakeTensorMode(allow_non_fake_inputs=True), torch.no_grad():
+        with _disable_current_modes(), fake_mode(), torch.no_grad():
             probes = [torch.empty_strided(x.shape, x.stride(), dtype=x.dtype,
                                           device="cuda" if x.device.type == self.device_type else x.device)
                       if isinstance(x, Tensor) else x for x in flat]
@@ -319,8 +323,8 @@ class CudaAutocastPolicy:
 
     def kernel(self, op) -> Callable:
         def run(*args, **kwargs):
-            plan = self._plan(op, args, kwargs, torch.get_autocast_dtype(self.device_type))
             flat, spec = tree_flatten((args, kwargs))
+            plan = self._plan(op, flat, spec, torch.get_autocast_dtype(self.device_type))
             cast = {i: self.cast(flat[i], d) for i, d in plan.casts.items()}
             with torch._C._ExcludeDispatchKeyGuard(_autocast_keyset()):
                 if plan.target is None:
@@ -380,10 +384,6 @@ def cuda_autocast(device_type: str = "cpu") -> Iterator[CudaAutocastPolicy]:
 
 
 # -------------------------------------------------------------------- flash attention
-def _round_up(n: int, m: int) -> int:
-    return -(-n // m) * m
-
-
 def _is_fake(*tensors: Tensor) -> bool:
     return any(isinstance(t, FakeTensor) for t in tensors)
 

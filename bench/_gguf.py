@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lumix_core.model.fp8 import replace_block_linears_
+
 #: qtype -> (weights per block, bytes per block)
 QTYPES = {"q8_0": (32, 34), "q4_0": (32, 18)}
 
@@ -94,12 +96,5 @@ def quantize_flux_blocks_(model: nn.Module, qtype: str) -> int:
     (``img_in``, ``txt_in``, ``time_in``, ``vector_in``, ``guidance_in``) and ``final_layer`` are
     not (the llama.cpp patch leaves them out). Returns how many layers were replaced.
     """
-    count = 0
-    for blocks in (model.double_blocks, model.single_blocks):
-        for parent in list(blocks.modules()):
-            for name, child in list(parent.named_children()):
-                if isinstance(child, nn.Linear):
-                    setattr(parent, name, GgufLinear(child.in_features, child.out_features, child.bias is not None,
-                                                     qtype, device=child.weight.device))
-                    count += 1
-    return count
+    return replace_block_linears_(model, lambda linear: GgufLinear(
+        linear.in_features, linear.out_features, linear.bias is not None, qtype, device=linear.weight.device))

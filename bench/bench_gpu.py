@@ -38,6 +38,7 @@ from lumix_core.maps import RELEASE  # noqa: E402
 from lumix_core.model.adapter import LumiXAdapter, default_spec  # noqa: E402
 from lumix_core.model.checkpoint import save_adapter  # noqa: E402
 from lumix_core.model.flux import FLUX_DEV, Flux, FluxConfig, tiny_config  # noqa: E402
+from lumix_core.model.fp8 import replace_linears_  # noqa: E402
 
 M = RELEASE.size
 MODES = {"text": 2, "photo": 1}  # chunks per model call
@@ -60,10 +61,7 @@ class Fp8Linear(nn.Module):
 
 
 def store_linears_as(model: nn.Module, dtype: torch.dtype) -> nn.Module:
-    for parent in list(model.modules()):
-        for name, child in list(parent.named_children()):
-            if isinstance(child, nn.Linear):
-                setattr(parent, name, Fp8Linear(child, dtype))
+    replace_linears_(model, lambda linear: Fp8Linear(linear, dtype))
     return model
 
 

@@ -99,17 +99,10 @@ from _gguf import quantize_flux_blocks_ as gguf_blocks_  # noqa: E402
 
 from lumix_core.latents import LATENT_CHANNELS, VAE_FACTOR  # noqa: E402
 from lumix_core.maps import RELEASE, MapSet  # noqa: E402
+from lumix_core.model import fp8 as fp8_module  # noqa: E402
 from lumix_core.model.adapter import LumiXAdapter, default_spec  # noqa: E402
 from lumix_core.model.flux import FLUX_DEV, Flux, FluxConfig, tiny_config  # noqa: E402
-
-try:  # fp8 base weights (lumix_core.model.fp8)
-    from lumix_core.model import fp8 as fp8_module
-except ImportError:  # pragma: no cover - older checkouts
-    fp8_module = None
-try:  # block swapping (lumix_core.train.block_swap)
-    from lumix_core.train import block_swap as swap_module
-except ImportError:  # pragma: no cover - older checkouts
-    swap_module = None
+from lumix_core.train import block_swap as swap_module  # noqa: E402
 
 #: Frozen FLUX weights: bf16, fp8 e4m3fn, and (inference only) the GGUF quantizations ComfyUI-GGUF loads.
 TRAIN_WEIGHTS = ("bf16", "fp8")
@@ -150,6 +143,11 @@ class Case:
     config: FluxConfig = FLUX_DEV
     scenes: int = 1  # inference: scenes sampled in one batch
     height: Optional[int] = None  # image height in pixels (None: square); inference only
+
+    @property
+    def weight_bytes_per_param(self) -> float:
+        """Bytes of a frozen block weight: 2 in bf16, 1 in fp8 (training rows' weights)."""
+        return 2.0 if self.weights == "bf16" else 1.0
 
     @property
     def map_set(self) -> MapSet:
@@ -251,8 +249,6 @@ def build_flux(config: FluxConfig, weights: str, dtype: torch.dtype = torch.bflo
     with torch.device("meta"):
         model = Flux(config)
     if weights == "fp8":
-        if fp8_module is None:
-            raise RuntimeError("fp8 rows need lumix_core.model.fp8")
         fp8_module.quantize_flux_blocks_(model, values=False)
     elif weights in QTYPES:
         gguf_blocks_(model, weights)
@@ -355,13 +351,12 @@ def simulate_train(case: Case, *, fake: bool = True, device: str = "cpu") -> Row
         for name in ("scene", "empty_conditioning"):
             method = _host(getattr(cache_module.LatentCache, name))  # cache reads: host memory
             stack.enter_context(_patched(cache_module.LatentCache, name, method))
-        if swap_module is not None:
-            def move_home(*args, **kwargs):  # swapped blocks' CPU copies: host memory
-                with ledger.paused():
-                    return original_home(*args, **kwargs)
+        def move_home(*args, **kwargs):  # swapped blocks' CPU copies: host memory
+            with ledger.paused():
+                return original_home(*args, **kwargs)
 
-            original_home = swap_module._move_home
-            stack.enter_context(_patched(swap_module, "_move_home", move_home))
+        original_home = swap_module._move_home
+        stack.enter_context(_patched(swap_module, "_move_home", move_home))
 
         trainer = fit._Trainer(config=config, ctx=ctx, explicit=None, decoder=None, progress=False, on_step=None)
         for group in trainer.optimizer.param_groups:
@@ -410,10 +405,9 @@ def simulate_train(case: Case, *, fake: bool = True, device: str = "cpu") -> Row
         phase = ledger.phase_at(ledger.peak_blocks.event)
         del trainer, model, adapter, opt, groups, frozen, swapper
     formula = None
-    if case.blocks_to_swap and swap_module is not None:
-        per_param = 2.0 if case.weights == "bf16" else 1.0
-        formula = swap_module.swap_traffic_bytes(case.config, case.blocks_to_swap, per_param)
-    rate = getattr(swap_module, "PCIE4_X16_BYTES_PER_S", 25e9)
+    if case.blocks_to_swap:
+        formula = swap_module.swap_traffic_bytes(case.config, case.blocks_to_swap, case.weight_bytes_per_param)
+    rate = swap_module.PCIE4_X16_BYTES_PER_S
     return Row("train", case.weights, case.size, case.gradient_checkpointing, case.blocks_to_swap,
                _gib(split.total), split.total, raw, {k: _gib(v) for k, v in split.parts.items()}, phase,
                parts_bytes=dict(split.parts), sequences=case.map_set.size, text_tokens=case.text_tokens,
@@ -492,16 +486,17 @@ def logging_disabled() -> Iterator[None]:
         logging.disable(previous)
 
 
-def simulate(case: Case, *, fake: bool = True) -> Row:
-    return simulate_train(case, fake=fake) if case.mode == "train" else simulate_inference(case, fake=fake)
+def simulate(case: Case, *, fake: bool = True, device: str = "cpu") -> Row:
+    run = simulate_train if case.mode == "train" else simulate_inference
+    return run(case, fake=fake, device=device)
 
 
 # ------------------------------------------------------------------------------ swap targets
 def swap_needed(case: Case, target_gib: float, *, cache: dict) -> Optional[int]:
     """Fewest ``blocks_to_swap`` whose simulated peak is at most ``target_gib`` (None: not even the most).
 
-    A guess from the block sizes (``block_swap.block_param_count``: swapping a block takes its
-    weights off the device; the two slots add two of the largest) picks where to start; the
+    A guess from the block sizes (``block_swap.swap_saved_bytes``: swapping blocks takes their
+    weights off the device; the slots add back the largest) picks where to start; the
     answer itself comes from simulations only: the guess is walked down while one block fewer
     still fits, up while it does not fit (the peak falls as N grows from 3 on).
     """
@@ -515,17 +510,11 @@ def swap_needed(case: Case, target_gib: float, *, cache: dict) -> Optional[int]:
     most = swap_module.max_blocks_to_swap(case.config)
     if peak(0) <= target:
         return 0
-    per_param = 2.0 if case.weights == "bf16" else 1.0
-    sizes = [swap_module.block_param_count(case.config, name.split("_")[0]) * per_param
-             for name in swap_module.swapped_block_names(case.config, most)]  # in swap order
-    guess = most
-    for n in range(swap_module.SLOTS + 1, most + 1):
-        swapped = sizes[most - n:]
-        if peak(0) - sum(swapped) + swap_module.SLOTS * max(swapped) <= target:
-            guess = n
-            break
     lo = swap_module.SLOTS + 1  # fewer swapped blocks than slots + 1 save nothing
-    n = max(lo, min(guess, most))
+    guess = next((n for n in range(lo, most + 1)
+                  if peak(0) - swap_module.swap_saved_bytes(case.config, n, case.weight_bytes_per_param) <= target),
+                 most)
+    n = max(lo, guess)
     if peak(n) <= target:
         while n > lo and peak(n - 1) <= target:
             n -= 1
@@ -585,7 +574,7 @@ def _floats(text: str) -> list[float]:
 
 def _weights(args, allowed: tuple) -> list[str]:
     asked = [w for w in (args.weights or ",".join(allowed)).split(",") if w]
-    return [w for w in asked if w in allowed and (w != "fp8" or fp8_module is not None)]
+    return [w for w in asked if w in allowed]
 
 
 def plan_cases(args) -> list[Case]:
@@ -598,7 +587,7 @@ def plan_cases(args) -> list[Case]:
                 if not args.no_off:
                     cases.append(Case("train", size, w, 0, False, args.text_tokens, args.rank, config=model))
                 for n in args.swap:
-                    if n and swap_module is not None:
+                    if n:
                         cases.append(Case("train", size, w, n, True, args.text_tokens, args.rank, config=model))
     if args.rows in ("inference", "all"):
         sizes = [(size, size, kind) for size in args.sizes for kind in ("text", "photo")]
@@ -629,8 +618,7 @@ def cuda_check(args) -> None:
               + " --- |" * 5)
     for case in plan_cases(args):
         sim = simulate(case)
-        run = simulate_train if case.mode == "train" else simulate_inference
-        real = run(case, fake=False, device="cuda")
+        real = simulate(case, fake=False, device="cuda")
         torch.cuda.empty_cache()
         if args.json:
             print(json.dumps({"mode": f"cuda_check_{case.mode}", "simulated": asdict(sim), "cuda": asdict(real)}),
@@ -678,7 +666,7 @@ def main(argv: Optional[list[str]] = None) -> None:
             print(json.dumps(asdict(row)), flush=True)
     needed = []
     fp8_train = "fp8" in _weights(args, TRAIN_WEIGHTS)
-    if args.rows in ("train", "all") and args.targets and swap_module is not None and fp8_train:
+    if args.rows in ("train", "all") and args.targets and fp8_train:
         for size in args.sizes:
             base = Case("train", size, "fp8", 0, True, args.text_tokens, args.rank, config=MODELS[args.model])
             for target in args.targets:

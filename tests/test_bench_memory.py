@@ -31,11 +31,8 @@ from lumix_core.model.flux import tiny_config  # noqa: E402
 
 TOY = Case(size=64, text_tokens=8, rank=4, config=TINY)
 simulate = functools.lru_cache(maxsize=None)(bench_memory.simulate)  # a case is simulated once per session
-VARIANTS = {"checkpointing": {}, "no checkpointing": {"gradient_checkpointing": False}}
-if bench_memory.swap_module is not None:
-    VARIANTS["block swap"] = {"blocks_to_swap": 3}
-if bench_memory.fp8_module is not None:
-    VARIANTS["fp8"] = {"weights": "fp8"}
+VARIANTS = {"checkpointing": {}, "no checkpointing": {"gradient_checkpointing": False},
+            "block swap": {"blocks_to_swap": 3}, "fp8": {"weights": "fp8"}}
 VARIANTS["inference"] = {"mode": "inference"}
 VARIANTS["inference, photo, 2 scenes, 96x64"] = {"mode": "inference", "inference": "photo", "scenes": 2, "size": 96,
                                                  "height": 64}
@@ -138,12 +135,10 @@ def test_the_count_follows_the_model_and_the_settings():
     assert larger.peak_bytes > base.peak_bytes and larger.parts_bytes["frozen_weights"] == frozen
     assert no_ckpt.peak_bytes > base.peak_bytes
     assert no_ckpt.parts_bytes["frozen_weights"] == base.parts_bytes["frozen_weights"]
-    if bench_memory.fp8_module is not None:
-        fp8 = simulate(replace(TOY, weights="fp8"))
-        assert fp8.parts_bytes["frozen_weights"] < base.parts_bytes["frozen_weights"]
+    fp8 = simulate(replace(TOY, weights="fp8"))
+    assert fp8.parts_bytes["frozen_weights"] < base.parts_bytes["frozen_weights"]
 
 
-@pytest.mark.skipif(bench_memory.swap_module is None, reason="needs lumix_core.train.block_swap")
 def test_swapping_blocks_takes_their_weights_off_the_device_and_counts_the_copies():
     deeper = replace(TOY, config=tiny_config(hidden_size=64, num_heads=2, depth=2, depth_single_blocks=6,
                                              context_in_dim=32, vec_in_dim=16))
@@ -275,7 +270,7 @@ def test_the_cli_prints_json_rows_and_a_markdown_table(capsys):
     assert {r["mode"] for r in rows} == {"train", "inference", "summary"}
     train = [r for r in rows if r["mode"] == "train"]
     assert [(r["gradient_checkpointing"], r["blocks_to_swap"]) for r in train] == (
-        [(True, 0), (False, 0)] + ([(True, 3)] if bench_memory.swap_module is not None else []))
+        [(True, 0), (False, 0), (True, 3)])
     assert all(r["peak_gib"] > 0 and r["weights"] == "bf16" and r["size"] == 64 for r in train)  # GGUF: no training
     inference = [(r["inference"], r["weights"], r["scenes"], r["size"], r["height"], r["sequences"])
                  for r in rows if r["mode"] == "inference"]

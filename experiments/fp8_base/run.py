@@ -29,14 +29,14 @@ from lumix_core.toy.recipe import ONE_STEP_SETTINGS, fit_config
 from lumix_core.toy.scoring.held_out import EvalSettings, held_out_scenes
 from lumix_core.toy.scoring.map_scores import evaluate_decomposition
 from lumix_core.toy.vae import ToyVAEDecoder
-from lumix_core.train.fit import run_fit
+from lumix_core.train.fit import FINAL_ADAPTER, run_fit
 
 KEYS = ("normal_angular_error_deg", "depth_abs_rel", "albedo_si_mse", "irradiance_si_mse", "reads_photo_depth",
         "reads_photo_normal")
 
 
 def train(cache: str, run: Path, base: str, seed: int, steps: int, weights: Path) -> Path:
-    adapter = run / "adapter.safetensors"
+    adapter = run / FINAL_ADAPTER
     if not adapter.is_file():
         settings = replace(ONE_STEP_SETTINGS, steps=steps, seed=seed, evaluate_every=steps)
         config = replace(fit_config(cache, weights / BACKBONE_FILE, run, settings), base_dtype=base)

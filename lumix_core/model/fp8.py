@@ -12,7 +12,7 @@ quantized here get a power-of-two scale, which makes that product exact in every
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -134,19 +134,31 @@ class Fp8Linear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, fp8"
 
 
+def replace_linears_(module: nn.Module, make: Callable[[nn.Linear], nn.Module]) -> int:
+    """Replace every ``nn.Linear`` inside ``module`` by ``make(linear)``; returns how many."""
+    count = 0
+    for parent in list(module.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, nn.Linear):
+                setattr(parent, name, make(child))
+                count += 1
+    return count
+
+
+def replace_block_linears_(model: nn.Module, make: Callable[[nn.Linear], nn.Module]) -> int:
+    """:func:`replace_linears_` on FLUX's double and single blocks only (their linears hold 99.4 % of
+    FLUX.1-dev's weights; the embedders and the final layer are left as they are)."""
+    return sum(replace_linears_(block, make) for blocks in (model.double_blocks, model.single_blocks)
+               for block in blocks)
+
+
 def quantize_linears_(module: nn.Module, *, values: bool = True) -> int:
     """Replace every ``nn.Linear`` inside ``module`` by an :class:`Fp8Linear`; returns how many.
 
     ``values=False`` swaps the modules without quantizing (fp8 zeros, scale 1), for a loader
     that fills them by assignment, e.g. on the meta device.
     """
-    count = 0
-    for parent in list(module.modules()):
-        for name, child in list(parent.named_children()):
-            if isinstance(child, nn.Linear):
-                setattr(parent, name, Fp8Linear.from_linear(child, values=values))
-                count += 1
-    return count
+    return replace_linears_(module, lambda linear: Fp8Linear.from_linear(linear, values=values))
 
 
 def quantize_flux_blocks_(model: nn.Module, *, values: bool = True) -> int:
@@ -155,8 +167,7 @@ def quantize_flux_blocks_(model: nn.Module, *, values: bool = True) -> int:
     The embedders and the final layer (64 M parameters) stay in the compute dtype: they are
     cheap to keep exact, and the timestep and guidance inputs pass through them.
     """
-    return sum(quantize_linears_(block, values=values)
-               for blocks in (model.double_blocks, model.single_blocks) for block in blocks)
+    return replace_block_linears_(model, lambda linear: Fp8Linear.from_linear(linear, values=values))
 
 
 def fp8_weight_names(model: nn.Module) -> set[str]:
