@@ -27,12 +27,11 @@ from lumix_core.io.files import write_text_atomically
 from lumix_core.toy.model import BACKBONE_FILE, WEIGHTS_DIR, ToyLumiX
 from lumix_core.toy.recipe import ONE_STEP_SETTINGS, fit_config
 from lumix_core.toy.scoring.held_out import EvalSettings, held_out_scenes
-from lumix_core.toy.scoring.map_scores import evaluate_decomposition
+from lumix_core.toy.scoring.map_scores import DECOMPOSITION_SCORES, evaluate_decomposition
 from lumix_core.toy.vae import ToyVAEDecoder
 from lumix_core.train.fit import FINAL_ADAPTER, run_fit
 
-KEYS = ("normal_angular_error_deg", "depth_abs_rel", "albedo_si_mse", "irradiance_si_mse", "reads_photo_depth",
-        "reads_photo_normal")
+KEYS = DECOMPOSITION_SCORES
 
 
 def train(cache: str, run: Path, base: str, seed: int, steps: int, weights: Path) -> Path:

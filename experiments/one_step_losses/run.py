@@ -21,11 +21,11 @@ import torch
 
 from lumix_core.toy.model import BACKBONE_FILE, TEXT_FILE, WEIGHTS_DIR
 from lumix_core.toy.recipe import ONE_STEP_SETTINGS, fit_adapter
+from lumix_core.toy.scoring.map_scores import DECOMPOSITION_SCORES
 from lumix_core.toy.text import ToyTextEncoder
 from lumix_core.train.curves import EVALUATIONS, read_jsonl
 
-KEYS = ("normal_angular_error_deg", "depth_abs_rel", "albedo_si_mse", "irradiance_si_mse", "reads_photo_depth",
-        "reads_photo_normal")
+KEYS = DECOMPOSITION_SCORES
 
 
 def main() -> int:

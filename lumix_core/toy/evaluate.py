@@ -40,7 +40,13 @@ from ..io.files import write_text_atomically
 from .model import WEIGHTS_DIR, ToyLumiX
 from .scoring.caption_checks import caption_following, caption_following_of_truth
 from .scoring.held_out import EvalSettings, held_out_scenes
-from .scoring.map_scores import COHERENCE_METRICS, GT_METRICS, evaluate_decomposition, evaluate_generation, format_score
+from .scoring.map_scores import (
+    COHERENCE_METRICS,
+    DECOMPOSITION_SCORES,
+    evaluate_decomposition,
+    evaluate_generation,
+    format_score,
+)
 from .scoring.references import reference_scores
 from .scoring.steps_sweep import steps_markdown, steps_table
 from .seed_streams import EVAL_DATA_SEED
@@ -77,7 +83,7 @@ def summary_table(results: dict[str, dict[str, float]]) -> str:
     dec, gen = results["decomposition"], results["generation"]
     refs = ("ground_truth_vae", "trivial", "trivial_flat_irradiance", "prior", "copy_color", "independent_noise")
     lines = ["| score | model | " + " | ".join(refs) + " | target |", "|---" * (len(refs) + 3) + "|"]
-    for key in GT_METRICS + ("reads_photo_depth", "reads_photo_normal") + COHERENCE_METRICS:
+    for key in DECOMPOSITION_SCORES + COHERENCE_METRICS:
         op, value = TARGETS.get(key, ("", None))
         target = f"{op} {value}" if value is not None else ""
         if key == "albedo_si_mse":

@@ -13,7 +13,7 @@ from torch import Tensor
 
 from ..shot.chunks import ChunkDecomposer
 from .backbone import IMAGE_SIZE, SAMPLE_STEPS
-from .decompose import at_size, resize_image
+from .decompose import at_size, decompose_photo, resize_image
 from .model import ToyLumiX
 
 
@@ -22,15 +22,13 @@ def toy_chunk_decomposer(model: ToyLumiX, *, prompt: str = "", steps: int = SAMP
     """``frames [n, H, W, 3] -> {map: [n, H, W, 3]}`` at the frames' size, as :func:`.decompose.decompose_photo`
     does for one photo."""
     def decompose(frames: Tensor) -> dict[str, Tensor]:
+        if not model.one_step:  # one scene per call, every frame from the seed's noise
+            per = [decompose_photo(model, f, prompt=prompt, steps=steps, seed=seed) for f in frames]
+            return {k: torch.stack([p[k] for p in per]) for k in per[0]}
         n, h, w = frames.shape[:3]
         small = torch.stack([resize_image(f, IMAGE_SIZE, IMAGE_SIZE) for f in frames])
         with torch.inference_mode():
-            if model.one_step:
-                images = {k: m.image for k, m in model.generate([prompt] * n, true_cfg=1.0, color=small).items()}
-            else:
-                per = [model.generate([prompt], seed=seed, steps=steps, true_cfg=1.0, color=small[i:i + 1])
-                       for i in range(n)]
-                images = {k: torch.cat([p[k].image for p in per]) for k in per[0]}
+            images = {k: m.image for k, m in model.generate([prompt] * n, true_cfg=1.0, color=small).items()}
         return {k: torch.stack([at_size(k, im, h, w) for im in v]) for k, v in images.items()}
 
     return decompose

@@ -31,14 +31,15 @@ from ..world.dataset import scene_seed
 from ..world.metrics import evaluate_maps, map_coherence
 from ..world.scene import sample_scene
 from ..world.shot_metrics import flicker, frame_changes, temporal_error
-from ..world.shots import MOVES, Shot, render_shot
-from .decompose import load_model
+from ..world.shots import LOCKED_OFF_MOVES, MOVES, Shot, render_shot
+from .decompose import SEQUENCE_CHUNK, load_model
 from .model import ToyLumiX
 from .scoring.held_out import truth_of
+from .scoring.map_scores import GT_METRICS
 from .seed_streams import EVAL_DATA_SEED
 from .shot import toy_chunk_decomposer
 
-ACCURACY = ("normal_angular_error_deg", "depth_abs_rel", "albedo_si_mse", "irradiance_si_mse")
+ACCURACY = GT_METRICS
 FLICKER = ("flicker_albedo", "flicker_normal", "flicker_depth")
 TEMPORAL = ("temporal_albedo", "temporal_normal", "temporal_depth")
 COLUMNS = ACCURACY + ("recompose_error",) + FLICKER + TEMPORAL
@@ -46,7 +47,7 @@ COLUMNS = ACCURACY + ("recompose_error",) + FLICKER + TEMPORAL
 TARGETS = {"flicker_albedo": 0.5, "flicker_normal": 0.5, "temporal_albedo": 0.7, "temporal_normal": 0.7,
            "temporal_depth": 0.7, **{k: 1.05 for k in ACCURACY}}
 #: The camera each move is stabilised for in shot mode.
-SHOT_CAMERA = {"lamp": "locked-off", "orbit": "moving", "pan": "moving"}
+SHOT_CAMERA = {move: "locked-off" if move in LOCKED_OFF_MOVES else "moving" for move in MOVES}
 
 
 @dataclass
@@ -78,7 +79,7 @@ def shot_modes(move: str, maps: dict[str, torch.Tensor]) -> dict[str, dict[str, 
     return modes
 
 
-def shot_table(model: ToyLumiX, scenes: int = 6, frames: int = 24, size: int = 64, chunk: int = 8,
+def shot_table(model: ToyLumiX, scenes: int = 6, frames: int = 24, size: int = 64, chunk: int = SEQUENCE_CHUNK,
                moves: Sequence[str] = tuple(MOVES)) -> ShotTable:
     """Every move of :data:`lumix_core.world.shots.MOVES` on ``scenes`` held-out scenes."""
     table = ShotTable()
@@ -131,7 +132,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap = OneLineParser(prog="python -m lumix_core.toy.shot_eval", description=__doc__.splitlines()[0])
     ap.add_argument("--scenes", type=positive_int, default=6, help="held-out scenes per move (default %(default)s)")
     ap.add_argument("--frames", type=positive_int, default=24, help="frames per shot (default %(default)s)")
-    ap.add_argument("--chunk", type=positive_int, default=8, help="frames per model call (default %(default)s)")
+    ap.add_argument("--chunk", type=positive_int, default=SEQUENCE_CHUNK,
+                    help="frames per model call (default %(default)s)")
     ap.add_argument("--threads", type=positive_int, default=1, help="CPU threads for torch (default %(default)s)")
     args = ap.parse_args(argv)
     if args.frames < 2:

@@ -42,9 +42,7 @@ __all__ = [
 
 
 def _np(x: Any) -> np.ndarray:
-    if isinstance(x, torch.Tensor):
-        return x.detach().cpu().double().numpy()
-    return np.asarray(x, dtype=np.float64)
+    return float64_tensor(x).numpy()
 
 
 def float64_tensor(x: Any) -> torch.Tensor:

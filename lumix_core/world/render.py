@@ -117,8 +117,8 @@ def _normalized(v: Sequence[float]) -> np.ndarray:
     return a / np.linalg.norm(a)
 
 
-def _yaw_matrix(yaw: float) -> np.ndarray:
-    """Columns = the box's local axes in world coordinates."""
+def yaw_matrix(yaw: float) -> np.ndarray:
+    """Rotation by ``yaw`` about the world's y axis; its columns are a yawed box's local axes in world coordinates."""
     c, s = math.cos(yaw), math.sin(yaw)
     return np.array([[c, 0.0, s], [0.0, 1.0, 0.0], [-s, 0.0, c]])
 
@@ -140,7 +140,7 @@ def _intersect(s: Surface, o: np.ndarray, d: np.ndarray) -> np.ndarray:
         with np.errstate(divide="ignore", invalid="ignore"):
             t = ((np.asarray(s.point) - o) @ n) / denom
         return np.where((np.abs(denom) > 1e-12) & (t > _EPS), t, np.inf)
-    rot = _yaw_matrix(s.yaw)
+    rot = yaw_matrix(s.yaw)
     ol = (o - np.asarray(s.center)) @ rot
     dl = d @ rot
     dl = np.where(np.abs(dl) < 1e-12, 1e-12, dl)
@@ -173,7 +173,7 @@ def _normal_and_uv(s: Surface, p: np.ndarray) -> tuple[np.ndarray, np.ndarray, n
         t2 = np.cross(t1, n[0])
         q = p - np.asarray(s.point)
         return n, q @ t1, q @ t2
-    rot = _yaw_matrix(s.yaw)
+    rot = yaw_matrix(s.yaw)
     half = np.asarray(s.half_size)
     q = (p - np.asarray(s.center)) @ rot
     axis = np.argmax(np.abs(q) / half, axis=1)

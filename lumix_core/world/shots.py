@@ -19,7 +19,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .render import RenderResult, render
+from .render import RenderResult, render, yaw_matrix
 from .scene import SceneSpec
 
 __all__ = ["MOVES", "LOCKED_OFF_MOVES", "Shot", "lamp_sweep", "orbit", "pan", "render_shot"]
@@ -32,11 +32,6 @@ ORBIT_DEG = 20.0
 PAN_DISTANCE = 0.8
 
 
-def _rotate_y(v: np.ndarray, angle: float) -> np.ndarray:
-    c, s = math.cos(angle), math.sin(angle)
-    return np.array([[c, 0.0, s], [0.0, 1.0, 0.0], [-s, 0.0, c]]) @ v
-
-
 def _vec(v: np.ndarray) -> tuple[float, float, float]:
     return tuple(float(x) for x in v)  # type: ignore[return-value]
 
@@ -47,16 +42,16 @@ def lamp_sweep(spec: SceneSpec, t: float) -> SceneSpec:
     light, target = spec.lights[0], np.asarray(spec.camera.target)
     angle = math.radians((t - 0.5) * LAMP_SWEEP_DEG)
     if light.kind == "point":
-        moved = _vec(target + _rotate_y(np.asarray(light.vector) - target, angle))
+        moved = _vec(target + yaw_matrix(angle) @ (np.asarray(light.vector) - target))
     else:
-        moved = _vec(_rotate_y(np.asarray(light.vector), angle))
+        moved = _vec(yaw_matrix(angle) @ np.asarray(light.vector))
     return replace(spec, lights=(replace(light, vector=moved),) + tuple(spec.lights[1:]))
 
 
 def orbit(spec: SceneSpec, t: float) -> SceneSpec:
     """The camera turned about the target's vertical axis by ``(t - 1/2) * ORBIT_DEG``."""
     cam, target = spec.camera, np.asarray(spec.camera.target)
-    moved = target + _rotate_y(np.asarray(cam.position) - target, math.radians((t - 0.5) * ORBIT_DEG))
+    moved = target + yaw_matrix(math.radians((t - 0.5) * ORBIT_DEG)) @ (np.asarray(cam.position) - target)
     return replace(spec, camera=replace(cam, position=_vec(moved)))
 
 

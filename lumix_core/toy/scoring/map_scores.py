@@ -28,6 +28,8 @@ from ..model import ToyLumiX
 from .held_out import EvalSettings, color_images, truth_of
 
 GT_METRICS = ("normal_angular_error_deg", "depth_abs_rel", "albedo_si_mse", "irradiance_si_mse")
+#: A decomposition's scores: accuracy against the truth and whether it reads its photo (:func:`reads_photo`).
+DECOMPOSITION_SCORES = GT_METRICS + ("reads_photo_depth", "reads_photo_normal")
 COHERENCE_METRICS = ("recompose_error", "depth_normal_error_deg")
 
 
@@ -105,5 +107,5 @@ def evaluate_generation(model: ToyLumiX, scenes: Sequence[RenderResult], setting
     return mean_and_sem(rows)
 
 
-__all__ = ["GT_METRICS", "COHERENCE_METRICS", "mean_and_sem", "format_score", "reads_photo",
+__all__ = ["GT_METRICS", "DECOMPOSITION_SCORES", "COHERENCE_METRICS", "mean_and_sem", "format_score", "reads_photo",
            "evaluate_decomposition", "evaluate_generation"]

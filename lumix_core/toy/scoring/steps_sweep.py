@@ -10,7 +10,7 @@ from typing import Sequence
 from ...world.render import RenderResult
 from ..model import ToyLumiX
 from .held_out import EvalSettings, color_images
-from .map_scores import GT_METRICS, evaluate_decomposition, format_score
+from .map_scores import DECOMPOSITION_SCORES, evaluate_decomposition, format_score
 
 
 def steps_table(model: ToyLumiX, scenes: Sequence[RenderResult], steps: Sequence[int],
@@ -30,7 +30,7 @@ def steps_table(model: ToyLumiX, scenes: Sequence[RenderResult], steps: Sequence
 
 def steps_markdown(rows: Sequence[dict[str, float]], label: str = "") -> str:
     """Markdown table of :func:`steps_table`'s rows, ``label`` naming the model in each row."""
-    keys = GT_METRICS + ("reads_photo_depth", "reads_photo_normal")
+    keys = DECOMPOSITION_SCORES
     lines = ["| model | steps | " + " | ".join(keys) + " | s / photo |", "|---" * (len(keys) + 3) + "|"]
     for r in rows:
         lines.append(f"| {label} | {int(r['steps'])} | " + " | ".join(format_score(r, k) for k in keys)

@@ -8,7 +8,7 @@ from dataclasses import replace
 from ..model import ToyLumiX
 from ..text import ToyTextEncoder
 from .held_out import EvalSettings, held_out_scenes
-from .map_scores import GT_METRICS, evaluate_decomposition
+from .map_scores import DECOMPOSITION_SCORES, evaluate_decomposition
 
 
 def training_evaluator(text: ToyTextEncoder, scenes: int = 16, steps: int = 8,
@@ -18,7 +18,7 @@ def training_evaluator(text: ToyTextEncoder, scenes: int = 16, steps: int = 8,
     the final evaluation's, so a run can afford one every few hundred steps); ``one_step``:
     of a one-step adapter, decomposing in its one call."""
     held = held_out_scenes(scenes)
-    keep = GT_METRICS + ("reads_photo_depth", "reads_photo_normal")
+    keep = DECOMPOSITION_SCORES
     quick = replace(settings, steps=steps)
 
     def evaluate(backbone, step: int) -> dict[str, float]:
