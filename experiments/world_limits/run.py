@@ -32,12 +32,10 @@ import torch.nn.functional as F
 
 from lumix_core.toy import vae
 from lumix_core.toy.recipe import Stage2Settings
-from lumix_core.toy.scoring.held_out import held_out_scenes, truth_of
-from lumix_core.toy.scoring.light_check import VISIBLE_STEP, left_half_mean, mirrored_light_pairs
-from lumix_core.world.dataset import scene_seed
+from lumix_core.toy.scoring.held_out import held_out_scenes, stream_scenes, truth_of
+from lumix_core.toy.scoring.light_check import left_half_mean, light_scores, mirrored_light_pairs
 from lumix_core.world.metrics import evaluate_maps
-from lumix_core.world.render import render
-from lumix_core.world.scene import MAIN_LIGHT_DISTANCE, Light, SceneSpec, direction_to_light, main_light, sample_scene
+from lumix_core.world.scene import MAIN_LIGHT_DISTANCE, Light, SceneSpec, direction_to_light, main_light
 
 MAPS = ("albedo", "irradiance", "color", "depth", "normal")
 CELL = vae.FACTOR * vae.FACTOR * vae.IMAGE_CHANNELS  # 48 values per 4 x 4 RGB cell
@@ -59,7 +57,7 @@ def pca(rows: torch.Tensor, k: int) -> torch.Tensor:
 
 
 def codec_floor(held: list, fit_scenes: int) -> None:
-    train = [render(sample_scene(scene_seed(Stage2Settings().data_seed, i))) for i in range(fit_scenes)]
+    train = stream_scenes(Stage2Settings().data_seed, fit_scenes, 64)
     x = {m: torch.cat([cells(torch.from_numpy(r.encode()[m])) for r in train]) for m in MAPS}
     every = torch.cat([x[m] for m in MAPS])
     codecs = {"DCT, 16 per cell (shipped)": vae.basis(), "PCA of all maps, 16 per cell": pca(every, 16),
@@ -104,10 +102,10 @@ def light_check(count: int) -> None:
           "|---|---|---|---|")
     for name, make in variants.items():
         pairs = mirrored_light_pairs(count, make)
-        d = np.array([left_half_mean(left) - left_half_mean(right) for left, right in pairs])
+        scores = light_scores([left_half_mean(left) - left_half_mean(right) for left, right in pairs])
         clipped = np.mean([np.mean(irradiance >= 254.5 / 255) for pair in pairs for irradiance in pair])
-        print(f"| {name} | {255 * d.mean():+.1f} ± {255 * d.std(ddof=1) / np.sqrt(len(d)):.1f} | "
-              f"{np.mean(d >= VISIBLE_STEP):.2f} | {clipped:.3f} |")
+        print(f"| {name} | {scores['light_left_minus_right']:+.1f} ± {scores['light_left_minus_right_sem']:.1f} | "
+              f"{scores['light_following']:.2f} | {clipped:.3f} |")
 
 
 def main() -> int:

@@ -25,11 +25,10 @@ import torch
 
 from ..latents import pack
 from ..sampling.denoiser import FluxDenoiser, TextConditioning
-from ..world.dataset import scene_seed
-from ..world.render import render
-from ..world.scene import sample_scene
 from . import vae
 from .model import WEIGHTS_DIR, ToyLumiX
+from .scoring.held_out import stream_scenes
+from .seed_streams import STAGE2_DATA_SEED
 
 PROBED_MAPS = ("albedo", "irradiance", "depth", "normal")
 
@@ -45,11 +44,11 @@ def _ridge_r2(x: torch.Tensor, y: torch.Tensor, train: int, lam: float = 1e-2) -
 
 
 @torch.no_grad()
-def probe(model: ToyLumiX, scenes: int = 320, held_out: int = 64, data_seed: int = 2,
+def probe(model: ToyLumiX, scenes: int = 320, held_out: int = 64, data_seed: int = STAGE2_DATA_SEED,
           t: float = 0.0) -> dict[str, dict[str, float]]:
     """``{feature set: {map: R²}}`` for the baselines, every block, and all blocks together.
     ``t`` > 0 noises the color as flow matching does (``(1-t) x0 + t eps``) before probing."""
-    results = [render(sample_scene(scene_seed(data_seed, i)), 64) for i in range(scenes)]
+    results = stream_scenes(data_seed, scenes, 64)
     encoded = [r.encode() for r in results]
 
     def latents(name: str) -> torch.Tensor:

@@ -14,8 +14,8 @@ from ...world.render import RenderResult
 from ..model import ToyLumiX
 from ..shape_check import recognised_shape
 from .held_out import EvalSettings
-from .light_check import VISIBLE_STEP, left_half_mean, light_left_minus_right, mirrored_light_pairs
-from .object_checks import SATURATED_COLORS, dominant_color, object_checks
+from .light_check import left_half_mean, light_left_minus_right, light_scores, mirrored_light_pairs
+from .object_checks import dominant_color, is_one_object, object_checks
 
 
 def caption_following(model: ToyLumiX, settings: EvalSettings, seeds: int = 16) -> dict[str, float]:
@@ -34,11 +34,9 @@ def caption_following(model: ToyLumiX, settings: EvalSettings, seeds: int = 16) 
       at least :data:`VISIBLE_STEP`; ``light_left_minus_right`` is the mean difference (8-bit).
     """
     checks = [c for index in range(2) for c in object_checks(model, settings, index)]
-    d = np.array([light_left_minus_right(model, settings, i) for i in range(seeds)])
+    d = [light_left_minus_right(model, settings, i) for i in range(seeds)]
     return {"color_following": float(np.mean([c["color"] for c in checks])), "color_prompts": float(len(checks)),
-            "shape_following": float(np.mean([c["shape"] for c in checks])),
-            "light_following": float(np.mean(d >= VISIBLE_STEP)), "light_left_minus_right": float(d.mean() * 255),
-            "light_left_minus_right_sem": float(d.std(ddof=1) / np.sqrt(len(d)) * 255)}
+            "shape_following": float(np.mean([c["shape"] for c in checks])), **light_scores(d)}
 
 
 def caption_following_of_truth(scenes: Sequence[RenderResult], seeds: int = 16) -> dict[str, float]:
@@ -56,20 +54,14 @@ def caption_following_of_truth(scenes: Sequence[RenderResult], seeds: int = 16) 
       right" by at least :data:`VISIBLE_STEP`? ``light_left_minus_right``: the mean (8-bit).
     """
     colors, shapes = [], []
-    for r in scenes:
-        objects = r.spec.objects
-        material = objects[0].material if len(objects) == 1 else None
-        if material is not None and material.kind == "flat" and material.colors[0] in SATURATED_COLORS:
-            maps = r.encode()
-            colors.append(float(dominant_color(torch.from_numpy(maps["albedo"])) == material.colors[0]))
-            shapes.append(float(recognised_shape(maps["albedo"], maps["normal"], material.colors[0])
-                                == objects[0].shape))
+    for r in filter(is_one_object, scenes):
+        obj = r.spec.objects[0]
+        maps = r.encode()
+        colors.append(float(dominant_color(torch.from_numpy(maps["albedo"])) == obj.material.colors[0]))
+        shapes.append(float(recognised_shape(maps["albedo"], maps["normal"], obj.material.colors[0]) == obj.shape))
     diffs = [left_half_mean(left) - left_half_mean(right) for left, right in mirrored_light_pairs(seeds)]
-    d = np.array(diffs)
     return {"color_following": float(np.mean(colors)), "color_prompts": float(len(colors)),
-            "shape_following": float(np.mean(shapes)),
-            "light_following": float(np.mean(d >= VISIBLE_STEP)), "light_left_minus_right": float(d.mean() * 255),
-            "light_left_minus_right_sem": float(d.std(ddof=1) / np.sqrt(len(d)) * 255)}
+            "shape_following": float(np.mean(shapes)), **light_scores(diffs)}
 
 
 __all__ = ["caption_following", "caption_following_of_truth"]

@@ -27,8 +27,13 @@ class EvalSettings:
     batch: int = 8
 
 
-def held_out_scenes(count: int, size: int = IMAGE_SIZE, data_seed: int = EVAL_DATA_SEED) -> list[RenderResult]:
+def stream_scenes(data_seed: int, count: int, size: int = IMAGE_SIZE) -> list[RenderResult]:
+    """The first ``count`` scenes of the synthetic world's stream ``data_seed``, rendered at ``size``."""
     return [render(sample_scene(scene_seed(data_seed, i)), size) for i in range(count)]
+
+
+def held_out_scenes(count: int, size: int = IMAGE_SIZE, data_seed: int = EVAL_DATA_SEED) -> list[RenderResult]:
+    return stream_scenes(data_seed, count, size)
 
 
 def truth_of(result: RenderResult) -> dict[str, np.ndarray]:

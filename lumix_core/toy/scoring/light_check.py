@@ -8,7 +8,7 @@ again with their main light mirrored. Both count as following when the differenc
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -27,6 +27,14 @@ VISIBLE_STEP = 5.0 / 255.0
 LIGHT_PROMPT = "a white sphere and a gray box on a gray floor, light from "
 #: Sampling seed of the light check's seed ``i``: LIGHT_SEED_OFFSET + i (+ the settings' seed).
 LIGHT_SEED_OFFSET = 2000
+
+
+def light_scores(diffs: Sequence[float]) -> dict[str, float]:
+    """Left-minus-right differences (one per seed or scene, in [0, 1]) as scores: ``light_following``
+    (the share of at least :data:`VISIBLE_STEP`), ``light_left_minus_right`` and its sem (8-bit)."""
+    d = np.array(diffs)
+    return {"light_following": float(np.mean(d >= VISIBLE_STEP)), "light_left_minus_right": float(d.mean() * 255),
+            "light_left_minus_right_sem": float(d.std(ddof=1) / np.sqrt(len(d)) * 255)}
 
 
 def left_half_mean(image: np.ndarray | torch.Tensor) -> float:
@@ -63,5 +71,5 @@ def mirrored_light_pairs(count: int, transform: Callable[[SceneSpec], SceneSpec]
     return pairs
 
 
-__all__ = ["VISIBLE_STEP", "LIGHT_PROMPT", "LIGHT_SEED_OFFSET", "left_half_mean", "light_left_minus_right",
-           "mirrored_light_pairs"]
+__all__ = ["VISIBLE_STEP", "LIGHT_PROMPT", "LIGHT_SEED_OFFSET", "light_scores", "left_half_mean",
+           "light_left_minus_right", "mirrored_light_pairs"]

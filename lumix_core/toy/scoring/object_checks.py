@@ -23,16 +23,17 @@ from .held_out import EvalSettings, held_out_scenes
 SATURATED_COLORS = tuple(c for c in PALETTE if c not in FLOOR_COLORS)
 
 
+def is_one_object(result: RenderResult) -> bool:
+    """A scene with a single flat object of a saturated colour: one whose object the shape check
+    can find by its colour alone."""
+    objects = result.spec.objects
+    material = objects[0].material
+    return len(objects) == 1 and material.kind == "flat" and material.colors[0] in SATURATED_COLORS
+
+
 def one_object_scenes(scan: int) -> list[RenderResult]:
-    """The scenes among the first ``scan`` held-out ones with a single flat object of a saturated
-    colour: the ones whose object the shape check can find by its colour alone."""
-    found = []
-    for r in held_out_scenes(scan):
-        objects = r.spec.objects
-        material = objects[0].material
-        if len(objects) == 1 and material.kind == "flat" and material.colors[0] in SATURATED_COLORS:
-            found.append(r)
-    return found
+    """The scenes among the first ``scan`` held-out ones that pass :func:`is_one_object`."""
+    return [r for r in held_out_scenes(scan) if is_one_object(r)]
 
 
 def dominant_color(albedo: torch.Tensor, colors: Sequence[str] = tuple(PALETTE)) -> Optional[str]:
@@ -75,5 +76,5 @@ def object_checks(model: ToyLumiX, settings: EvalSettings, index: int) -> list[d
     return checks
 
 
-__all__ = ["SATURATED_COLORS", "one_object_scenes", "dominant_color", "color_prompts", "prompt_shape",
+__all__ = ["SATURATED_COLORS", "is_one_object", "one_object_scenes", "dominant_color", "color_prompts", "prompt_shape",
            "object_checks"]

@@ -11,14 +11,12 @@ import numpy as np
 import torch
 
 from ...conventions import renormalize_normals
-from ...world.dataset import scene_seed
 from ...world.metrics import evaluate_maps, map_coherence
-from ...world.render import RenderResult, render
-from ...world.scene import sample_scene
+from ...world.render import RenderResult
 from .. import vae
 from ..backbone import IMAGE_SIZE
 from ..seed_streams import STAGE2_DATA_SEED
-from .held_out import truth_of
+from .held_out import stream_scenes, truth_of
 from .map_scores import mean_and_sem
 
 #: Training scenes averaged into the ``prior`` reference (from the stage-2 seed stream).
@@ -78,7 +76,7 @@ def reference_scores(scenes: Sequence[RenderResult], seed: int = 0) -> dict[str,
 def prior_maps(count: int = PRIOR_SCENES, size: int = IMAGE_SIZE) -> dict[str, torch.Tensor]:
     """Per-pixel mean of each map ``[H, W, 3]`` over ``count`` scenes of the stage-2 training stream
     (the normal map's mean renormalised to unit vectors). Cached: read it, do not modify it."""
-    scenes = [render(sample_scene(scene_seed(STAGE2_DATA_SEED, i)), size) for i in range(count)]
+    scenes = stream_scenes(STAGE2_DATA_SEED, count, size)
     encoded = [r.encode() for r in scenes]
     mean = {k: torch.from_numpy(np.mean([e[k] for e in encoded], axis=0)) for k in encoded[0]}
     mean["normal"] = renormalize_normals(mean["normal"][None])[0][0]
