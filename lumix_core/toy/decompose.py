@@ -42,7 +42,7 @@ from ..conventions import renormalize_normals
 from ..io.files import write_bytes_atomically
 from ..io.png import encode_png
 from .backbone import IMAGE_SIZE, SAMPLE_STEPS
-from .model import ONE_STEP_ADAPTER_FILE, WEIGHTS_DIR, ToyLumiX
+from .model import MODEL_TEXT, ONE_STEP_ADAPTER_FILE, WEIGHTS_DIR, ToyLumiX
 
 #: ``--sequence`` defaults: frames per model call, number of the first frame.
 SEQUENCE_CHUNK = 8
@@ -185,10 +185,20 @@ def run_decompose(inputs: Sequence[str], out: "str | os.PathLike[str]", *, promp
             continue
         maps = decompose_photo(model, photo, prompt=prompt, steps=steps, seed=seed)
         out.mkdir(parents=True, exist_ok=True)
-        text = {"lumix.source": Path(raw).name, "lumix.prompt": prompt, "lumix.model": "toy (lumix_core.toy)",
+        text = {"lumix.source": Path(raw).name, "lumix.prompt": prompt, "lumix.model": MODEL_TEXT,
                 **sampling_text(model, steps, seed)}
         done.append(write_pngs(out, Path(raw), maps, text))
     return done, failed
+
+
+def print_results(done: Sequence[Decomposition], failed: Sequence[tuple[str, str]]) -> None:
+    """Each input's written files (and note) on stdout, each failed input with its reason on stderr."""
+    for d in done:
+        print(f"{d.source} -> {', '.join(str(f) for f in d.files)}")
+        if d.note:
+            print(f"  note: {d.note}")
+    for raw, reason in failed:
+        print(f"lumix decompose: {raw}: {reason}", file=sys.stderr)
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -294,12 +304,7 @@ def main(args: argparse.Namespace) -> int:
     except OSError as e:  # the checked --out failed while writing (disk full, remounted read-only)
         print(f"lumix decompose: {write_error(out, e)}", file=sys.stderr)
         return 2
-    for d in done:
-        print(f"{d.source} -> {', '.join(str(f) for f in d.files)}")
-        if d.note:
-            print(f"  note: {d.note}")
-    for raw, reason in failed:
-        print(f"lumix decompose: {raw}: {reason}", file=sys.stderr)
+    print_results(done, failed)
     elapsed = time.perf_counter() - start
     print(f"{len(done)} decomposed ({adapter_words(chosen)}), {len(failed)} failed, {elapsed:.1f} s")
     return 1 if failed else 0

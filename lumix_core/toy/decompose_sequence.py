@@ -33,11 +33,12 @@ from .decompose import (
     adapter_words,
     load_model,
     load_photo,
+    print_results,
     sampling_text,
     settings,
     write_pngs,
 )
-from .model import ToyLumiX
+from .model import MODEL_TEXT, ToyLumiX
 from .shot import toy_chunk_decomposer
 
 __all__ = ["ShotResult", "load_frames", "progress_bar", "run_sequence", "main"]
@@ -110,7 +111,7 @@ def run_sequence(model: ToyLumiX, inputs: Sequence[str], out: "str | Path", *, n
     maps = stabilize_shot(maps, camera)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    common = {"lumix.prompt": prompt, "lumix.model": "toy (lumix_core.toy)", "lumix.camera": camera,
+    common = {"lumix.prompt": prompt, "lumix.model": MODEL_TEXT, "lumix.camera": camera,
               **sampling_text(model, steps, seed)}
     for i, raw in enumerate(good):
         text = {**common, "lumix.source": Path(raw).name, "lumix.shot": shot, "lumix.frame": str(start_frame + i)}
@@ -145,12 +146,7 @@ def main(args: argparse.Namespace) -> int:
     except OSError as e:
         print(f"lumix decompose: {write_error(out, e)}", file=sys.stderr)
         return 2
-    for d in result.frames:
-        print(f"{d.source} -> {', '.join(str(f) for f in d.files)}")
-        if d.note:
-            print(f"  note: {d.note}")
-    for raw, reason in failed:
-        print(f"lumix decompose: {raw}: {reason}", file=sys.stderr)
+    print_results(result.frames, failed)
     if result.sequence is not None:
         seq = result.sequence
         print(f"sequence -> {seq.folder}/ ({seq.files[0].filename} ... {seq.files[-1].filename})")

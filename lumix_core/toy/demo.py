@@ -29,7 +29,7 @@ from ..io.files import write_bytes_atomically
 from ..io.png import encode_png
 from ..train.validation import contact_sheet as labelled_sheet
 from .backbone import SAMPLE_STEPS, TRUE_CFG
-from .model import WEIGHTS_DIR, ToyLumiX
+from .model import MODEL_TEXT, WEIGHTS_DIR, ToyLumiX
 
 FILE_PREFIX = "lumix_demo"
 DEFAULT_PROMPT = "a red sphere and a blue box on a gray floor, light from the left"
@@ -62,7 +62,7 @@ def run_demo(prompt: str, out: "str | os.PathLike[str]", *, seed: int = 0, steps
     out = Path(out)
     saved = save_maps({k: m.image for k, m in maps.items()}, out, FILE_PREFIX, prompt=prompt, seed=seed,
                       formats=("png8",), conventions=conventions_metadata(normal_convention),
-                      extra_text={"lumix.model": "toy (lumix_core.toy)"})
+                      extra_text={"lumix.model": MODEL_TEXT})
     stem = saved[0].filename.split("_00_")[0]  # lumix_demo_<counter>
     sheet_path = out / f"{stem}_sheet.png"
     data = encode_png(contact_sheet(maps), {"lumix.prompt": prompt, "lumix.seed": str(seed),

@@ -40,6 +40,8 @@ TEXT_FILE = "text_encoder.safetensors"
 ADAPTER_FILE = "adapter.safetensors"
 ONE_STEP_ADAPTER_FILE = "adapter_one_step.safetensors"
 CARD_FILE = "model_card.json"
+#: ``lumix.model`` in the metadata of the files the toy writes.
+MODEL_TEXT = "toy (lumix_core.toy)"
 #: What to do when a file of :data:`WEIGHTS_DIR` is missing or unreadable: it came with the
 #: package (not from a download), so a fresh copy of the package is the fix.
 REINSTALL = ("this file ships with the package, so reinstall it: pip install --force-reinstall --no-deps "
