@@ -46,7 +46,6 @@ log = logging.getLogger("comfyui-lumix")
 AttentionFn = Callable[..., Tensor]
 
 
-
 def _device_of_to_args(*args: Any, **kwargs: Any) -> Optional[torch.device]:
     """The device of a ``.to(...)`` call, or None for a dtype-only call (which we ignore)."""
     device = kwargs.get("device")

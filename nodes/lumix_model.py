@@ -86,10 +86,10 @@ def patch_model(model: Any, adapter_name: str, strength: float) -> Any:
 
 def _warn_about_replaced_patches(model: Any) -> None:
     """LumiX recomputes whole blocks: other block replacements and in-block hooks do not apply."""
-    to = model.model_options.get("transformer_options", {})
     foreign = [k for k, p in options_entry(model.model_options, "patches_replace", "dit").items()
                if type(p).__name__ != "LumiXBlockPatch"]
-    hooks = [k for k in ("attn1_patch", "attn1_output_patch") if to.get("patches", {}).get(k)]
+    patches = options_entry(model.model_options, "patches")
+    hooks = [k for k in ("attn1_patch", "attn1_output_patch") if patches.get(k)]
     if foreign:
         log.warning("LumiX: replacing other block patches on %s; load LumiX first or drop them", foreign[:3])
     if hooks:
