@@ -38,6 +38,11 @@ def tiny_adapter(model: Flux, maps: MapSet = RELEASE, rank: int = 4, seed: int =
     return randomize_(LumiXAdapter(spec), seed)
 
 
+def block_adapter(maps: MapSet = RELEASE, seed: int = 0) -> LumiXAdapter:
+    """A rank-4 adapter for one double and one single block of :func:`blocks`' width."""
+    return randomize_(LumiXAdapter(default_spec(maps=maps, rank=4, hidden=D, double_blocks=1, single_blocks=1)), seed)
+
+
 def blocks(seed: int = 0):
     torch.manual_seed(seed)
     double, single = DoubleStreamBlock(D, HEADS, 4.0, True).eval(), SingleStreamBlock(D, HEADS, 4.0).eval()

@@ -9,11 +9,10 @@ import textwrap
 import pytest
 import torch
 import workflow_tools as wt
-from helpers import block_inputs, blocks, randomize_
+from helpers import block_adapter, block_inputs, blocks
 from pack_import import ROOT, pack_module
 
 from lumix_core.maps import RELEASE, MapSet
-from lumix_core.model.adapter import LumiXAdapter, default_spec
 from lumix_core.model.flux_math import attention as lumix_attention
 from lumix_core.model.qba import double_block_forward, single_block_forward
 
@@ -125,17 +124,13 @@ def test_split_maps_node_applies_the_conventions():
 
 
 # ----------------------------------------------------------------------------- patch protocol
-def _adapter(maps=RELEASE, seed=0):
-    return randomize_(LumiXAdapter(default_spec(maps=maps, rank=4, hidden=64, double_blocks=1, single_blocks=1)), seed)
-
-
 def _never(_args):
     raise AssertionError("original_block must not be called")
 
 
 def test_block_patch_is_the_qba_function_and_leaves_inputs_alone():
     double, single = blocks()
-    adapter = _adapter()
+    adapter = block_adapter()
     img, txt, vec, pe = block_inputs(10)
     ref_img, ref_txt = double_block_forward(double, img.clone(), txt.clone(), vec, pe, group=5, query_index=2,
                                             adapter=adapter.for_double(0), strength=0.7)
@@ -157,7 +152,7 @@ def test_block_patch_is_the_qba_function_and_leaves_inputs_alone():
 
 def test_block_patch_is_shared_by_clones_and_keeps_the_adapter_dtype():
     double, _ = blocks()
-    adapter = _adapter().to(torch.bfloat16)
+    adapter = block_adapter().to(torch.bfloat16)
     patch = patches.LumiXBlockPatch("double", 0, double, adapter.for_double(0), RELEASE, 1.0, lumix_attention)
     options = {"transformer_options": {"patches_replace": {"dit": {("double_block", 0): patch}}}}
     clones = [copy.deepcopy(options) for _ in range(10)]

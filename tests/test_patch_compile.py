@@ -7,19 +7,13 @@ equals eager. ``aot_eager`` keeps the tests fast; tracing, guards and caches are
 """
 import pytest
 import torch
-from helpers import block_inputs, blocks, randomize_
+from helpers import block_adapter, block_inputs, blocks
 from pack_import import pack_module
 
 from lumix_core.maps import RELEASE
-from lumix_core.model.adapter import LumiXAdapter, default_spec
 from lumix_core.model.flux_math import attention as lumix_attention
 
 patches = pack_module("nodes._patches")
-
-
-def _adapter(seed=0):
-    spec = default_spec(maps=RELEASE, rank=4, hidden=64, double_blocks=1, single_blocks=1)
-    return randomize_(LumiXAdapter(spec), seed).requires_grad_(False)
 
 
 def _run(patch_double, patch_single, img, txt, vec, pe):
@@ -32,7 +26,7 @@ def _run(patch_double, patch_single, img, txt, vec, pe):
 @pytest.fixture()
 def setup():
     double, single = blocks()
-    adapter = _adapter()
+    adapter = block_adapter().requires_grad_(False)
     make = lambda s: (patches.LumiXBlockPatch("double", 0, double, adapter.for_double(0), RELEASE, s,  # noqa: E731
                                               lumix_attention),
                       patches.LumiXBlockPatch("single", 0, single, adapter.for_single(0), RELEASE, s,
@@ -69,7 +63,7 @@ def test_compiled_patches_equal_eager_and_follow_a_changed_strength(setup):
 def test_a_patch_binds_to_the_model_that_runs():
     double, single = blocks()
     other_double, _ = blocks()
-    adapter = _adapter()
+    adapter = block_adapter().requires_grad_(False)
     patch = patches.LumiXBlockPatch("double", 0, double, adapter.for_double(0), RELEASE, 0.8, lumix_attention)
     model, other = torch.nn.Module(), torch.nn.Module()
     model.double_blocks, model.single_blocks = torch.nn.ModuleList([double]), torch.nn.ModuleList([single])

@@ -7,10 +7,7 @@ pack) when one is absent or does not import on this ComfyUI; docs/compatibility.
 """
 from __future__ import annotations
 
-import asyncio
-import dataclasses
 import importlib.util
-import inspect
 import logging
 import os
 from pathlib import Path
@@ -74,9 +71,7 @@ def other_pack(name: str, needs: tuple[str, ...] = ()) -> dict:
 
 
 def _load_custom_node(path: Path) -> tuple[bool, dict, str]:
-    """``nodes.load_custom_node`` on ``path``: (imported, {node name: class}, the import error ComfyUI logged)."""
-    import nodes
-
+    """:func:`lumix_host.load_custom_node` on ``path``, plus the import error ComfyUI logged."""
     errors: list[str] = []
 
     class Grab(logging.Handler):
@@ -89,13 +84,10 @@ def _load_custom_node(path: Path) -> tuple[bool, dict, str]:
     grab = Grab()
     logging.getLogger().addHandler(grab)
     try:
-        before = set(nodes.NODE_CLASS_MAPPINGS)
-        result = nodes.load_custom_node(str(path))
-        ok = asyncio.run(result) if inspect.isawaitable(result) else result
+        ok, added = H.load_custom_node(path)
     finally:
         logging.getLogger().removeHandler(grab)
-    added = {k: nodes.NODE_CLASS_MAPPINGS[k] for k in set(nodes.NODE_CLASS_MAPPINGS) - before}
-    return bool(ok), added, (errors[-1] if errors else "see the log")
+    return ok, added, (errors[-1] if errors else "see the log")
 
 
 def tiny_flux_detection(monkeypatch: Any) -> None:
@@ -105,10 +97,7 @@ def tiny_flux_detection(monkeypatch: Any) -> None:
     128-wide axes); for a state dict of the tiny width the detected config gets the tiny
     :data:`lumix_host.TINY_FLUX` sizes instead. Everything else (the loaders, ops, patchers) is the host's.
     """
-    import comfy.ldm.flux.model as fm
-
-    fields = {f.name for f in dataclasses.fields(fm.FluxParams)}
-    tiny = {k: v for k, v in H.TINY_FLUX.items() if k in fields or k == "image_model"}
+    tiny = H.tiny_flux_config()
     original = comfy.model_detection.detect_unet_config
 
     def detect(state_dict: dict, key_prefix: str, *args: Any, **kwargs: Any) -> Optional[dict]:
@@ -194,6 +183,15 @@ def lora_delta(up: torch.Tensor, down: torch.Tensor) -> torch.Tensor:
     return (LORA_STRENGTH * (LORA_ALPHA / LORA_RANK)) * (up @ down)
 
 
+def merged_flux(seed: int, lora: dict) -> Any:
+    """The tiny FLUX of ``seed`` with ``lora`` added into its weights by hand: the truth a loaded LoRA must match."""
+    model = H.tiny_flux(seed=seed)
+    with torch.no_grad():
+        for layer, (up, down) in lora.items():
+            model.model.diffusion_model.get_submodule(layer).weight += lora_delta(up, down)
+    return model
+
+
 def write_lora(folder: Path, lora: dict) -> str:
     """``lora`` as a kohya-format FLUX LoRA file (``lora_unet_…`` keys, with alpha) in ``folder``, registered
     as a ComfyUI ``loras`` folder; returns the name LoraLoaderModelOnly takes."""
@@ -224,7 +222,6 @@ def sample(model: Any, latent: dict, *, seed: int = 0, steps: int = 4, cfg: floa
     with torch.inference_mode():
         return comfy.sample.sample(model, noise, steps, cfg, "euler", "simple", POS, NEG, samples,
                                    disable_pbar=True, seed=seed)
-
 
 
 def diff(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:

@@ -76,13 +76,16 @@ def patcher_for(model_config: Any, seed: int) -> Any:
                                             offload_device=mm.unet_offload_device())
 
 
-def tiny_flux(seed: int = 0, **overrides: Any) -> Any:
+def tiny_flux_config(**overrides: Any) -> dict:
+    """:data:`TINY_FLUX` with ``overrides``, keeping what this host's ``FluxParams`` takes (its fields vary)."""
     import comfy.ldm.flux.model as fm
 
-    cfg = dict(TINY_FLUX, **overrides)
     fields = {f.name for f in dataclasses.fields(fm.FluxParams)}
-    cfg = {k: v for k, v in cfg.items() if k in fields or k == "image_model"}
-    return patcher_for(comfy.supported_models.Flux(cfg), seed)
+    return {k: v for k, v in dict(TINY_FLUX, **overrides).items() if k in fields or k == "image_model"}
+
+
+def tiny_flux(seed: int = 0, **overrides: Any) -> Any:
+    return patcher_for(comfy.supported_models.Flux(tiny_flux_config(**overrides)), seed)
 
 
 def tiny_sd15(seed: int = 0) -> Any:
@@ -139,6 +142,29 @@ def write_one_step_adapter(path: Path, **kw: Any) -> Path:
     return write_adapter(path, metadata={META_OBJECTIVE: OBJECTIVE_ONE_STEP}, **kw)
 
 
+def load_lumix(pack: dict, model: Any, name: str = "lumix.safetensors", strength: float = 1.0) -> Any:
+    """``model`` through LumiX Load Adapter (the pack as ComfyUI loaded it)."""
+    return pack["LumiXLoadAdapter"]().load(model, name, strength)[0]
+
+
+def maps_latent(pack: dict, scenes: int = 1, maps: str = RELEASE.to_string(), size: int = 64) -> dict:
+    """A LATENT from LumiX Empty Maps Latent: ``scenes`` scenes of ``maps`` at ``size`` x ``size``."""
+    return pack["LumiXEmptyMapsLatent"]().make(size, size, scenes, maps)[0]
+
+
+def dit_patches(model: Any) -> dict:
+    """The block replacements in ``model``'s options (``patches_replace["dit"]``)."""
+    return model.model_options["transformer_options"]["patches_replace"]["dit"]
+
+
+def counted_blocks(model: Any, monkeypatch: Any) -> list:
+    """The kinds of the LumiX block-patch calls ``model`` makes from now on, in order (appended as they run)."""
+    cls = type(dit_patches(model)[("double_block", 0)])
+    calls, original = [], cls.__call__
+    monkeypatch.setattr(cls, "__call__", lambda self, a, extra: calls.append(self.kind) or original(self, a, extra))
+    return calls
+
+
 def call_node(cls: Any, **inputs: Any) -> tuple:
     """Run a ComfyUI node class directly: V1 (``FUNCTION``) or V3 (``comfy_api`` ``execute``) alike.
 
@@ -174,18 +200,24 @@ def load_pack_as_comfyui(tmp_root: Path) -> tuple[bool, dict]:
     Returns ``(ok, {node name: class})``; loaded once per process (ComfyUI loads a pack once).
     """
     if not _PACK:
-        import nodes
 
         link = tmp_root / "custom_nodes" / "comfyui-lumix"
         link.parent.mkdir(parents=True, exist_ok=True)
         if not link.exists():
             link.symlink_to(REPO, target_is_directory=True)
-        before = set(nodes.NODE_CLASS_MAPPINGS)
-        result = nodes.load_custom_node(str(link))
-        ok = asyncio.run(result) if inspect.isawaitable(result) else result
-        added = {k: nodes.NODE_CLASS_MAPPINGS[k] for k in set(nodes.NODE_CLASS_MAPPINGS) - before}
+        ok, added = load_custom_node(link)
         _PACK.update(ok=ok, classes=added)
     return _PACK["ok"], _PACK["classes"]
+
+
+def load_custom_node(path: Path) -> tuple[bool, dict]:
+    """``nodes.load_custom_node`` on ``path``, awaited where the host made it async: (imported, {node: class} added)."""
+    import nodes
+
+    before = set(nodes.NODE_CLASS_MAPPINGS)
+    result = nodes.load_custom_node(str(path))
+    ok = asyncio.run(result) if inspect.isawaitable(result) else result
+    return bool(ok), {k: nodes.NODE_CLASS_MAPPINGS[k] for k in set(nodes.NODE_CLASS_MAPPINGS) - before}
 
 
 def pack_classes(tmp_path_factory: Any) -> dict:

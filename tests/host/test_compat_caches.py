@@ -40,15 +40,6 @@ def first_block_cache(model, threshold):
                        start=0.0, end=1.0, max_consecutive_cache_hits=-1)[0]
 
 
-def counted_blocks(model, monkeypatch):
-    """Calls of the LumiX block patches of ``model`` (their kinds, in order)."""
-    dit = model.model_options["transformer_options"]["patches_replace"]["dit"]
-    cls = type(dit[("double_block", 0)])
-    calls, original = [], cls.__call__
-    monkeypatch.setattr(cls, "__call__", lambda self, a, extra: calls.append(self.kind) or original(self, a, extra))
-    return calls
-
-
 def require_plain_flux_runs(cache):
     """Skip where the pack's cache fails on this ComfyUI for a plain FLUX too: its problem, not LumiX's."""
     flux = H.tiny_flux(seed=6)
@@ -61,7 +52,7 @@ def require_plain_flux_runs(cache):
 
 
 def text_scene(pack, lumix):
-    return lumix, pack["LumiXEmptyMapsLatent"]().make(64, 64, 1, RELEASE.to_string())[0]
+    return lumix, H.maps_latent(pack)
 
 
 def photo_scene(pack, lumix):
@@ -74,13 +65,13 @@ def photo_scene(pack, lumix):
 @pytest.mark.parametrize("cache", [teacache, first_block_cache], ids=["teacache", "first-block-cache"])
 def test_a_step_cache_that_reuses_nothing_leaves_lumix_bit_identical(pack, models, monkeypatch, cache, scene):
     require_plain_flux_runs(cache)
-    lumix = pack["LumiXLoadAdapter"]().load(H.tiny_flux(seed=6), "lumix.safetensors", 1.0)[0]
+    lumix = H.load_lumix(pack, H.tiny_flux(seed=6))
     model, x = scene(pack, lumix)
     assert cache(model, 0.0) is model  # threshold 0: the node hands its input back
     cached = cache(model, NEVER_REUSED)
     assert cached is not model
     truth = C.sample(model, x)
-    calls = counted_blocks(model, monkeypatch)
+    calls = H.counted_blocks(model, monkeypatch)
     ours = C.sample(cached, x)
     print(f"{cache.__name__} at {NEVER_REUSED} + LumiX ({scene.__name__}) vs LumiX, 4 euler steps: "
           f"max abs {C.diff(ours, truth)[0]:.3g}")
@@ -95,11 +86,11 @@ def test_a_reusing_step_cache_costs_lumix_what_it_costs_flux(pack, models, monke
     together), and LumiX's deviation from uncached LumiX is of the order of plain FLUX's from uncached FLUX."""
     require_plain_flux_runs(cache)
     flux = H.tiny_flux(seed=6)
-    lumix = pack["LumiXLoadAdapter"]().load(flux, "lumix.safetensors", 1.0)[0]
-    x = pack["LumiXEmptyMapsLatent"]().make(64, 64, 1, RELEASE.to_string())[0]
+    lumix = H.load_lumix(pack, flux)
+    x = H.maps_latent(pack)
     plain = C.diff(C.sample(cache(flux, threshold), x, steps=12), C.sample(flux, x, steps=12))
     truth = C.sample(lumix, x, steps=12)
-    calls = counted_blocks(lumix, monkeypatch)
+    calls = H.counted_blocks(lumix, monkeypatch)
     ours = C.diff(C.sample(cache(lumix, threshold), x, steps=12), truth)
     reused = 12 - calls.count("single")  # a reused step skips the single blocks (First Block Cache runs double 0)
     print(f"{cache.__name__} at {threshold}, 12 steps: {reused} reused; max rel deviation LumiX {ours[1]:.3g}, "

@@ -17,7 +17,6 @@ from safetensors.torch import save_file
 import folder_paths  # noqa: E402
 
 import nodes as comfy_nodes  # noqa: E402  (ComfyUI's nodes.py)
-from lumix_core.maps import RELEASE  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -43,14 +42,6 @@ def gguf_loader():
     return C.other_pack("gguf", needs=("gguf",))["UnetLoaderGGUF"]
 
 
-def lumix(pack, model):
-    return pack["LumiXLoadAdapter"]().load(model, "lumix.safetensors", 1.0)[0]
-
-
-def latent(pack):
-    return pack["LumiXEmptyMapsLatent"]().make(64, 64, 1, RELEASE.to_string())[0]
-
-
 def gguf_unet(loader, path):
     model = H.call_node(loader, unet_name=path.name)[0]
     qkv = model.model.diffusion_model.double_blocks[0].img_attn.qkv
@@ -71,8 +62,8 @@ def test_f16_gguf_samples_lumix_bit_identical_to_the_safetensors_model(pack, mod
     f16 = {k: v.half() if C.gguf_type(k, v, gguf.GGMLQuantizationType.F16) == gguf.GGMLQuantizationType.F16
            else v for k, v in sd.items()}  # the same model in the same dtypes, as a safetensors file
     from_gguf, from_st = gguf_unet(gguf_loader, path), safetensors_unet(unets, "tiny-f16.safetensors", f16)
-    x = latent(pack)
-    ours, truth = C.sample(lumix(pack, from_gguf), x), C.sample(lumix(pack, from_st), x)
+    x = H.maps_latent(pack)
+    ours, truth = C.sample(H.load_lumix(pack, from_gguf), x), C.sample(H.load_lumix(pack, from_st), x)
     plain = C.sample(from_gguf, x)
     print(f"GGUF F16 + LumiX vs safetensors F16 + LumiX, 4 euler steps: max abs {C.diff(ours, truth)[0]:.3g}")
     assert torch.equal(C.sample(from_st, x), plain)  # the plain models agree: same weights, same arithmetic
@@ -88,10 +79,10 @@ def test_quantized_gguf_samples_lumix_within_its_quantization_noise(pack, models
     path = C.write_gguf(unets / f"tiny-{quant}.gguf", C.flux_file_state_dict(source), gguf.GGMLQuantizationType[quant])
     quantized = gguf_unet(gguf_loader, path)
     dequantized = safetensors_unet(unets, f"tiny-{quant}-dequantized.safetensors", C.gguf_weights(path))
-    x = latent(pack)
-    ours = C.sample(lumix(pack, quantized), x)
-    exact = C.diff(ours, C.sample(lumix(pack, dequantized), x))
-    lumix_noise = C.diff(ours, C.sample(lumix(pack, source), x))
+    x = H.maps_latent(pack)
+    ours = C.sample(H.load_lumix(pack, quantized), x)
+    exact = C.diff(ours, C.sample(H.load_lumix(pack, dequantized), x))
+    lumix_noise = C.diff(ours, C.sample(H.load_lumix(pack, source), x))
     plain_noise = C.diff(C.sample(quantized, x), C.sample(source, x))
     print(f"GGUF {quant} + LumiX: vs LumiX on its dequantized weights max abs {exact[0]:.3g}; vs the fp32 source "
           f"max rel {lumix_noise[1]:.3g}, where the plain FLUX of the file is {plain_noise[1]:.3g} off its source "
@@ -111,10 +102,10 @@ def test_a_lora_on_a_quantized_gguf_either_side_of_lumix_is_merged_exactly(pack,
     weights = C.gguf_weights(path)
     for layer, (up, down) in lora.items():
         weights[f"{layer}.weight"] = weights[f"{layer}.weight"] + C.lora_delta(up, down)
-    x = latent(pack)
-    truth = C.sample(lumix(pack, safetensors_unet(unets, "tiny-lora-merged.safetensors", weights)), x)
-    before = C.sample(lumix(pack, C.with_lora(gguf_unet(gguf_loader, path), name)), x)
-    after = C.sample(C.with_lora(lumix(pack, gguf_unet(gguf_loader, path)), name), x)
+    x = H.maps_latent(pack)
+    truth = C.sample(H.load_lumix(pack, safetensors_unet(unets, "tiny-lora-merged.safetensors", weights)), x)
+    before = C.sample(H.load_lumix(pack, C.with_lora(gguf_unet(gguf_loader, path), name)), x)
+    after = C.sample(C.with_lora(H.load_lumix(pack, gguf_unet(gguf_loader, path)), name), x)
     print(f"GGUF Q8_0, LoRA then LumiX vs LumiX on the merged dequantized weights: max abs "
           f"{C.diff(before, truth)[0]:.3g}; LumiX then LoRA: {C.diff(after, truth)[0]:.3g}")
     assert torch.equal(before, truth)

@@ -12,8 +12,6 @@ import lumix_host as H
 import pytest
 import torch
 
-from lumix_core.maps import RELEASE
-
 
 @pytest.fixture(scope="module")
 def pack(tmp_path_factory):
@@ -25,31 +23,14 @@ def models(tmp_path_factory):
     return H.models_folder(tmp_path_factory, "models_lumix_compat")
 
 
-def lumix(pack, model):
-    return pack["LumiXLoadAdapter"]().load(model, "lumix.safetensors", 1.0)[0]
-
-
-def latent(pack):
-    return pack["LumiXEmptyMapsLatent"]().make(64, 64, 1, RELEASE.to_string())[0]
-
-
-def merged(seed, lora):
-    """The tiny FLUX of ``seed`` with ``lora`` added into its weights by hand."""
-    model = H.tiny_flux(seed=seed)
-    with torch.no_grad():
-        for layer, (up, down) in lora.items():
-            model.model.diffusion_model.get_submodule(layer).weight += C.lora_delta(up, down)
-    return model
-
-
 def test_a_lora_before_or_after_lumix_samples_lumix_on_the_merged_weights(pack, models, tmp_path):
     lora = C.random_lora(H.tiny_flux(seed=4))
     name = C.write_lora(tmp_path, lora)
-    x = latent(pack)
-    truth = C.sample(lumix(pack, merged(4, lora)), x)
-    before = C.sample(lumix(pack, C.with_lora(H.tiny_flux(seed=4), name)), x)
-    after = C.sample(C.with_lora(lumix(pack, H.tiny_flux(seed=4)), name), x)
-    without = C.sample(lumix(pack, H.tiny_flux(seed=4)), x)
+    x = H.maps_latent(pack)
+    truth = C.sample(H.load_lumix(pack, C.merged_flux(4, lora)), x)
+    before = C.sample(H.load_lumix(pack, C.with_lora(H.tiny_flux(seed=4), name)), x)
+    after = C.sample(C.with_lora(H.load_lumix(pack, H.tiny_flux(seed=4)), name), x)
+    without = C.sample(H.load_lumix(pack, H.tiny_flux(seed=4)), x)
     print(f"LoRA then LumiX vs truth: max abs {C.diff(before, truth)[0]:.3g}; LumiX then LoRA: "
           f"{C.diff(after, truth)[0]:.3g}; the LoRA's own effect: max rel {C.diff(without, truth)[1]:.3g}")
     assert not torch.allclose(without, truth, rtol=0, atol=1e-3)  # the LoRA changes the result

@@ -54,16 +54,12 @@ def gpu_like(monkeypatch):
     torch._dynamo.reset()
 
 
-def lumix(pack, model, name="lumix.safetensors", strength=1.0):
-    return pack["LumiXLoadAdapter"]().load(model, name, strength)[0]
-
-
 def compiled(model):
     return H.call_node(TorchCompileModel, model=model, backend="inductor")[0]
 
 
 def latent(pack, maps=RELEASE.to_string()):
-    return pack["LumiXEmptyMapsLatent"]().make(32, 32, 1, maps)[0]
+    return H.maps_latent(pack, maps=maps, size=32)
 
 
 def rel(a, b):
@@ -75,7 +71,7 @@ def test_lumix_adds_no_graph_break_to_flux(pack, tmp_path, gpu_like):
     H.write_adapter(tmp_path / "full.safetensors", doubles=9, singles=9)
     H.register_models_dir(tmp_path)
     flux = H.tiny_flux(seed=1, depth=9, depth_single_blocks=9)
-    patched = lumix(pack, flux, "full.safetensors")
+    patched = H.load_lumix(pack, flux, "full.safetensors")
     g = torch.Generator().manual_seed(0)
     x, t = torch.randn(10, 16, 4, 4, generator=g), torch.rand(10, generator=g)
     ctx, y = torch.randn(10, 8, H.CONTEXT, generator=g), torch.randn(10, H.POOLED, generator=g)
@@ -95,17 +91,17 @@ def test_torch_compile_model_before_or_after_lumix_equals_eager(pack, models, gp
     flux = H.tiny_flux(seed=1)
     x, x4 = latent(pack), latent(pack, "albedo,color,depth,normal")
     H.write_adapter(models / "four.safetensors", maps=RELEASE.parse("albedo,color,depth,normal"), seed=3)
-    eager = {"1.0": C.sample(lumix(pack, flux), x), "0.5": C.sample(lumix(pack, flux, strength=0.5), x),
-             "other": C.sample(lumix(pack, flux, "other.safetensors"), x), "plain": C.sample(flux, x),
-             "four": C.sample(lumix(pack, flux, "four.safetensors"), x4)}
+    eager = {"1.0": C.sample(H.load_lumix(pack, flux), x), "0.5": C.sample(H.load_lumix(pack, flux, strength=0.5), x),
+             "other": C.sample(H.load_lumix(pack, flux, "other.safetensors"), x), "plain": C.sample(flux, x),
+             "four": C.sample(H.load_lumix(pack, flux, "four.safetensors"), x4)}
     base = compiled(flux)  # TorchCompileModel before LumiX Load Adapter, one node for every run below
-    runs = [("compile, LumiX 1.0", C.sample(lumix(pack, base), x), eager["1.0"]),
-            ("compile, LumiX 0.5", C.sample(lumix(pack, base, strength=0.5), x), eager["0.5"]),
-            ("compile, another adapter", C.sample(lumix(pack, base, "other.safetensors"), x), eager["other"]),
-            ("compile, four maps", C.sample(lumix(pack, base, "four.safetensors"), x4), eager["four"]),
-            ("LumiX 0.5, then compile", C.sample(compiled(lumix(pack, flux, strength=0.5)), x), eager["0.5"]),
+    runs = [("compile, LumiX 1.0", C.sample(H.load_lumix(pack, base), x), eager["1.0"]),
+            ("compile, LumiX 0.5", C.sample(H.load_lumix(pack, base, strength=0.5), x), eager["0.5"]),
+            ("compile, another adapter", C.sample(H.load_lumix(pack, base, "other.safetensors"), x), eager["other"]),
+            ("compile, four maps", C.sample(H.load_lumix(pack, base, "four.safetensors"), x4), eager["four"]),
+            ("LumiX 0.5, then compile", C.sample(compiled(H.load_lumix(pack, flux, strength=0.5)), x), eager["0.5"]),
             ("the compiled plain model", C.sample(base, x), eager["plain"]),
-            ("compile, LumiX 1.0 again", C.sample(lumix(pack, base), x), eager["1.0"])]
+            ("compile, LumiX 1.0 again", C.sample(H.load_lumix(pack, base), x), eager["1.0"])]
     for name, got, want in runs:
         print(f"{name}: relative difference to eager {rel(got, want):.2g}")
         assert rel(got, want) <= 1e-5, name
@@ -127,13 +123,9 @@ def test_a_re_created_model_keeps_a_lora_stacked_with_lumix(pack, models, tmp_pa
     lora = C.random_lora(H.tiny_flux(seed=4))
     name = C.write_lora(tmp_path, lora)
     x = latent(pack)
-    merged = H.tiny_flux(seed=4)
-    with torch.no_grad():
-        for layer, (up, down) in lora.items():
-            merged.model.diffusion_model.get_submodule(layer).weight += C.lora_delta(up, down)
-    truth = C.sample(lumix(pack, merged), x)
-    for order, model in (("LoRA, LumiX", lumix(pack, C.with_lora(_recreatable_flux(4), name))),
-                         ("LumiX, LoRA", C.with_lora(lumix(pack, _recreatable_flux(4)), name))):
+    truth = C.sample(H.load_lumix(pack, C.merged_flux(4, lora)), x)
+    for order, model in (("LoRA, LumiX", H.load_lumix(pack, C.with_lora(_recreatable_flux(4), name))),
+                         ("LumiX, LoRA", C.with_lora(H.load_lumix(pack, _recreatable_flux(4)), name))):
         clone = model.clone(force_deepcopy=True)
         assert clone.model is not model.model
         got = C.sample(clone, x)
@@ -143,14 +135,14 @@ def test_a_re_created_model_keeps_a_lora_stacked_with_lumix(pack, models, tmp_pa
 
 def test_comfyui_memory_manager_counts_the_adapter(pack, models):
     flux = H.tiny_flux(seed=2)
-    patched = lumix(pack, flux)
+    patched = H.load_lumix(pack, flux)
     owners = {id(m): m for m in patched.model_patches_models()}
     assert len(owners) == 1  # one patcher for every block patch
     owner = next(iter(owners.values()))
     adapter = owner.model
     assert type(adapter).__name__ == "LumiXAdapter"
     assert owner.model_size() == sum(p.numel() * p.element_size() for p in adapter.parameters())
-    again = lumix(pack, H.tiny_flux(seed=3))  # same file: the same adapter object and patcher
+    again = H.load_lumix(pack, H.tiny_flux(seed=3))  # same file: the same adapter object and patcher
     assert {id(m) for m in again.model_patches_models()} == set(owners)
     C.sample(patched, latent(pack))
     loaded = [m.model for m in comfy.model_management.current_loaded_models]
@@ -158,9 +150,9 @@ def test_comfyui_memory_manager_counts_the_adapter(pack, models):
 
 
 def test_the_map_set_of_a_latent_survives_latent_from_batch_into_a_stock_ksampler(pack, models):
-    model = lumix(pack, H.tiny_flux(seed=1))
+    model = H.load_lumix(pack, H.tiny_flux(seed=1))
     swapped = "irradiance,albedo,color,depth,normal"  # the release's maps in another order
-    x = pack["LumiXEmptyMapsLatent"]().make(32, 32, 2, swapped)[0]
+    x = H.maps_latent(pack, 2, swapped, size=32)
     one = comfy_nodes.LatentFromBatch().frombatch(x, 0, 5)[0]  # clones the samples tensor
     assert not hasattr(one["samples"], "lumix_maps") and one["lumix_maps"] == swapped
     with torch.inference_mode(), pytest.raises(ValueError, match="set the latent node's 'maps'"):

@@ -49,22 +49,10 @@ def models(tmp_path_factory):
     return H.models_folder(tmp_path_factory, "models_lumix")
 
 
-def load(pack, model, name="lumix.safetensors", strength=1.0):
-    return pack["LumiXLoadAdapter"]().load(model, name, strength)[0]
-
-
-def empty(pack, scenes=1, maps=RELEASE.to_string(), size=64):
-    return pack["LumiXEmptyMapsLatent"]().make(size, size, scenes, maps)[0]
-
-
 def host_module(pack, name):
     """A module of the pack as ComfyUI loaded it (e.g. ``_host``)."""
     base = sys.modules[pack["LumiXLoadAdapter"].__module__].__name__.rsplit(".", 1)[0]
     return sys.modules[f"{base}.{name}"]
-
-
-def dit_patches(model):
-    return model.model_options["transformer_options"]["patches_replace"]["dit"]
 
 
 def sample(model, latent, *, seed=0, steps=4, cfg=2.0, sampler="euler", scheduler="simple", noise=None):
@@ -93,12 +81,9 @@ def test_pack_loads_like_comfyui_and_registers_every_node(pack):
 def test_identity_adapter_with_one_map_samples_like_the_unpatched_model(pack, models, monkeypatch):
     H.write_adapter(models / "identity.safetensors", maps=MapSet.parse("color"), g3=0.0)
     flux = H.tiny_flux(seed=1)
-    patched = load(pack, flux, "identity.safetensors")
-    patch_cls = type(dit_patches(patched)[("double_block", 0)])
-    calls = []
-    original = patch_cls.__call__
-    monkeypatch.setattr(patch_cls, "__call__", lambda self, a, e: calls.append(self.kind) or original(self, a, e))
-    latent = empty(pack, scenes=2, maps="color")
+    patched = H.load_lumix(pack, flux, "identity.safetensors")
+    calls = H.counted_blocks(patched, monkeypatch)
+    latent = H.maps_latent(pack, scenes=2, maps="color")
     ours, plain = sample(patched, latent, seed=5), sample(flux, latent, seed=5)
     diff = (ours - plain).abs().max().item()
     print(f"identity adapter (M=1, G3=0), 4 euler steps, cfg 2: max |patched - unpatched| = {diff:.3g}")
@@ -108,7 +93,7 @@ def test_identity_adapter_with_one_map_samples_like_the_unpatched_model(pack, mo
 
 def test_each_patched_block_is_lumix_core_on_the_same_block(pack, models):
     flux = H.tiny_flux(seed=2)
-    patched = load(pack, flux, strength=0.8)
+    patched = H.load_lumix(pack, flux, strength=0.8)
     adapter = load_adapter(models / "lumix.safetensors")  # lumix_core's own copy of the file
     dm = patched.model.diffusion_model
     g = torch.Generator().manual_seed(0)
@@ -126,13 +111,13 @@ def test_each_patched_block_is_lumix_core_on_the_same_block(pack, models):
                   transformer_options=options)
     with torch.no_grad():
         args = {"img": img.clone(), "txt": txt.clone(), "vec": vec, "pe": pe, "attn_mask": None, **extra}
-        out = dit_patches(patched)[("double_block", 0)](args, {"original_block": never})
+        out = H.dit_patches(patched)[("double_block", 0)](args, {"original_block": never})
         ref_img, ref_txt = double_block_forward(dm.double_blocks[0], img.clone(), txt.clone(), vec, pe,
                                                 adapter=adapter.for_double(0), **common)
         assert torch.equal(out["img"], ref_img) and torch.equal(out["txt"], ref_txt)
         assert torch.equal(args["img"], img) and torch.equal(args["txt"], txt)  # inputs untouched
         x = torch.cat((txt, img), dim=1)
-        out = dit_patches(patched)[("single_block", 0)](
+        out = H.dit_patches(patched)[("single_block", 0)](
             {"img": x.clone(), "vec": vec, "pe": pe, "attn_mask": None, **extra}, {"original_block": never})
         ref = single_block_forward(dm.single_blocks[0], x.clone(), vec, pe, adapter=adapter.for_single(0), **common)
         assert torch.equal(out["img"], ref)
@@ -144,7 +129,7 @@ def test_whole_model_call_matches_the_reference_flux(pack, models, tmp_path):
     from safetensors.torch import save_file
 
     flux = H.tiny_flux(seed=3)
-    patched = load(pack, flux)
+    patched = H.load_lumix(pack, flux)
     dm = flux.model.diffusion_model
     save_file({k: v.contiguous() for k, v in dm.state_dict().items()}, str(tmp_path / "tiny_flux.safetensors"))
     ref = load_flux(tmp_path / "tiny_flux.safetensors")  # same weights, BFL names (either norm spelling)
@@ -187,8 +172,8 @@ def _assert_scene_noise(noise, scenes=2, maps=5):
 def test_all_maps_of_a_scene_start_from_the_same_noise(pack, models):
     from comfy_extras.nodes_custom_sampler import Noise_RandomNoise
 
-    patched = load(pack, H.tiny_flux())
-    latent = empty(pack, scenes=2)
+    patched = H.load_lumix(pack, H.tiny_flux())
+    latent = H.maps_latent(pack, scenes=2)
     model, seen = _capture_noise(patched)
     with torch.no_grad():
         comfy_nodes.KSampler().sample(model, 11, 1, 1.0, "euler", "simple", POS, NEG, latent, 1.0)
@@ -202,7 +187,7 @@ def test_all_maps_of_a_scene_start_from_the_same_noise(pack, models):
 @pytest.mark.parametrize("cfg", [1.0, 2.5])
 @pytest.mark.parametrize("sampler", ["euler", "dpmpp_2m", "euler_ancestral"])
 def test_photo_mode_returns_the_photo_in_the_color_slot(pack, models, sampler, cfg):
-    patched = load(pack, H.tiny_flux(seed=4))
+    patched = H.load_lumix(pack, H.tiny_flux(seed=4))
     vae = H.tiny_vae()
     photos = torch.rand(2, 64, 72, 3, generator=torch.Generator().manual_seed(3))  # 72 px: cropped to 64
     with torch.no_grad():
@@ -219,7 +204,7 @@ def test_photo_mode_returns_the_photo_in_the_color_slot(pack, models, sampler, c
 
 
 def test_pin_photo_node_pins_for_stock_samplers_and_nothing_else_does(pack, models):
-    patched = load(pack, H.tiny_flux(seed=4))
+    patched = H.load_lumix(pack, H.tiny_flux(seed=4))
     with torch.no_grad():
         (latent,) = pack["LumiXPhotoToMapsLatent"]().encode(torch.rand(1, 64, 64, 3), H.tiny_vae(), RELEASE.to_string())
         (pinned,) = pack["LumiXPinPhoto"]().pin(patched, latent)
@@ -229,11 +214,11 @@ def test_pin_photo_node_pins_for_stock_samplers_and_nothing_else_does(pack, mode
     assert torch.equal(out["samples"][2::5], photo)
     assert (unpinned["samples"][2::5] - photo).abs().max() > 0.1  # without the pin the photo is redrawn
     with pytest.raises(ValueError, match="has no pinned photo"):
-        pack["LumiXPinPhoto"]().pin(patched, empty(pack))
+        pack["LumiXPinPhoto"]().pin(patched, H.maps_latent(pack))
 
 
 def test_two_scenes_in_one_latent_equal_two_separate_runs_with_cfg(pack, models):
-    patched = load(pack, H.tiny_flux(seed=5))
+    patched = H.load_lumix(pack, H.tiny_flux(seed=5))
     calls = []
 
     def spy(executor, x, t, *args, **kwargs):
@@ -241,7 +226,7 @@ def test_two_scenes_in_one_latent_equal_two_separate_runs_with_cfg(pack, models)
         return executor(x, t, *args, **kwargs)
 
     patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, "test_spy", spy)
-    latent = empty(pack, scenes=2)
+    latent = H.maps_latent(pack, scenes=2)
     noise = comfy.sample.prepare_noise(latent["samples"], 9, latent["batch_index"])
     joint = sample(patched, latent, noise=noise, cfg=3.0)
     assert calls[0] == (20, [1, 0]) or calls[0] == (20, [0, 1])  # cond and uncond stacked in one call
@@ -256,11 +241,11 @@ def test_two_scenes_in_one_latent_equal_two_separate_runs_with_cfg(pack, models)
 
 def test_strength_zero_keeps_the_color_map_of_the_plain_model(pack, models):
     flux = H.tiny_flux(seed=6)
-    latent = empty(pack, scenes=1)
+    latent = H.maps_latent(pack, scenes=1)
     # different noise per map, so that sharing the color map's queries visibly changes the others
     noise = comfy.sample.prepare_noise(latent["samples"], 4, None)
     zero, plain, full = (sample(m, latent, noise=noise)
-                         for m in (load(pack, flux, strength=0.0), flux, load(pack, flux)))
+                         for m in (H.load_lumix(pack, flux, strength=0.0), flux, H.load_lumix(pack, flux)))
     assert (zero[2] - plain[2]).abs().max() <= 1e-5
     assert (zero[0] - plain[0]).abs().max() > 1e-3  # the other maps take the color map's queries
     assert (full[2] - plain[2]).abs().max() > 1e-3
@@ -271,15 +256,15 @@ def test_ten_clones_share_one_adapter_in_memory(pack, models):
     cache.clear()
     loads = cache.loads
     flux = H.tiny_flux()
-    patched = load(pack, flux)
+    patched = H.load_lumix(pack, flux)
     clones = [patched.clone() for _ in range(10)]  # what downstream nodes do (deep-copies model_options)
-    reloads = [load(pack, flux) for _ in range(10)]  # the loader run again, e.g. in ten branches
+    reloads = [H.load_lumix(pack, flux) for _ in range(10)]  # the loader run again, e.g. in ten branches
     assert cache.loads == loads + 1  # the file was read once
 
     def measure(models_):
         tensors, objects = {}, set()
         for m in models_:
-            for p in dit_patches(m).values():
+            for p in H.dit_patches(m).values():
                 objects.add(id(p))
                 for t in p.lora.parameters():
                     tensors[t.data_ptr()] = t.nbytes
@@ -291,7 +276,7 @@ def test_ten_clones_share_one_adapter_in_memory(pack, models):
         print(f"10 {what}: {len(objects)} patch objects, {len(tensors)} unique adapter tensors (by data_ptr), "
               f"{sum(tensors.values())} bytes; one adapter = {one} bytes; a copy per model would be {10 * one} bytes")
         assert sum(tensors.values()) == one and len(objects) == n_objects
-    adapter = dit_patches(clones[0])[("double_block", 0)].lora
+    adapter = H.dit_patches(clones[0])[("double_block", 0)].lora
     clones[0].model_patches_to(torch.float16)  # what ComfyUI does with the model dtype at load time
     clones[0].model_patches_to(comfy.model_management.get_torch_device())
     assert all(t.dtype == torch.float32 for t in adapter.parameters())
@@ -302,16 +287,16 @@ def test_an_fp8_adapter_keeps_its_dtype_and_runs(pack, models):
     from lumix_core.model.checkpoint import save_adapter
 
     save_adapter(adapter, models / "lumix_fp8.safetensors", overwrite=True)
-    patched = load(pack, H.tiny_flux(), "lumix_fp8.safetensors")
-    out = sample(patched, empty(pack), steps=2)
+    patched = H.load_lumix(pack, H.tiny_flux(), "lumix_fp8.safetensors")
+    out = sample(patched, H.maps_latent(pack), steps=2)
     assert out.isfinite().all()
-    lora = dit_patches(patched)[("single_block", 0)].lora
+    lora = H.dit_patches(patched)[("single_block", 0)].lora
     assert all(p.dtype == torch.float8_e4m3fn for p in lora.parameters())
 
 
 def test_sampler_reports_progress_and_stops_when_interrupted(pack, models):
-    patched = load(pack, H.tiny_flux())
-    latent = empty(pack)
+    patched = H.load_lumix(pack, H.tiny_flux())
+    latent = H.maps_latent(pack)
     seen = []
 
     def hook(value, total, *args, **kwargs):  # ComfyUI's server hook also checks for interruption
@@ -336,10 +321,10 @@ def test_sampler_reports_progress_and_stops_when_interrupted(pack, models):
 
 
 def test_decode_maps_gives_five_conventional_maps_per_scene(pack, models):
-    patched = load(pack, H.tiny_flux())
+    patched = H.load_lumix(pack, H.tiny_flux())
     with torch.no_grad():
         (out,) = pack["LumiXSampler"]().sample(patched, 2, 2, 1.0, "euler", "lumix_release", POS, NEG,
-                                               empty(pack, scenes=2), 1.0)
+                                               H.maps_latent(pack, scenes=2), 1.0)
         albedo, irradiance, color, depth, normal, mask = pack["LumiXDecodeMaps"]().decode(out, H.tiny_vae(),
                                                                                           "directx", False)
     assert all(m.shape == (2, 64, 64, 3) for m in (albedo, irradiance, color, depth, normal))
@@ -352,15 +337,15 @@ def test_replacing_other_block_patches_is_reported(pack, models, caplog):
     other = H.tiny_flux().clone()
     other.set_model_patch_replace(lambda args, extra: extra["original_block"](args), "dit", "double_block", 0)
     with caplog.at_level(logging.WARNING, logger="comfyui-lumix"):
-        patched = load(pack, other)
+        patched = H.load_lumix(pack, other)
     assert "replacing other block patches on [('double_block', 0)]" in caplog.text
-    assert type(dit_patches(patched)[("double_block", 0)]).__name__ == "LumiXBlockPatch"
+    assert type(H.dit_patches(patched)[("double_block", 0)]).__name__ == "LumiXBlockPatch"
 
 
 # ----------------------------------------------------------------------------- refusals
 def test_a_non_flux_model_is_refused(pack, models):
     with pytest.raises(ValueError, match=r"LumiX works on FLUX.1 only, but the connected MODEL is SD15.*UNETLoader"):
-        load(pack, H.tiny_sd15())
+        H.load_lumix(pack, H.tiny_sd15())
 
 
 def test_a_mismatched_adapter_names_file_block_and_shapes(pack, models):
@@ -368,26 +353,26 @@ def test_a_mismatched_adapter_names_file_block_and_shapes(pack, models):
     with pytest.raises(ValueError, match=r"wide.safetensors: adapter hidden size is 32 but the model's is 64: "
                                               r"'double_blocks.0.processor.kv_tt_lora.G2' has shape \[5, 32, 4, 4\], "
                                               r"expected \[5, 64, 4, 4\]"):
-        load(pack, H.tiny_flux(), "wide.safetensors")
+        H.load_lumix(pack, H.tiny_flux(), "wide.safetensors")
     H.write_adapter(models / "deep.safetensors", doubles=3)
     with pytest.raises(ValueError, match=r"deep.safetensors: adapter has 'double_blocks.1' but the model has only "
                                               r"1 double_blocks"):
-        load(pack, H.tiny_flux(), "deep.safetensors")
+        H.load_lumix(pack, H.tiny_flux(), "deep.safetensors")
 
 
 def test_an_adapter_that_is_a_pickle_is_refused(pack, models):
     torch.save({"double_blocks.0.processor.kv_tt_lora.G1": torch.zeros(5, 5, 4)}, models / "evil.safetensors")
     with pytest.raises(ValueError, match=r"evil.safetensors: this file is a pickle.*only reads .safetensors"):
-        load(pack, H.tiny_flux(), "evil.safetensors")
+        H.load_lumix(pack, H.tiny_flux(), "evil.safetensors")
 
 
 def test_a_batch_that_is_not_whole_scenes_is_refused_by_any_sampler(pack, models):
-    patched = load(pack, H.tiny_flux())
+    patched = H.load_lumix(pack, H.tiny_flux())
     (plain_latent,) = comfy_nodes.EmptyLatentImage().generate(64, 64, 3)
     with pytest.raises(ValueError, match=r"LATENT batch of 3 is not a multiple of the map count 5.*"
                                          r"LumiX Empty Maps Latent"):
         comfy_nodes.KSampler().sample(patched, 0, 1, 1.0, "euler", "simple", POS, NEG, plain_latent, 1.0)
-    bad = dict(empty(pack), samples=torch.zeros(7, 16, 8, 8))
+    bad = dict(H.maps_latent(pack), samples=torch.zeros(7, 16, 8, 8))
     with pytest.raises(ValueError, match="LATENT batch of 7 is not a multiple of the map count 5"):
         pack["LumiXSampler"]().sample(patched, 0, 1, 1.0, "euler", "simple", POS, NEG, bad, 1.0)
 
@@ -398,11 +383,11 @@ def test_a_size_that_is_not_a_multiple_of_16_is_refused(pack):
 
 
 def test_latent_maps_must_match_the_adapter_and_context_windows_are_refused(pack, models):
-    patched = load(pack, H.tiny_flux())
+    patched = H.load_lumix(pack, H.tiny_flux())
     with pytest.raises(ValueError, match=r"holds maps albedo,color \(M=2\) but the adapter lumix.safetensors was "
                                          r"trained for"):
         pack["LumiXSampler"]().sample(patched, 0, 1, 1.0, "euler", "simple", POS, NEG,
-                                      empty(pack, maps="albedo,color"), 1.0)
+                                      H.maps_latent(pack, maps="albedo,color"), 1.0)
 
     class BatchWindows:  # a context-window handler over dim 0, as comfy.context_windows defines them
         dim = 0
@@ -413,4 +398,4 @@ def test_latent_maps_must_match_the_adapter_and_context_windows_are_refused(pack
     windowed = patched.clone()
     windowed.model_options["context_handler"] = BatchWindows()
     with pytest.raises(ValueError, match="context-window handler .*slices the batch dimension"):
-        comfy_nodes.KSampler().sample(windowed, 0, 1, 1.0, "euler", "simple", POS, NEG, empty(pack), 1.0)
+        comfy_nodes.KSampler().sample(windowed, 0, 1, 1.0, "euler", "simple", POS, NEG, H.maps_latent(pack), 1.0)

@@ -60,7 +60,7 @@ def pack_module(pack, name):
 
 
 def load(pack, model, name="one_step.safetensors"):
-    return pack["LumiXLoadAdapter"]().load(model, name, 1.0)[0]
+    return H.load_lumix(pack, model, name)
 
 
 def photo_latent(pack, scenes=2, seed=5):
@@ -221,7 +221,7 @@ def test_multi_step_adapter_in_one_step_warns_through_every_sampler(pack, models
 
 def test_one_step_adapter_without_a_photo_or_with_noise_warns(pack, models, caplog):
     patched = load(pack, H.tiny_flux(seed=8))
-    text_latent = pack["LumiXEmptyMapsLatent"]().make(64, 64, 1, RELEASE.to_string())[0]
+    text_latent = H.maps_latent(pack)
     with caplog.at_level(logging.WARNING, logger=LOGGER):
         out = lumix_sampler(pack, patched, text_latent)
     (text,) = lumix_warnings(caplog)

@@ -46,14 +46,6 @@ def output_dir(tmp_path):
     folder_paths.set_output_directory(old)
 
 
-def load(pack, model, name="lumix.safetensors"):
-    return pack["LumiXLoadAdapter"]().load(model, name, 1.0)[0]
-
-
-def empty(pack, scenes=1, maps=RELEASE.to_string()):
-    return pack["LumiXEmptyMapsLatent"]().make(64, 64, scenes, maps)[0]
-
-
 def ksampler(model, latent, steps=1):
     with torch.no_grad():
         return comfy_nodes.KSampler().sample(model, 0, steps, 1.0, "euler", "simple", POS, NEG, latent, 1.0)[0]
@@ -88,8 +80,8 @@ def message(call):
 ])
 def test_every_sampler_refuses_a_latent_of_another_map_set_with_lumix_samplers_message(pack, models, adapter, maps,
                                                                                       scenes):
-    model = load(pack, H.tiny_flux(), adapter)
-    latent = empty(pack, scenes, maps)
+    model = H.load_lumix(pack, H.tiny_flux(), adapter)
+    latent = H.maps_latent(pack, scenes, maps)
     ours = message(lambda: lumix_sampler(pack, model, latent))
     ms = MapSet.parse(maps)
     wanted = "albedo,color,depth,normal" if adapter == "four.safetensors" else RELEASE.to_string()
@@ -97,22 +89,23 @@ def test_every_sampler_refuses_a_latent_of_another_map_set_with_lumix_samplers_m
                     f"{wanted} (M={len(wanted.split(','))}); set the latent node's 'maps' to '{wanted}'")
     assert message(lambda: ksampler(model, latent)) == ours
     assert message(lambda: custom_advanced(model, latent)) == ours
-    sampled = lumix_sampler(pack, model, empty(pack, 1, wanted))  # LumiX Sampler's output carries the map set on
-    assert ksampler(model, sampled)["samples"].isfinite().all()  # and a second stock pass over it is accepted
+    # LumiX Sampler's output carries the map set on, and a second stock pass over it is accepted
+    sampled = lumix_sampler(pack, model, H.maps_latent(pack, 1, wanted))
+    assert ksampler(model, sampled)["samples"].isfinite().all()
     print(f"LumiX Sampler, KSampler and SamplerCustomAdvanced all say: {ours}")
 
 
 def test_matching_latents_still_sample_with_stock_samplers(pack, models):
-    model = load(pack, H.tiny_flux(), "four.safetensors")
-    out = ksampler(model, empty(pack, 2, FOUR.to_string()))
+    model = H.load_lumix(pack, H.tiny_flux(), "four.safetensors")
+    out = ksampler(model, H.maps_latent(pack, 2, FOUR.to_string()))
     assert out["samples"].shape == (8, 16, 8, 8) and out["samples"].isfinite().all()
-    assert custom_advanced(model, empty(pack, 1, FOUR.to_string())).shape == (4, 16, 8, 8)
+    assert custom_advanced(model, H.maps_latent(pack, 1, FOUR.to_string())).shape == (4, 16, 8, 8)
 
 
 # ----------------------------------------------------------------------------- adapter twice, no adapter
 def test_a_second_adapter_on_a_patched_model_is_refused_naming_both_files(pack, models):
-    once = load(pack, H.tiny_flux())
-    text = message(lambda: load(pack, once, "four.safetensors"))
+    once = H.load_lumix(pack, H.tiny_flux())
+    text = message(lambda: H.load_lumix(pack, once, "four.safetensors"))
     assert text == ("this MODEL already has the LumiX adapter lumix.safetensors; LumiX runs one adapter at a time, so "
                     "four.safetensors is not loaded over it. Connect the FLUX model itself (UNETLoader) to this LumiX "
                     "Load Adapter, or remove one of the two LumiX Load Adapter nodes")
@@ -120,7 +113,7 @@ def test_a_second_adapter_on_a_patched_model_is_refused_naming_both_files(pack, 
 
 
 def test_lumix_sampler_refuses_a_flux_model_without_an_adapter(pack, models):
-    text = message(lambda: lumix_sampler(pack, H.tiny_flux(), empty(pack)))
+    text = message(lambda: lumix_sampler(pack, H.tiny_flux(), H.maps_latent(pack)))
     assert (text.startswith("LumiX Sampler: the MODEL (Flux")
             and "has no LumiX adapter, so it would sample 5 unrelated plain images" in text
             and text.endswith("connect the model through LumiX Load Adapter (FLUX model -> LumiX Load Adapter -> "
@@ -137,7 +130,7 @@ def test_grey_photos_are_decomposed_as_rgb(pack, models, channels):
     with torch.no_grad():
         (latent,) = pack["LumiXPhotoToMapsLatent"]().encode(photo, vae, RELEASE.to_string())
         (rgb,) = pack["LumiXPhotoToMapsLatent"]().encode(grey.repeat(1, 1, 1, 3), vae, RELEASE.to_string())
-        out = lumix_sampler(pack, load(pack, H.tiny_flux()), latent)
+        out = lumix_sampler(pack, H.load_lumix(pack, H.tiny_flux()), latent)
     assert torch.equal(latent["samples"], rgb["samples"])
     assert (out["samples"][2] - latent["samples"][2]).abs().max() <= 1e-5 and out["samples"].isfinite().all()
 
@@ -149,8 +142,8 @@ def test_non_finite_values_are_refused_where_they_enter(pack, models, output_dir
     assert text.startswith("the photo holds 3 NaN/inf value(s) of 24576 (first in image 1); the node that made this "
                            "IMAGE produced invalid pixels; fix or replace it")
     print(text)
-    model = load(pack, H.tiny_flux())
-    latent = empty(pack)
+    model = H.load_lumix(pack, H.tiny_flux())
+    latent = H.maps_latent(pack)
     latent["samples"][3, 0, 0, 0] = float("inf")
     for call in (lambda: ksampler(model, latent), lambda: lumix_sampler(pack, model, latent)):
         text = message(call)
@@ -200,7 +193,7 @@ def test_a_damaged_adapter_names_the_file_and_the_problem(pack, models, case, wa
              "dupes": {"lumix.modalities": "albedo,color,color,depth,normal"},
              "objective": {"lumix.objective": "distilled"}}
     name = _damaged(models, f"{case}.safetensors", edits.get(case), metas.get(case))
-    text = message(lambda: load(pack, H.tiny_flux(), name))
+    text = message(lambda: H.load_lumix(pack, H.tiny_flux(), name))
     assert text.startswith(wanted), text
     print(text)
 
@@ -221,8 +214,8 @@ CUT = "is not whole LumiX scenes: its noise indices [0, 0, 1, 1, 1] put maps of 
 
 def test_a_slice_across_scenes_is_refused_by_every_sampler_and_by_decode(pack, models):
     """Latent From Batch taking items 3-7 of a 2-scene LumiX latent: maps 3-4 of scene 0 and 0-2 of scene 1."""
-    model = load(pack, H.tiny_flux())
-    latent = empty(pack, scenes=2)
+    model = H.load_lumix(pack, H.tiny_flux())
+    latent = H.maps_latent(pack, scenes=2)
     sliced = comfy_nodes.LatentFromBatch().frombatch(latent, 3, 5)[0]
     assert sliced["batch_index"] == [0, 0, 1, 1, 1]
     for run in (lambda: ksampler(model, sliced), lambda: custom_advanced(model, sliced),
@@ -242,14 +235,14 @@ def test_a_slice_across_scenes_is_refused_by_every_sampler_and_by_decode(pack, m
 
 def test_samplers_say_an_encoded_sd_latent_is_not_a_flux_latent(pack, models):
     """Not all zeros (VAE Encode with an SD VAE): ComfyUI does not widen it to 16 channels as it does an empty one."""
-    model = load(pack, H.tiny_flux())
+    model = H.load_lumix(pack, H.tiny_flux())
     sd_latent = {"samples": torch.randn(5, 4, 8, 8)}
     text = message(lambda: ksampler(model, sd_latent))
     assert text.startswith("the LATENT to sample is not a FLUX latent: it has shape (5, 4, 8, 8), an SD 1.5 / SDXL "
                            "latent"), text
     text = message(lambda: lumix_sampler(pack, model, sd_latent))
     assert text.startswith("LumiX Sampler: the LATENT is not a FLUX latent"), text
-    ksampler(model, dict(empty(pack), samples=torch.zeros(5, 4, 8, 8)))  # an empty one is widened and samples
+    ksampler(model, dict(H.maps_latent(pack), samples=torch.zeros(5, 4, 8, 8)))  # an empty one is widened and samples
 
 
 def test_decode_maps_says_a_stock_latent_is_not_a_flux_latent(pack):
@@ -261,7 +254,7 @@ def test_decode_maps_says_a_stock_latent_is_not_a_flux_latent(pack):
     print(text)
     sd_vae = H.tiny_vae()
     sd_vae.latent_channels = 4  # what comfy.sd.VAE reports for an SD 1.5 / SDXL VAE
-    text = message(lambda: pack["LumiXDecodeMaps"]().decode(empty(pack), sd_vae, "opengl", False))
+    text = message(lambda: pack["LumiXDecodeMaps"]().decode(H.maps_latent(pack), sd_vae, "opengl", False))
     assert text == ("LumiX Decode Maps: the VAE decodes 4-channel latents, so it is not the FLUX VAE; load "
                     "ae.safetensors with Load VAE and connect it"), text
 
@@ -284,7 +277,7 @@ def test_broken_links_and_folders_are_not_offered_as_adapters_and_say_what_they_
         assert text.startswith(f"adapter 'folder.safetensors' cannot be read: {folder}: a folder, not an adapter "
                                "file"), text
         with pytest.raises(OSError, match="a broken link"):
-            load(pack, H.tiny_flux(), "broken.safetensors")
+            H.load_lumix(pack, H.tiny_flux(), "broken.safetensors")
     finally:
         broken.unlink()
         folder.rmdir()

@@ -38,7 +38,7 @@ def models(tmp_path_factory):
 
 
 def shot(pack, adapter, *, chunk, camera="none", steps=1, scheduler="lumix_one_step", frames=FRAMES, seed=3):
-    model = pack["LumiXLoadAdapter"]().load(H.tiny_flux(seed=7), adapter, 1.0)[0]
+    model = H.load_lumix(pack, H.tiny_flux(seed=7), adapter)
     with torch.inference_mode():  # as ComfyUI runs every node
         return pack["LumiXDecomposeShot"]().decompose(model, H.tiny_vae(), COND, COND, frames, seed, steps, 1.0,
                                                       "euler", scheduler, chunk, camera)
