@@ -282,6 +282,7 @@ def save_maps(
     common = {"lumix.prompt": escape_unencodable(str(prompt)), "lumix.conventions": conventions_text}
     if seed is not None:
         common["lumix.seed"] = str(int(seed))
+    encoding = json.dumps(exr_encoding(list(images)), sort_keys=True)
 
     def plan_set(counter: int) -> list[_Planned]:
         plan: list[_Planned] = []
@@ -300,15 +301,9 @@ def save_maps(
                             scene, name, fmt))
             if exr is not None:
                 header: dict[str, object] = dict(common, **{"lumix.scene": str(scene)})
-                header["lumix.exr_encoding"] = json.dumps(exr_encoding(list(images)), sort_keys=True)
-
-                def exr_writer(sc: int = scene, h: dict = header) -> Callable[[str], None]:
-                    layers: dict[str, np.ndarray] = {}
-                    for name, batch in images.items():
-                        layers.update(_exr_layers(name, batch[sc]))
-                    return lambda p: write_exr(p, layers, h)
-
-                plan.append(_Planned(f"{stem}.exr", exr_writer, scene, None, "exr"))
+                header["lumix.exr_encoding"] = encoding
+                plan.append(_Planned(f"{stem}.exr", exr_writer(images, list(images), scene, header), scene, None,
+                                     "exr"))
         if report is not None:
             plan.append(_Planned(f"{base}_{counter:05d}{REPORT_SUFFIX}", lambda: report.encode("utf-8"),
                                  None, None, "json"))
@@ -331,6 +326,18 @@ def save_maps(
 
 #: Counters a set tries when other saves into the same prefix keep taking its names.
 NAME_ATTEMPTS = 5
+
+
+def exr_writer(images: Mapping[str, Tensor], names: Iterable[str], index: int,
+               header: Mapping[str, object]) -> Callable[[], Callable[[str], None]]:
+    """A planned EXR's content: item ``index`` of the ``names`` maps as layers, made when the plan is written."""
+    def layers_then_write() -> Callable[[str], None]:
+        layers: dict[str, np.ndarray] = {}
+        for name in names:
+            layers.update(_exr_layers(name, images[name][index]))
+        return lambda path: write_exr(path, layers, header)
+
+    return layers_then_write
 
 
 def _write_set(plan: list[_Planned], folder: str, subfolder: str) -> list[SavedFile]:

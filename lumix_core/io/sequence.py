@@ -32,7 +32,6 @@ from torch import Tensor
 from ..conventions import conventions_metadata
 from .export import (
     SavedFile,
-    _exr_layers,
     _import_openexr,
     _Planned,
     _png_pixels,
@@ -40,8 +39,8 @@ from .export import (
     check_target_names,
     checked_maps,
     exr_encoding,
+    exr_writer,
     resolve_prefix,
-    write_exr,
 )
 from .png import encode_png, escape_unencodable, safe_text
 
@@ -157,16 +156,8 @@ def save_sequence(
         meta = dict(common, **{"lumix.frame": str(frame)})
         if fmt == "png16":
             return lambda: encode_png(_png_pixels(m, images[m][i], 16), safe_text(dict(meta, **{"lumix.map": m})))
-        chosen = list(images) if m is None else [m]
-
-        def writer():
-            layers: dict[str, np.ndarray] = {}
-            for n in chosen:
-                layers.update(_exr_layers(n, images[n][i]))
-            header = dict(meta, **{"lumix.exr_encoding": encoding}, **({"lumix.map": m} if m else {}))
-            return lambda p: write_exr(p, layers, header)
-
-        return writer
+        header = dict(meta, **{"lumix.exr_encoding": encoding}, **({"lumix.map": m} if m else {}))
+        return exr_writer(images, list(images) if m is None else [m], i, header)
 
     plan = [_Planned(filename, content(frame, m, fmt), frame, m, fmt)
             for filename, frame, m, fmt in sequence_names(name, images, frames, last, wanted)]
