@@ -221,7 +221,7 @@ def load_custom_node(path: Path) -> tuple[bool, dict]:
 
 
 def pack_classes(tmp_path_factory: Any) -> dict:
-    """Body of a module's ``pack`` fixture: the pack loaded as ComfyUI loads it, its node classes."""
+    """Body of the ``pack`` fixture (``conftest.py``): the pack loaded as ComfyUI loads it, its node classes."""
     ok, classes = load_pack_as_comfyui(tmp_path_factory.mktemp("comfyui"))
     assert ok, "nodes.load_custom_node returned False (see the log for the import error)"
     return classes

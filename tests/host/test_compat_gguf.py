@@ -20,11 +20,6 @@ import nodes as comfy_nodes  # noqa: E402  (ComfyUI's nodes.py)
 
 
 @pytest.fixture(scope="module")
-def pack(tmp_path_factory):
-    return H.pack_classes(tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
 def models(tmp_path_factory):
     return H.models_folder(tmp_path_factory, "models_lumix_gguf")
 

@@ -14,11 +14,6 @@ import torch
 
 
 @pytest.fixture(scope="module")
-def pack(tmp_path_factory):
-    return H.pack_classes(tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
 def models(tmp_path_factory):
     return H.models_folder(tmp_path_factory, "models_lumix_compat")
 

@@ -32,11 +32,6 @@ FORCE_DEEPCOPY = "force_deepcopy" in inspect.signature(comfy.model_patcher.Model
 
 
 @pytest.fixture(scope="module")
-def pack(tmp_path_factory):
-    return H.pack_classes(tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
 def models(tmp_path_factory):
     folder = H.models_folder(tmp_path_factory, "models_lumix_gpu_paths")
     H.write_adapter(folder / "other.safetensors", seed=7)

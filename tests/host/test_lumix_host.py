@@ -40,11 +40,6 @@ POS, NEG = H.conditioning(1), H.conditioning(2)
 
 
 @pytest.fixture(scope="module")
-def pack(tmp_path_factory):
-    return H.pack_classes(tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
 def models(tmp_path_factory):
     return H.models_folder(tmp_path_factory, "models_lumix")
 

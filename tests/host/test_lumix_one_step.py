@@ -42,11 +42,6 @@ LOGGER = "comfyui-lumix"
 
 
 @pytest.fixture(scope="module")
-def pack(tmp_path_factory):
-    return H.pack_classes(tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
 def models(tmp_path_factory):
     folder = H.models_folder(tmp_path_factory, "models_lumix_one_step")  # lumix.safetensors: a multi-step adapter
     H.write_one_step_adapter(folder / "one_step.safetensors", seed=11, g3=0.5)

@@ -27,11 +27,6 @@ FOUR = MapSet.parse("albedo,color,depth,normal")
 
 
 @pytest.fixture(scope="module")
-def pack(tmp_path_factory):
-    return H.pack_classes(tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
 def models(tmp_path_factory):
     folder = H.models_folder(tmp_path_factory, "models_lumix_refusals")
     H.write_adapter(folder / "four.safetensors", maps=FOUR, seed=1)
