@@ -32,7 +32,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping, Optional, Sequence
+from typing import Iterator, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
@@ -166,6 +166,17 @@ def write_pngs(out: Path, source: Path, maps: Mapping[str, torch.Tensor], text: 
     return result
 
 
+def loaded_photos(inputs: Sequence[str], failed: list[tuple[str, str]]) -> Iterator[tuple[str, torch.Tensor]]:
+    """``(input, photo)`` for each input that loads, in order; the others go to ``failed`` as ``(input, reason)``."""
+    for raw in inputs:
+        try:
+            photo = load_photo(raw)
+        except InputError as e:
+            failed.append((raw, str(e)))
+            continue
+        yield raw, photo
+
+
 def run_decompose(inputs: Sequence[str], out: "str | os.PathLike[str]", *, prompt: str = "",
                   steps: int = SAMPLE_STEPS, seed: int = 0, weights: "str | os.PathLike[str]" = WEIGHTS_DIR,
                   model: Optional[ToyLumiX] = None,
@@ -177,12 +188,7 @@ def run_decompose(inputs: Sequence[str], out: "str | os.PathLike[str]", *, promp
         model.text.check_prompt(prompt)
     out = Path(out)
     done, failed = [], []
-    for raw in inputs:
-        try:
-            photo = load_photo(raw)
-        except InputError as e:
-            failed.append((raw, str(e)))
-            continue
+    for raw, photo in loaded_photos(inputs, failed):
         maps = decompose_photo(model, photo, prompt=prompt, steps=steps, seed=seed)
         out.mkdir(parents=True, exist_ok=True)
         text = {"lumix.source": Path(raw).name, "lumix.prompt": prompt, "lumix.model": MODEL_TEXT,

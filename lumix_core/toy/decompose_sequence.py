@@ -29,10 +29,9 @@ from .decompose import (
     SEQUENCE_CHUNK,
     SEQUENCE_START_FRAME,
     Decomposition,
-    InputError,
     adapter_words,
     load_model,
-    load_photo,
+    loaded_photos,
     print_results,
     sampling_text,
     settings,
@@ -56,12 +55,7 @@ class ShotResult:
 def load_frames(inputs: Sequence[str]) -> tuple[list[str], Optional[torch.Tensor], list[tuple[str, str]]]:
     """``(good inputs, frames [T, H, W, 3] or None, failed)``: every frame the size of the first good one."""
     good, frames, failed = [], [], []
-    for raw in inputs:
-        try:
-            photo = load_photo(raw)
-        except InputError as e:
-            failed.append((raw, str(e)))
-            continue
+    for raw, photo in loaded_photos(inputs, failed):
         if frames and photo.shape != frames[0].shape:
             h, w = frames[0].shape[:2]
             failed.append((raw, f"is {photo.shape[1]} x {photo.shape[0]} pixels; the shot's frames are {w} x {h} "
